@@ -1,0 +1,87 @@
+"""Alignment between DFA signals and true gradients (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .inspect import eval_mode, find_dfa, trace_points
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Alignment:
+    """Alignment at one feedback point.
+
+    ``cos_mean``/``cos_std``: mean and std over the batch of the per-sample cosine between the
+    true gradient ``N * dL/dh_l`` and the DFA signal ``s_l``; ``angle_deg``: mean of the per-sample
+    angles in degrees; ``weight_cos``: cosine between the DFA and BP gradients of the weight(s)
+    of the layer producing block ``l`` (``nan`` if there is none).
+    """
+    point: int
+    name: str
+    cos_mean: float
+    cos_std: float
+    angle_deg: float
+    weight_cos: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of each sample's flattened ``a`` and ``b``, ``(N, *)`` -> ``(N,)``; 0 where a norm is 0."""
+    a, b = a.flatten(1), b.flatten(1)
+    denom = a.norm(dim=1) * b.norm(dim=1)
+    dot = (a * b).sum(dim=1)
+    return torch.where(denom > 0, dot / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(dot))
+
+
+def _flat_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    if not a:
+        return math.nan
+    va, vb = torch.cat([t.flatten() for t in a]), torch.cat([t.flatten() for t in b])
+    denom = va.norm() * vb.norm()
+    return float((va @ vb) / denom) if denom > 0 else 0.0
+
+
+def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      loss_fn: LossFn = F.cross_entropy) -> list[Alignment]:
+    """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in forward order.
+
+    Runs in eval mode on the same weights, with one forward pass and no second copy of the model.
+    The model is left as it was: no ``.grad`` written, train/eval flags restored, no RNG used.
+    """
+    node = find_dfa(model)
+    with eval_mode(model), node.backprop(), torch.enable_grad(), trace_points(model, node) as traces:
+        out = model(x)
+        if len(traces) != len(node.points):
+            raise RuntimeError(f"{len(traces)} of {len(node.points)} feedback points ran")
+        loss = loss_fn(out, y)
+        hs = [t.h for t in traces]
+        node.prepare([h.shape for h in hs], out)
+        weights = [[layer.weight for layer in t.below] for t in traces]
+        flat_w = [w for ws in weights for w in ws]
+        grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
+        grad_y, grad_h, grad_w = grads[0], grads[1:1 + len(hs)], list(grads[1 + len(hs):])
+        n = out.shape[0]
+        signals = node.signals(node.error_from_grad(grad_y), [h.shape for h in hs])
+        results = []
+        for l, (h, g, s, ws) in enumerate(zip(hs, grad_h, signals, weights)):
+            cos = per_sample_cosine(g * n, s)
+            bp_w = [grad_w.pop(0) for _ in ws]
+            dfa_w = list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True)) if ws else []
+            results.append(Alignment(
+                point=l,
+                name=f"h{l + 1} ({', '.join(type(m).__name__ for m in traces[l].below) or 'input'})",
+                cos_mean=float(cos.mean()),
+                cos_std=float(cos.std(correction=0)),
+                angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
+                weight_cos=_flat_cosine(dfa_w, bp_w),
+            ))
+    return results

@@ -1,0 +1,229 @@
+"""Feedback points and the DFA output node (DESIGN.md section 2).
+
+How one ``loss.backward()`` trains every layer:
+
+* In DFA mode a :class:`FeedbackPoint` records its input ``h_l`` and hands the next layer
+  ``h_l.detach()``. No gradient crosses the point, so autograd never computes ``W^T delta``
+  for the layer above it.
+* The :class:`DFA` node sits on the network output ``y``. Its autograd function takes ``y`` and
+  every recorded ``h_l`` as inputs. In backward it passes ``dL/dy`` on to the output layer (true
+  gradient) and returns the DFA signal ``s_l`` as the gradient of each ``h_l``, so autograd
+  back-propagates ``s_l`` through block ``l`` only.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+FEEDBACK_MODES = ("shared", "independent")
+ERROR_MODES = ("sum", "mean")
+
+
+class FeedbackPoint(nn.Module):
+    """Marks where a DFA signal enters: the input ``h_l`` of a weight layer.
+
+    Shape: any ``(N, *)`` in, the same out. In backprop mode, or when no gradient is being
+    recorded, the point is an identity.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dfa_enabled = True
+        self._recorded: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not (self.dfa_enabled and torch.is_grad_enabled()):
+            return h
+        self._recorded = h
+        return h.detach()
+
+    def pop(self) -> torch.Tensor | None:
+        """The ``h_l`` recorded by the last forward pass, forgotten once taken."""
+        h, self._recorded = self._recorded, None
+        return h
+
+
+class _DFAFunction(torch.autograd.Function):
+    """Identity on ``y``; in backward, DFA signals for the recorded hidden outputs."""
+
+    @staticmethod
+    def forward(ctx, node: "DFA", y: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
+        ctx.node = node
+        ctx.shapes = [h.shape for h in hidden]
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        error = ctx.node.error_from_grad(grad_y)
+        signals = ctx.node.signals(error, ctx.shapes)
+        return (None, grad_y, *signals)
+
+
+class DFA(nn.Module):
+    """Output node that owns the feedback matrices and sends DFA signals to the feedback points.
+
+    Args:
+        points: the :class:`FeedbackPoint` modules of the network, in forward order.
+        num_classes: ``K``, the size of the network output ``y`` of shape ``(N, K)``.
+        normalize: scale signals as in DESIGN.md 2 (default) or use the raw ``N(0, 1)`` matrix.
+        feedback: ``"shared"`` (one ``(K, D)`` matrix, sliced per point) or ``"independent"``
+            (one ``(K, d_l)`` matrix per point).
+        error: ``"sum"`` feeds back ``e = N * dL/dy`` (softmax minus one-hot for a mean
+            cross-entropy), ``"mean"`` feeds back ``dL/dy``.
+        seed: seed of the ``torch.Generator`` that draws the matrices (never the global RNG).
+
+    The matrices are buffers, created at the first forward pass (when the sizes ``d_l`` are
+    known) on the device of the activations, and restored by ``load_state_dict``.
+    """
+
+    def __init__(self, points: Sequence[FeedbackPoint], num_classes: int, normalize: bool = True,
+                 feedback: str = "shared", error: str = "sum", seed: int = 0) -> None:
+        super().__init__()
+        points = list(points)
+        if not points:
+            raise ValueError("DFA needs at least one FeedbackPoint; a network with a single "
+                             "weight layer has nothing to train with DFA")
+        if not all(isinstance(p, FeedbackPoint) for p in points):
+            raise TypeError("DFA points must be dfatools.FeedbackPoint modules")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
+        if error not in ERROR_MODES:
+            raise ValueError(f"error must be one of {ERROR_MODES}, got {error!r}")
+        # A plain tuple, not a ModuleList: the points belong to the user's model already.
+        self.points = tuple(points)
+        self.num_classes = num_classes
+        self.normalize = bool(normalize)
+        self.feedback = feedback
+        self.error = error
+        self.seed = int(seed)
+        self.dfa_enabled = True
+        for name in self._matrix_names():
+            self.register_buffer(name, None)  # sized at the first forward pass
+
+    # -- matrices ------------------------------------------------------------------------------
+    def _matrix_names(self) -> list[str]:
+        if self.feedback == "shared":
+            return ["matrix"]
+        return [f"matrix_{i}" for i in range(len(self.points))]
+
+    @property
+    def materialized(self) -> bool:
+        return all(getattr(self, n) is not None for n in self._matrix_names())
+
+    @property
+    def matrices(self) -> list[torch.Tensor]:
+        """The stored matrices ``M``: ``[(K, D)]`` when shared, ``[(K, d_l) per point]`` otherwise."""
+        if not self.materialized:
+            raise RuntimeError("feedback matrices are created at the first forward pass; "
+                               "run the model once (or load a state_dict) first")
+        return [getattr(self, n) for n in self._matrix_names()]
+
+    def _materialize(self, sizes: list[int], like: torch.Tensor) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        K = self.num_classes
+        if self.feedback == "shared":
+            D = max(sizes)
+            shapes = [(K, D)]
+        else:
+            shapes = [(K, d) for d in sizes]
+        for name, shape in zip(self._matrix_names(), shapes):
+            # Drawn on the CPU so CPU and CUDA runs share the same B.
+            B = torch.randn(shape, generator=gen)
+            if self.normalize:
+                B = B / math.sqrt(shape[0] * shape[1])
+            setattr(self, name, B.to(device=like.device, dtype=like.dtype))
+
+    def _check_sizes(self, sizes: list[int], like: torch.Tensor) -> None:
+        for name in self._matrix_names():  # e.g. a state_dict loaded on another device
+            m = getattr(self, name)
+            if m.device != like.device or m.dtype != like.dtype:
+                setattr(self, name, m.to(device=like.device, dtype=like.dtype))
+        mats = self.matrices
+        if self.feedback == "shared":
+            if max(sizes) != mats[0].shape[1]:
+                raise ValueError(f"feedback point sizes {sizes} do not match the stored (K, D) "
+                                 f"matrix of shape {tuple(mats[0].shape)}")
+        elif [m.shape[1] for m in mats] != sizes:
+            raise ValueError(f"feedback point sizes {sizes} do not match the stored matrices "
+                             f"{[tuple(m.shape) for m in mats]}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Matrices may not exist yet in a fresh model: create them with the stored shapes.
+        for name in self._matrix_names():
+            key = prefix + name
+            if key in state_dict and getattr(self, name) is None:
+                setattr(self, name, torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- signals -------------------------------------------------------------------------------
+    def error_from_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
+        """``e`` of shape ``(N, K)`` from ``dL/dy`` of shape ``(N, K)``."""
+        return grad_y * grad_y.shape[0] if self.error == "sum" else grad_y
+
+    def signals(self, error: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *)``, from ``e`` ``(N, K)``."""
+        sizes = [math.prod(s[1:]) for s in shapes]
+        mats = self.matrices
+        if self.feedback == "shared":
+            M = mats[0]
+            D = M.shape[1]
+            projected = error @ M  # (N, D): one product serves every point
+            out = []
+            for d, shape in zip(sizes, shapes):
+                s = projected[:, :d]
+                if self.normalize and d != D:
+                    s = s * math.sqrt(D / d)
+                out.append(s.reshape(shape))
+            return out
+        return [(error @ M).reshape(shape) for M, shape in zip(mats, shapes)]
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` of shape ``(N, K)`` in, the same ``y`` out."""
+        if y.dim() != 2 or y.shape[1] != self.num_classes:
+            raise ValueError(f"DFA expects the network output of shape (N, {self.num_classes}), "
+                             f"got {tuple(y.shape)}; check num_classes")
+        if not (self.dfa_enabled and torch.is_grad_enabled()):
+            return y
+        hidden = [p.pop() for p in self.points]
+        missing = [i for i, h in enumerate(hidden) if h is None]
+        if missing:
+            raise RuntimeError(f"feedback points {missing} were not reached in this forward "
+                               "pass; every point passed to DFA must be used before the output")
+        self.prepare([h.shape for h in hidden], y)
+        return _DFAFunction.apply(self, y, *hidden)
+
+    def prepare(self, shapes: Sequence[torch.Size], like: torch.Tensor) -> None:
+        """Create the matrices for points of these shapes ``(N, *)``, or check they fit."""
+        sizes = [math.prod(s[1:]) for s in shapes]
+        if not self.materialized:
+            self._materialize(sizes, like)
+        else:
+            self._check_sizes(sizes, like)
+
+    @contextlib.contextmanager
+    def backprop(self) -> Iterator[None]:
+        """Within this block every feedback point is an identity: ``backward`` gives exact BP."""
+        saved = self.dfa_enabled, [p.dfa_enabled for p in self.points]
+        self.dfa_enabled = False
+        for p in self.points:
+            p.dfa_enabled = False
+        try:
+            yield
+        finally:
+            self.dfa_enabled = saved[0]
+            for p, flag in zip(self.points, saved[1]):
+                p.dfa_enabled = flag
+
+    def extra_repr(self) -> str:
+        return (f"points={len(self.points)}, num_classes={self.num_classes}, "
+                f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
+                f"seed={self.seed}")

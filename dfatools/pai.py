@@ -1,0 +1,52 @@
+"""Pre-alignment initialization, PAI (DESIGN.md section 5)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alignment import LossFn
+from .inspect import eval_mode, find_dfa, trace_points
+
+log = logging.getLogger("dfatools")
+
+
+@torch.no_grad()
+def _solve(delta: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """Least-squares ``W`` ``(out, d)`` with ``delta @ W = signal``, scaled to unit Frobenius norm.
+
+    ``delta``: ``(N, out)`` true gradient at the layer's output; ``signal``: ``(N, d)``.
+    """
+    w = torch.linalg.pinv(delta.double()) @ signal.double()
+    return (w / w.norm()).to(signal.dtype)
+
+
+def prealign(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             loss_fn: LossFn = F.cross_entropy) -> nn.Module:
+    """Pre-align ``model`` in place on the batch ``(x, y)`` and return it.
+
+    From the top feedback point down, the weight of the Linear layer reading ``h_l`` is set so
+    that the true gradient at ``h_l`` equals the DFA signal ``s_l`` on this batch (least squares),
+    then rescaled to unit Frobenius norm. Points read by a Conv2d layer are left as they are.
+    Biases are unchanged; eval mode is used so dropout and batch norm statistics stay put.
+    """
+    node = find_dfa(model)
+    for l in reversed(range(len(node.points))):
+        # A fresh pass per point: the layers above were just changed.
+        with eval_mode(model), node.backprop(), torch.enable_grad(), trace_points(model, node) as traces:
+            out = model(x)
+            trace = traces[l]
+            layer = trace.above
+            if not isinstance(layer, nn.Linear) or trace.h[0].numel() != layer.in_features:
+                log.warning("PAI leaves point %d as it is: the layer reading it is %s, not a "
+                            "Linear layer on the flat point", l, type(layer).__name__)
+                continue
+            loss = loss_fn(out, y)
+            grad_y, grad_a = torch.autograd.grad(loss, [out, trace.above_out])
+            n = out.shape[0]
+            node.prepare([t.h.shape for t in traces], out)
+            signal = node.signals(node.error_from_grad(grad_y), [t.h.shape for t in traces])[l]
+            layer.weight.data.copy_(_solve(grad_a * n, signal.flatten(1)))
+    return model
