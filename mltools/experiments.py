@@ -1,0 +1,71 @@
+"""The paper's experiments (DESIGN.md 4): names, settings, presets and figure groups.
+
+No torch here, so reports can name and group experiments on machines without torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# name -> (short description, settings that differ from the FC tanh DFA default)
+EXPERIMENTS: dict[str, tuple[str, dict]] = {
+    "fc-bn": ("FC, batch norm", {"arch": "fc", "batch_norm": True}),
+    "fc-tanh": ("FC, tanh", {"arch": "fc"}),
+    "fc-relu": ("FC, ReLU", {"arch": "fc", "act": "relu"}),
+    "fc-leaky0.5": ("FC, LeakyReLU 0.5", {"arch": "fc", "act": "leaky0.5"}),
+    "fc-leaky0.1": ("FC, LeakyReLU 0.1", {"arch": "fc", "act": "leaky0.1"}),
+    "fc-leaky0.01": ("FC, LeakyReLU 0.01", {"arch": "fc", "act": "leaky0.01"}),
+    "fc-nonorm": ("FC, no feedback normalization", {"arch": "fc", "normalize": False}),
+    "conv-nonorm": ("CNN, no feedback normalization", {"arch": "cnn", "normalize": False}),
+    "fc-drop0.1-0.5": ("FC, dropout input 0.1, hidden 0.5",
+                       {"arch": "fc", "input_dropout": 0.1, "dropout": 0.5}),
+    "fc-drop0.1-0.1": ("FC, dropout input 0.1, hidden 0.1",
+                       {"arch": "fc", "input_dropout": 0.1, "dropout": 0.1}),
+    "conv-drop0.1-0.5": ("CNN, dropout input 0.1, FC 0.5, conv 0",
+                         {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.5}),
+    "conv-drop0.1-0.1": ("CNN, dropout input 0.1, FC 0.1, conv 0",
+                         {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.1}),
+    "conv-bn": ("CNN, batch norm", {"arch": "cnn", "batch_norm": True}),
+    "conv-tanh": ("CNN, tanh", {"arch": "cnn"}),
+    "fc-bp": ("FC, tanh, backprop", {"arch": "fc", "method": "bp"}),
+    "conv-bp": ("CNN, tanh, backprop", {"arch": "cnn", "method": "bp"}),
+    "fc-pai": ("FC, tanh, PAI", {"arch": "fc", "init": "pai"}),
+}
+
+# Figure groups: each a PNG of alignment and test accuracy vs epoch.
+GROUPS: dict[str, list[str]] = {
+    "activations": ["fc-tanh", "fc-relu", "fc-leaky0.5", "fc-leaky0.1", "fc-leaky0.01"],
+    "normalization": ["fc-tanh", "fc-nonorm", "conv-tanh", "conv-nonorm"],
+    "dropout": ["fc-tanh", "fc-drop0.1-0.5", "fc-drop0.1-0.1", "conv-tanh", "conv-drop0.1-0.5",
+                "conv-drop0.1-0.1"],
+    "batch-norm": ["fc-tanh", "fc-bn", "conv-tanh", "conv-bn"],
+    "bp-vs-dfa": ["fc-tanh", "fc-bp", "fc-pai", "conv-tanh", "conv-bp"],
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sweep-wide settings; explicit command-line flags override them."""
+    dataset: str
+    seeds: int
+    epochs: int
+    batch_size: int
+    lr: float
+    eval_split: str = "test"
+    bottleneck_sizes: tuple[int, ...] = field(default=())
+
+
+PAPER_BOTTLENECK_SIZES = (1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800)
+
+BEST_PRACTICES_PRESETS = {
+    # DESIGN.md 4: SGD lr 5e-4, batch 128, 50 epochs, 10 seeds, CIFAR-10, test mode.
+    "paper": Preset("cifar10", seeds=10, epochs=50, batch_size=128, lr=5e-4),
+    # digits is tiny: smaller batches and a larger step let DFA learn in a few epochs.
+    "quick": Preset("digits", seeds=2, epochs=6, batch_size=32, lr=0.01),
+}
+
+BOTTLENECK_PRESETS = {
+    "paper": Preset("cifar10", seeds=1, epochs=50, batch_size=128, lr=5e-4,
+                    bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
+    "quick": Preset("digits", seeds=1, epochs=6, batch_size=32, lr=0.01,
+                    bottleneck_sizes=(1, 5, 28, 118, 800)),
+}
