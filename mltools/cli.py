@@ -88,3 +88,47 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
               "to resume.", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both experiment scripts share; None means "take it from the preset"."""
+    parser.add_argument("--preset", choices=["paper", "quick"],
+                        help="paper: the paper's settings (default whenever --dataset is given); "
+                             "quick: digits, a few epochs (the default otherwise)")
+    parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--lr", type=positive_float, help="SGD learning rate")
+    parser.add_argument("--dataset", help="cifar10, cifar100, mnist, fashion-mnist, digits, synthetic")
+    parser.add_argument("--data-dir", default="data", help="where datasets live (default: data)")
+    parser.add_argument("--download", action="store_true",
+                        help="download a missing dataset with torchvision (needs the network)")
+    parser.add_argument("--eval-split", choices=["test", "val"],
+                        help="test: train on the whole training set; val: seeded 85/15 split")
+    parser.add_argument("--train-samples", type=positive_int,
+                        help="keep only the first N training samples (smoke runs)")
+    parser.add_argument("--out", default="results", help="results folder (default: results)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--jobs", type=positive_int, default=1,
+                        help="runs trained at once (processes, spread over CUDA devices)")
+    parser.add_argument("--shard", type=shard, help="I/N: run every N-th run starting at the I-th")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+
+
+def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict:
+    """Sweep settings: the preset's, overridden by every flag given. Announces the quick default."""
+    name = args.preset or ("paper" if args.dataset else "quick")
+    if args.preset is None and args.dataset is None:
+        print(f"Quick preset on the embedded digits dataset (a smoke-size reproduction). "
+              f"For the paper run: python {script} --preset paper --data-dir DIR", flush=True)
+    p = presets[name]
+    chosen = {
+        "preset": name,
+        "dataset": args.dataset or p.dataset,
+        "seeds": args.seeds or p.seeds,
+        "epochs": args.epochs or p.epochs,
+        "batch_size": args.batch_size or p.batch_size,
+        "lr": args.lr or p.lr,
+        "eval_split": args.eval_split or p.eval_split,
+    }
+    return chosen

@@ -1,0 +1,77 @@
+"""Sections 3 and 4 of the paper: DFA best practices, as one sweep of runs and one report.
+
+    python best_practices.py                       # quick preset on the embedded digits data
+    python best_practices.py --preset paper --data-dir data --download   # the paper, CIFAR-10
+    python best_practices.py --list                # experiments and their settings
+    python best_practices.py --report-only         # report and figures from saved runs
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mltools import cli
+from mltools.experiments import BEST_PRACTICES_PRESETS, EXPERIMENTS
+
+PROG = "best_practices.py"
+
+
+def parse_args():
+    parser = cli.ArgumentParser(prog=PROG, description="The paper's best-practices tables (DFA on FC and CNN).")
+    parser.add_argument("--experiments", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
+                        help="experiments to run (default: all); see --list")
+    parser.add_argument("--list", action="store_true", help="list experiments and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report and figures from saved runs, no training")
+    cli.add_sweep_arguments(parser)
+    return parser.parse_args()
+
+
+def list_experiments() -> None:
+    from mltools.train import RunConfig
+    base = RunConfig()
+    print(f"{'name':18} {'method':6} {'arch':5} setting")
+    for name, (text, changes) in EXPERIMENTS.items():
+        cfg = {**base.__dict__, **changes}
+        print(f"{name:18} {cfg['method']:6} {cfg['arch']:5} {text}  {changes}")
+    for preset, p in BEST_PRACTICES_PRESETS.items():
+        print(f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
+              f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode")
+
+
+def main() -> int:
+    args = parse_args()
+    if args.list:
+        list_experiments()
+        return 0
+    out = cli.writable_dir(args.out)
+    from mltools.report import write_best_practices_report
+    if args.report_only:
+        if not (out / "best_practices").is_dir():
+            raise cli.UsageError(f"no best-practices runs under {out}; train some first")
+        write_best_practices_report(out)
+        return 0
+    settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
+    from mltools import sweep
+    from mltools.train import RunConfig
+    sweep.check_inputs(args.device, settings["dataset"], args.data_dir, args.download,
+                       settings["eval_split"], args.train_samples)
+    specs = [
+        sweep.RunSpec(RunConfig(experiment=name, dataset=settings["dataset"], data_dir=args.data_dir,
+                                download=args.download, eval_split=settings["eval_split"],
+                                train_samples=args.train_samples, epochs=settings["epochs"],
+                                batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
+                                **EXPERIMENTS[name][1]),
+                      out / "best_practices" / name / f"seed{seed}")
+        for name in args.experiments or EXPERIMENTS for seed in range(settings["seeds"])
+    ]
+    print(f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
+          f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}, "
+          f"{len(specs)} runs in all -> {out / 'best_practices'}", flush=True)
+    outcomes = sweep.run_sweep(sweep.select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+    print(sweep.summarize(outcomes), flush=True)
+    write_best_practices_report(out)
+    return 1 if outcomes["failed"] else 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main, PROG)

@@ -1,0 +1,310 @@
+"""Bottleneck report (DESIGN.md 5): alignment and accuracy against the bottleneck size.
+
+From run folders ``<results>/bottleneck/<mode>-<init>-b<size>/seed<k>/`` (or from a 2019 log
+recovered by log_retrieval.py) it writes into a figures folder:
+
+* ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer;
+* ``accuracy_vs_size.png``: train and eval top-1;
+* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (mode, init, size).
+
+Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
+seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
+No torch, no pyplot.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .cli import UsageError
+from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds, markdown_table,
+                     mean_std, new_figure, point_label, point_stats, status_counts, write_csv)
+from .runlog import Run
+
+_FOLDER = re.compile(r"(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
+INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
+
+
+@dataclass
+class Cell:
+    """One (mode, init, size) of the sweep: its runs' counts and the records that enter means."""
+    mode: str
+    init: str
+    size: int
+    counts: dict[str, int]
+    records: list[dict]
+    bottleneck_point: int
+    eval_split: str = "test"
+    runs: list[Run] = field(default_factory=list)
+
+
+def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
+    """config's ``bottleneck_point``; else the point named after a Bottleneck layer; else h2."""
+    for run in runs:
+        if isinstance((run.config or {}).get("bottleneck_point"), int):
+            return run.config["bottleneck_point"]
+    for record in records:
+        for a in alignment_of(record):
+            if "Bottleneck" in str(a.get("name", "")):
+                return a["point"]
+    return 1  # DESIGN.md 4: Linear(in, 800) feeds h1, the bottleneck feeds h2
+
+
+def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Cell], list[str]]:
+    """Cells found under ``<results>/bottleneck/``, with load warnings."""
+    cells, warnings = [], []
+    for folder in sorted((Path(results) / "bottleneck").glob("*")):
+        if not folder.is_dir() or not any(folder.glob("seed*")):
+            continue
+        runs = load_seeds(folder)
+        for run in runs:
+            warnings += run.warnings
+        config = next((r.config for r in runs if r.config), {})
+        m = _FOLDER.fullmatch(folder.name)
+        # The config is the authority; the folder name stands in when it is unreadable.
+        mode = str(config.get("bottleneck_mode") or (m and m["mode"]) or "")
+        init = str(config.get("init") or (m and m["init"]) or "")
+        size = config.get("bottleneck_size") or (m and int(m["size"]))
+        if not (mode and init and isinstance(size, int)):
+            warnings.append(f"{folder}: neither config nor folder name gives mode, init and size; skipped")
+            continue
+        used, missing = final_records(runs, epoch)
+        warnings += missing
+        records = [r for _, r in used]
+        cells.append(Cell(mode, init, size, status_counts(runs), records,
+                          _bottleneck_point(runs, records), config.get("eval_split", "test"), runs))
+    cells.sort(key=lambda c: (c.mode, c.init, c.size))
+    return cells, warnings
+
+
+def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo = print) -> Path:
+    """Figures and table of ``<results>/bottleneck/*/seed*/`` at the last epoch (or ``epoch``),
+    written to ``<results>/bottleneck/figures/``, which is returned. UsageError when there is
+    nothing to report."""
+    results = Path(results)
+    if not (results / "bottleneck").is_dir():
+        raise UsageError(f"no bottleneck runs in {results} "
+                         f"(expected {results / 'bottleneck'}/<mode>-<init>-b<size>/seed<k>/)")
+    cells, warnings = collect_bottleneck(results, epoch)
+    if not cells:
+        raise UsageError(f"no bottleneck runs in {results / 'bottleneck'}")
+    if not any(c.records for c in cells):
+        at = f"epoch {epoch}" if epoch is not None else "their last epoch"
+        raise UsageError(f"no done bottleneck run has a record at {at} in {results / 'bottleneck'}")
+    at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
+    return write_outputs(cells, results / "bottleneck" / "figures", warnings, at, point_label, echo)
+
+
+# -- recovered 2019 logs --------------------------------------------------------------------------
+def read_recovered(path: Path) -> list[list[dict]]:
+    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts. UsageError if not."""
+    try:
+        runs = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"cannot read recovered log {path}: {err}") from None
+    ok = isinstance(runs, list) and all(
+        isinstance(run, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in run)
+        for run in runs)
+    if not ok:
+        raise UsageError(f"{path}: not a recovered 2019 log (expected a list of runs, each a list "
+                         "of epoch objects, as log_retrieval.py writes)")
+    return runs
+
+
+def _modules(epoch: dict) -> list[dict]:
+    """Well-formed module entries of a recovered epoch (dicts with an int ``index``)."""
+    mods = epoch.get("modules")
+    if not isinstance(mods, list):
+        return []
+    return [m for m in mods if isinstance(m, dict) and isinstance(m.get("index"), int)]
+
+
+def _default_module(epoch: dict) -> int | None:
+    linear = [m["index"] for m in _modules(epoch) if str(m.get("name", "")).startswith("Linear")]
+    return linear[1] if len(linear) > 1 else None
+
+
+def recovered_cells(runs: Sequence[Sequence[dict]], sizes: Sequence[int], epoch: int | None = None,
+                    module: int | None = None) -> tuple[list[Cell], list[str]]:
+    """Cells from recovered 2019 runs, one run per size in order (a repeated size is a second seed).
+
+    A module's ``mean`` stands in for ``cos_mean`` (the 2019 logs hold no per-sample angles, so
+    degrees stay empty); the bottleneck point is module ``module``, by default the second Linear
+    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered".
+    """
+    if len(sizes) != len(runs):
+        raise UsageError(f"{len(sizes)} sizes given for {len(runs)} recovered runs; give one size per run")
+    grouped: dict[int, list[dict]] = {}
+    warnings = []
+    for i, (run, size) in enumerate(zip(runs, sizes)):
+        if epoch is None:
+            record = run[-1] if run else None
+        else:
+            record = next((e for e in run if e["epoch"] == epoch), None)
+        if record is None:
+            warnings.append(f"recovered run {i} (size {size}): no epoch {epoch}; left out")
+            grouped.setdefault(size, [])
+            continue
+        point = module if module is not None else _default_module(record)
+        if point is None:
+            raise UsageError(f"recovered run {i}: fewer than two Linear modules in epoch "
+                             f"{record['epoch']}; name the bottleneck module with --module")
+        if not any(m["index"] == point for m in _modules(record)):
+            warnings.append(f"recovered run {i} (size {size}): no module {point} in epoch {record['epoch']}")
+        grouped.setdefault(size, []).append({
+            "epoch": record["epoch"], "train_top1": record.get("train_top1"),
+            "eval_top1": record.get("test_top1"), "bottleneck_point": point,
+            "alignment": [{"point": m["index"], "name": m.get("name", ""), "cos_mean": m.get("mean"),
+                           "cos_std": m.get("std"), "angle_deg": None}
+                          for m in _modules(record)]})
+    cells = [Cell("mask", "recovered", size, {"done": len(recs)}, recs,
+                  recs[0]["bottleneck_point"] if recs else (module or 0))
+             for size, recs in sorted(grouped.items())]
+    return cells, warnings
+
+
+def write_recovered_bottleneck_report(recovered: Path, sizes: Sequence[int], out_dir: Path,
+                                      epoch: int | None = None, module: int | None = None,
+                                      echo: Echo = print) -> Path:
+    """The bottleneck figures and table from a recovered 2019 JSON, written to ``out_dir``."""
+    runs = read_recovered(recovered)
+    cells, warnings = recovered_cells(runs, sizes, epoch, module)
+    if not any(c.records for c in cells):
+        raise UsageError(f"no recovered run has epoch {epoch}")
+    at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
+    return write_outputs(cells, Path(out_dir), warnings, at, lambda p: f"m{p}", echo,
+                         source=f"recovered 2019 log {recovered}; cos = the module's logged mean, "
+                                "no angles in those logs")
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], at: str,
+                  label: Callable[[int], str], echo: Echo = print, source: str = "") -> Path:
+    """Table (md, csv) and both figures for ``cells`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for w in warnings:
+        echo(f"warning: {w}")
+    stats = [point_stats(c.records) for c in cells]
+    points = sorted({p for s in stats for p in s})
+    with_deg = [p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)]
+    splits = sorted({c.eval_split for c in cells})
+    eval_name = "/".join(splits)
+    md_head = ["mode", "init", "size", "seeds", "train top-1", f"{eval_name} top-1", "bottleneck point",
+               *(f"cos {label(p)}" for p in points), *(f"deg {label(p)}" for p in with_deg)]
+    csv_head = ["mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used", "eval_split",
+                "train_top1_mean", "train_top1_std", "eval_top1_mean", "eval_top1_std",
+                "bottleneck_point", "bottleneck_cos_mean", "bottleneck_cos_std",
+                *(f"cos_{label(p)}" for p in points), *(f"deg_{label(p)}" for p in with_deg)]
+    md_rows, csv_rows = [], []
+    for c, s in zip(cells, stats):
+        tr = mean_std(r.get("train_top1") for r in c.records)
+        ev = mean_std(r.get("eval_top1") for r in c.records)
+        bn = s.get(c.bottleneck_point, {})
+        md_rows.append([c.mode, c.init, str(c.size), fmt_counts(c.counts), fmt_pm(tr[0], tr[1], 2),
+                        fmt_pm(ev[0], ev[1], 2), label(c.bottleneck_point),
+                        *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
+                        *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg)])
+        csv_rows.append([c.mode, c.init, c.size, c.counts.get("done", 0), c.counts.get("diverged", 0),
+                         len(c.records), c.eval_split, fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4),
+                         fmt(ev[1], 4), label(c.bottleneck_point), fmt(bn.get("cos"), 6),
+                         fmt(bn.get("cos_std"), 6),
+                         *(fmt(s.get(p, {}).get("cos"), 6) for p in points),
+                         *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg)])
+    table = markdown_table(md_head, md_rows)
+    write_csv(folder / "bottleneck_table.csv", csv_head, csv_rows)
+    text = ["# Bottleneck sweep", "",
+            f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
+            "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
+            "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
+            "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
+            "bottleneck layer, plotted in alignment_vs_size.png.", "", table, ""]
+    if warnings:
+        text += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    (folder / "bottleneck_table.md").write_text("\n".join(text))
+    plot_alignment(folder / "alignment_vs_size.png", cells, stats, label, at)
+    plot_accuracy(folder / "accuracy_vs_size.png", cells, eval_name, at)
+    echo(table)
+    return folder
+
+
+def _series(cells: Sequence[Cell]) -> dict[tuple[str, str], list[int]]:
+    """Indices of ``cells`` per (init, mode), standard init first, sizes ascending."""
+    series: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(cells):
+        if c.records:
+            series.setdefault((c.init, c.mode), []).append(i)
+    order = list(INIT_NAMES)
+    key = lambda k: (order.index(k[0]) if k[0] in order else len(order), k)  # noqa: E731
+    return {k: sorted(series[k], key=lambda i: cells[i].size) for k in sorted(series, key=key)}
+
+
+def _style(init: str, mode: str, inits: list[str]) -> dict:
+    """Colour by init, line and marker by mode, so the two plots read alike."""
+    dashed = mode == "width"
+    return {"color": f"C{inits.index(init) % 10}", "ls": "--" if dashed else "-",
+            "marker": "s" if dashed else "o", "ms": 4, "capsize": 3, "lw": 1.5,
+            "label": f"{INIT_NAMES.get(init, init)}, {mode} bottleneck"}
+
+
+def _size_axis(ax, sizes: Sequence[int]) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(sizes))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("bottleneck size (trainable units)")
+    ax.grid(alpha=0.3)
+
+
+def plot_alignment(path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str) -> None:
+    fig = new_figure(7.0, 4.6)
+    ax = fig.subplots()
+    low, high = 0.0, 1.0
+    series = _series(cells)
+    inits = list(dict.fromkeys(init for init, _ in series))
+    for (init, mode), idx in series.items():
+        x = [cells[i].size for i in idx]
+        y = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos", math.nan) for i in idx])
+        e = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos_std", math.nan) for i in idx])
+        e = np.nan_to_num(e)  # one seed: no error bar
+        ax.errorbar(x, y, yerr=e, **_style(init, mode, inits))
+        if np.isfinite(y).any():
+            # 0..1 as the paper plots it, widened only so that no point or error bar is cut off.
+            lo, hi = float(np.nanmin(y - e)), float(np.nanmax(y + e))
+            low = min(low, lo - 0.03 if lo < 0 else 0.0)
+            high = max(high, hi + 0.02 if hi > 1 else 1.0)
+    points = sorted({c.bottleneck_point for c in cells if c.records})
+    _size_axis(ax, [c.size for c in cells if c.records])
+    ax.set_ylim(max(low, -1.05), min(high, 1.05))
+    ax.set_ylabel(f"alignment after the bottleneck (cos at {', '.join(map(label, points))})")
+    ax.set_title(f"Alignment vs bottleneck size ({at})")
+    ax.legend(frameon=False)
+    fig.savefig(path, dpi=110)
+
+
+def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) -> None:
+    fig = new_figure(11.0, 4.4)
+    axes = fig.subplots(1, 2, sharey=True)
+    series = _series(cells)
+    inits = list(dict.fromkeys(init for init, _ in series))
+    for (init, mode), idx in series.items():
+        x = [cells[i].size for i in idx]
+        for ax, key in zip(axes, ("train_top1", "eval_top1")):
+            ms = [mean_std(r.get(key) for r in cells[i].records) for i in idx]
+            y = np.array([m for m, _, _ in ms])
+            e = np.nan_to_num(np.array([s for _, s, _ in ms]))
+            ax.errorbar(x, y, yerr=e, **_style(init, mode, inits))
+    sizes = [c.size for c in cells if c.records]
+    for ax, title in zip(axes, ("train top-1", f"{eval_name} top-1")):
+        _size_axis(ax, sizes)
+        ax.set_title(title)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[0].legend(frameon=False)
+    fig.suptitle(f"Accuracy vs bottleneck size ({at})")
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,374 @@
+"""Best-practices report (DESIGN.md 4): a table and figures from the run folders of a sweep.
+
+Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv`` and
+``figures/<group>.png`` into ``<out>/best_practices/``. Conventions, shared with
+:mod:`mltools.bottleneck_report`:
+
+* only ``done`` seeds enter means and stds; diverged, failed and running seeds are counted;
+* values are taken at the run's last epoch (``config["epochs"]``, or its last record when the
+  config does not say); a done seed without that record is left out with a warning;
+* ``±`` is the sample standard deviation over seeds (ddof=1); with a single seed it is shown as
+  ``-`` in markdown and left empty in the CSV;
+* a damaged run never stops the report: load_run's warnings are echoed and listed in report.md.
+
+No torch here, and no pyplot: figures are drawn on ``matplotlib.figure.Figure`` with the Agg
+canvas, so the report runs headless and leaves the caller's matplotlib backend alone.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .experiments import EXPERIMENTS, GROUPS
+from .runlog import Run, load_run
+
+Echo = Callable[[str], None]
+
+STATUS_ORDER = ("done", "diverged", "failed", "running", "unknown")
+ARCH_NAMES = {"fc": "FC", "cnn": "CNN", "bottleneck": "bottleneck"}
+METHOD_NAMES = {"dfa": "DFA", "bp": "BP"}
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1) and count of the finite values; std is nan for a single value,
+    everything nan (count 0) for none. None and nan (a diverged metric) are skipped."""
+    xs = np.array([x for x in map(number, values) if x is not None], dtype=float)
+    if len(xs) == 0:
+        return math.nan, math.nan, 0
+    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else math.nan, len(xs)
+
+
+def number(x: object) -> float | None:
+    """``x`` as a finite float, else None: a hand-edited or damaged record may hold anything."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None
+
+
+def alignment_of(record: dict) -> list[dict]:
+    """The well-formed alignment entries of a record (each a dict with an int ``point``)."""
+    items = record.get("alignment")
+    if not isinstance(items, list):
+        return []
+    return [a for a in items if isinstance(a, dict) and isinstance(a.get("point"), int)]
+
+
+def fmt(x: float | None, decimals: int) -> str:
+    """Fixed decimals, so a table does not change with float noise; '' for a missing value."""
+    return "" if x is None or not math.isfinite(x) else f"{x:.{decimals}f}"
+
+
+def fmt_pm(mean: float, std: float, decimals: int) -> str:
+    """``mean ± std``; ``mean ± -`` for one seed, '' for none."""
+    if not math.isfinite(mean):
+        return ""
+    return f"{mean:.{decimals}f} ± {fmt(std, decimals) or '-'}"
+
+
+# -- reading runs ---------------------------------------------------------------------------------
+def seed_key(path: Path) -> tuple:
+    """Sort ``seed10`` after ``seed9``."""
+    m = re.fullmatch(r"seed(\d+)", path.name)
+    return (0, int(m.group(1)), "") if m else (1, 0, path.name)
+
+
+def load_seeds(folder: Path) -> list[Run]:
+    """The ``seed*`` run folders of one experiment folder, in seed order."""
+    return [load_run(p) for p in sorted(folder.glob("seed*"), key=seed_key) if p.is_dir()]
+
+
+def status_counts(runs: Sequence[Run]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    return counts
+
+
+def fmt_counts(counts: dict[str, int]) -> str:
+    """``3 done / 1 diverged``, plus any other status that occurs (``, 1 running``)."""
+    text = f"{counts.get('done', 0)} done / {counts.get('diverged', 0)} diverged"
+    others = sorted((s for s in counts if s not in ("done", "diverged")),
+                    key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
+    return text + "".join(f", {counts[s]} {s}" for s in others)
+
+
+def final_records(runs: Sequence[Run], epoch: int | None = None) -> tuple[list[tuple[Run, dict]], list[str]]:
+    """``(run, record)`` of each done run at ``epoch`` (its last epoch when None).
+
+    The last epoch is ``config["epochs"]`` when given: a done run whose metrics lost the final
+    line must not be averaged in at an earlier epoch.
+    """
+    used, warnings = [], []
+    for run in runs:
+        if run.status != "done":
+            continue
+        want = epoch if epoch is not None else (run.config or {}).get("epochs")
+        record = run.at_epoch(want) if isinstance(want, int) else run.last
+        if record is None:
+            warnings.append(f"{run.path}: done but no record for epoch {want}; left out of the means")
+            continue
+        used.append((run, record))
+    return used, warnings
+
+
+def point_stats(records: Sequence[dict]) -> dict[int, dict]:
+    """Per feedback point: its name, mean and sample std of ``cos_mean``, mean ``angle_deg``."""
+    by_point: dict[int, list[dict]] = {}
+    for record in records:
+        for a in alignment_of(record):
+            by_point.setdefault(a["point"], []).append(a)
+    stats = {}
+    for point, items in sorted(by_point.items()):
+        cos, cos_std, n = mean_std(a.get("cos_mean") for a in items)
+        deg, _, _ = mean_std(a.get("angle_deg") for a in items)
+        stats[point] = {"name": str(items[0].get("name", "")), "cos": cos, "cos_std": cos_std, "n": n,
+                        "deg": deg}
+    return stats
+
+
+def epoch_curve(runs: Sequence[Run], value: Callable[[dict], float | None]) -> tuple[np.ndarray, ...]:
+    """Epochs, mean and sample std (0 for one seed) of ``value(record)`` over ``runs``."""
+    per_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for record in run.records:
+            v = number(value(record))
+            if v is not None:
+                per_epoch.setdefault(record["epoch"], []).append(v)
+    epochs = sorted(per_epoch)
+    means = [float(np.mean(per_epoch[e])) for e in epochs]
+    stds = [float(np.std(per_epoch[e], ddof=1)) if len(per_epoch[e]) > 1 else 0.0 for e in epochs]
+    return np.array(epochs), np.array(means), np.array(stds)
+
+
+def alignment_value(point: int, key: str = "cos_mean") -> Callable[[dict], float | None]:
+    def value(record: dict) -> float | None:
+        return next((a.get(key) for a in alignment_of(record) if a["point"] == point), None)
+    return value
+
+
+# -- writing tables -------------------------------------------------------------------------------
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table with columns padded for the terminal."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buf.getvalue())
+
+
+def point_label(point: int) -> str:
+    """Our points are 0-based in metrics and named h1, h2, ... (dfatools.alignment)."""
+    return f"h{point + 1}"
+
+
+# -- figures --------------------------------------------------------------------------------------
+def new_figure(width: float, height: float):
+    from matplotlib.figure import Figure  # imported here: reading runs needs no matplotlib
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def alignment_ylim(ax, lows: Iterable[float]) -> None:
+    """cos lies in [-1, 1]; show [-0.1, 1] unless the data dip lower, so typical curves fill it."""
+    low = min([-0.1, *[x - 0.05 for x in lows if math.isfinite(x)]])
+    ax.set_ylim(max(-1.02, low), 1.02)
+    ax.axhline(0.0, color="0.6", lw=0.8, zorder=0)
+
+
+def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
+    """One PNG: alignment vs epoch at each feedback point, then eval top-1 vs epoch.
+
+    ``curves``: experiment -> {"label", "runs", "eval_label", "arch"}; mean over the done runs,
+    band = sample std over seeds.
+    """
+    points = sorted({a["point"] for c in curves.values() for r in c["runs"] for rec in r.records
+                     for a in alignment_of(rec)})
+    fig = new_figure(3.6 * (len(points) + 1), 4.2)
+    axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
+    colors = [f"C{i}" for i in range(10)]
+    handles, labels = [], []
+    eval_labels = sorted({c["eval_label"] for c in curves.values()})
+    for i, (name, c) in enumerate(curves.items()):
+        style = {"color": colors[i % 10], "ls": "--" if c["arch"] == "cnn" else "-", "lw": 1.6}
+        lows = []
+        for ax, point in zip(axes, points):
+            x, m, s = epoch_curve(c["runs"], alignment_value(point))
+            if len(x) == 0:
+                continue
+            ax.plot(x, m, **style)
+            ax.fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
+            lows.append(float(np.min(m - s)))
+        x, m, s = epoch_curve(c["runs"], lambda r: r.get("eval_top1"))
+        line, = axes[-1].plot(x, m, **style)
+        axes[-1].fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
+        handles.append(line)
+        labels.append(c["label"])
+        c["lows"] = lows
+    all_lows = [x for c in curves.values() for x in c["lows"]]
+    from matplotlib.ticker import MaxNLocator
+    for ax, point in zip(axes, points):
+        ax.set_title(f"alignment at feedback point {point_label(point)}")
+        alignment_ylim(ax, all_lows)
+    if points:
+        axes[0].set_ylabel("cos(DFA signal, BP gradient)")
+    axes[-1].set_title(" / ".join(eval_labels) + " accuracy")
+    axes[-1].set_ylabel(" / ".join(eval_labels) + " (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: mean over done seeds, band = ± 1 sample std")
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), frameon=False)
+    fig.savefig(path, dpi=110)
+
+
+# -- the report -----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One experiment of the table."""
+    name: str
+    runs: list[Run]
+    used: list[tuple[Run, dict]] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict:
+        return next((r.config for r in self.runs if r.config), {})
+
+    @property
+    def eval_split(self) -> str:
+        return self.config.get("eval_split", "test")
+
+
+def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
+    """Experiments found under ``<out>/best_practices/``, in EXPERIMENTS order (unknown names after,
+    sorted), with load warnings."""
+    root = Path(out) / "best_practices"
+    folders = {p.name: p for p in root.glob("*") if p.is_dir() and any(p.glob("seed*"))}
+    names = [n for n in EXPERIMENTS if n in folders] + sorted(set(folders) - set(EXPERIMENTS))
+    rows, warnings = [], []
+    for name in names:
+        row = Row(name, load_seeds(folders[name]))
+        for run in row.runs:
+            warnings += run.warnings
+        row.used, missing = final_records(row.runs)
+        warnings += missing
+        rows.append(row)
+    return rows, warnings
+
+
+def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
+    """Write ``report.md``, ``summary.csv`` and ``figures/*.png`` under ``<out>/best_practices/``;
+    echo warnings and the table. Returns the path of report.md."""
+    root = Path(out) / "best_practices"
+    if not root.is_dir():
+        raise FileNotFoundError(f"no best_practices folder in {out}")
+    rows, warnings = collect_best_practices(out)
+    for w in warnings:
+        echo(f"warning: {w}")
+
+    points = sorted({p for row in rows for p in point_stats([r for _, r in row.used])})
+    splits = sorted({row.eval_split for row in rows})
+    eval_head = f"{splits[0]} top-1" if len(splits) == 1 else "eval top-1 (split)"
+    md_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds", eval_head,
+               "train top-1", *(f"cos {point_label(p)}" for p in points),
+               *(f"deg {point_label(p)}" for p in points)]
+    csv_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds_done",
+                "seeds_diverged", "seeds_failed", "seeds_running", "seeds_other", "seeds_used",
+                "eval_split", "eval_top1_mean", "eval_top1_std", "train_top1_mean", "train_top1_std",
+                *(f"cos_{point_label(p)}" for p in points), *(f"deg_{point_label(p)}" for p in points)]
+    md_rows, csv_rows, diverged = [], [], []
+    for row in rows:
+        config, records = row.config, [r for _, r in row.used]
+        setting = EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0]
+        defaults = EXPERIMENTS.get(row.name, ("", {}))[1]
+        method = config.get("method", defaults.get("method", "dfa"))
+        arch = config.get("arch", defaults.get("arch", ""))
+        counts = status_counts(row.runs)
+        ev = mean_std(r.get("eval_top1") for r in records)
+        tr = mean_std(r.get("train_top1") for r in records)
+        stats = point_stats(records)
+        epochs = sorted({r["epoch"] for r in records})
+        seeds = fmt_counts(counts)
+        for run in row.runs:
+            if run.status == "diverged":
+                diverged.append(f"{row.name}/{run.path.name} (epoch {run.config.get('diverged_epoch')})")
+        if counts.get("diverged"):
+            seeds += " *"
+        ev_cell = fmt_pm(ev[0], ev[1], 2)
+        if len(splits) != 1 and ev_cell:
+            ev_cell += f" ({row.eval_split})"
+        md_rows.append([row.name, METHOD_NAMES.get(method, method), ARCH_NAMES.get(arch, arch),
+                        setting, "/".join(map(str, epochs)), seeds, ev_cell, fmt_pm(tr[0], tr[1], 2),
+                        *(fmt(stats.get(p, {}).get("cos"), 3) for p in points),
+                        *(fmt(stats.get(p, {}).get("deg"), 1) for p in points)])
+        other = sum(n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running"))
+        csv_rows.append([row.name, method, arch, setting, "/".join(map(str, epochs)),
+                         counts.get("done", 0), counts.get("diverged", 0), counts.get("failed", 0),
+                         counts.get("running", 0), other, len(records), row.eval_split,
+                         fmt(ev[0], 4), fmt(ev[1], 4), fmt(tr[0], 4), fmt(tr[1], 4),
+                         *(fmt(stats.get(p, {}).get("cos"), 6) for p in points),
+                         *(fmt(stats.get(p, {}).get("deg"), 4) for p in points)])
+
+    table = markdown_table(md_head, md_rows)
+    write_csv(root / "summary.csv", csv_head, csv_rows)
+    figures = write_group_figures(root, rows)
+
+    text = ["# Best-practices report", "",
+            f"Runs read from `{root}/<experiment>/seed<k>/`. Values are at each run's last epoch "
+            "(the `epochs` column). Accuracies are top-1 in percent, `mean ± std` over the *done* "
+            "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
+            "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
+            "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
+            "the mean of `angle_deg`.", "", table, ""]
+    if diverged:
+        text += ["\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
+                 + ", ".join(diverged) + ".", ""]
+    if figures:
+        text += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
+    if warnings:
+        text += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    path = root / "report.md"
+    path.write_text("\n".join(text))
+    echo(table)
+    if diverged:
+        echo("* diverged seeds are counted but left out of the means: " + ", ".join(diverged))
+    return path
+
+
+def write_group_figures(root: Path, rows: Sequence[Row]) -> list[Path]:
+    """One PNG per GROUPS entry with done runs; groups with no data are skipped."""
+    by_name = {row.name: row for row in rows}
+    folder = root / "figures"
+    written = []
+    for group, names in GROUPS.items():
+        curves = {}
+        for name in names:
+            row = by_name.get(name)
+            if row is None or not row.used:
+                continue
+            runs = [run for run, _ in row.used]
+            setting = EXPERIMENTS.get(name, (name, {}))[0]
+            curves[name] = {"label": f"{name}: {setting} ({len(runs)} seeds)", "runs": runs,
+                            "eval_label": f"{row.eval_split} top-1", "arch": row.config.get("arch")}
+        if not curves:
+            continue
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{group}.png"
+        plot_group(path, group, curves)
+        written.append(path)
+    return written

@@ -1,0 +1,137 @@
+"""Run many runs: skip finished ones, resume interrupted ones, split with ``--shard``, spread
+over processes and devices with ``--jobs``, and never train one run folder twice at once."""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runlog
+from .cli import UsageError
+from .train import RunConfig
+
+
+@dataclass
+class RunSpec:
+    config: RunConfig
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.experiment} seed{self.config.seed}"
+
+
+def select_shard(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """Every N-th run starting at the I-th, for ``shard = (I, N)``."""
+    if shard is None:
+        return specs
+    i, n = shard
+    return specs[i::n]
+
+
+def plan(spec: RunSpec) -> str:
+    """``skip`` (finished), ``run`` (new, interrupted, or to be extended to more epochs).
+
+    Raises UsageError when the folder holds a run with other settings: two runs never share one.
+    """
+    config, _ = runlog.read_config(spec.run_dir)
+    if config is None:
+        return "run"  # new, or config unreadable: the checkpoint decides how far it got
+    wanted = spec.config.settings()
+    differ = sorted(k for k, v in wanted.items() if k != "epochs" and config.get(k) != v)
+    if differ:
+        raise UsageError(f"{spec.run_dir} holds a run with other settings ({', '.join(differ)}); "
+                         "use another --out or delete that folder")
+    if config.get("status") == "diverged":
+        return "skip"
+    if config.get("status") == "done" and config.get("epochs", 0) >= spec.config.epochs:
+        return "skip"
+    return "run"
+
+
+def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
+            bars: bool = True) -> str:
+    """Train one run under its lock; returns done, diverged, failed or busy."""
+    import torch  # here, so that `import mltools.sweep` stays light in the parent process
+
+    from .device import resolve_device
+    from .train import train_run
+    if threads:
+        torch.set_num_threads(threads)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    if not runlog.acquire_lock(spec.run_dir):
+        print(f"{spec.label}: busy (another process is training {spec.run_dir}), skipped", flush=True)
+        return "busy"
+    try:
+        if plan(spec) == "skip":  # another sweep finished it since this one started
+            return "skipped"
+        return train_run(spec.config, spec.run_dir, resolve_device(device), quiet=quiet, bars=bars)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # one broken run must not stop a sweep of hundreds
+        print(f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
+              flush=True)
+        return "failed"
+    finally:
+        runlog.release_lock(spec.run_dir)
+
+
+def devices_for(device: str, jobs: int) -> list[str]:
+    """Devices to spread jobs over: every CUDA device when ``device`` is cuda/auto and several exist."""
+    import torch
+    if jobs > 1 and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [device]
+
+
+def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
+              quiet: bool = False) -> Counter:
+    """Run every spec that is not finished; returns a count of outcomes (incl. ``skipped``)."""
+    outcomes: Counter = Counter()
+    todo = []
+    for spec in specs:
+        if plan(spec) == "skip":
+            outcomes["skipped"] += 1
+        else:
+            todo.append(spec)
+    if specs and not quiet:
+        print(f"{len(todo)} run(s) to train, {outcomes['skipped']} already finished", flush=True)
+    if jobs <= 1:
+        for spec in todo:
+            outcomes[run_one(spec, device, quiet)] += 1
+        return outcomes
+    spread = devices_for(device, jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if spread == ["cpu"] or device == "cpu" else None
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        running = [pool.submit(run_one, spec, spread[k % len(spread)], quiet, threads, False)
+                   for k, spec in enumerate(todo)]
+        try:
+            for future in futures.as_completed(running):
+                outcomes[future.result()] += 1
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return outcomes
+
+
+def check_inputs(device: str, dataset: str, data_dir: str, download: bool, eval_split: str,
+                 train_samples: int | None) -> None:
+    """Fail early, with one line, on a device or dataset the runs could not use."""
+    from .data import DataError
+    from .device import resolve_device
+    from .train import RunConfig, get_data
+    try:
+        resolved = resolve_device(device)
+        get_data(RunConfig(dataset=dataset, data_dir=data_dir, download=download,
+                           eval_split=eval_split, train_samples=train_samples), resolved)
+    except (ValueError, DataError) as err:
+        raise UsageError(str(err)) from None
+
+
+def summarize(outcomes: Counter) -> str:
+    parts = [f"{n} {what}" for what, n in sorted(outcomes.items()) if n]
+    return "runs: " + (", ".join(parts) if parts else "none selected")

@@ -1,0 +1,347 @@
+"""The one training loop, for BP and DFA alike, writing a run folder (DESIGN.md 6).
+
+A run resumes from its checkpoint after a crash and produces the same metrics, number for
+number on CPU, as an uninterrupted run: the checkpoint holds the model, the optimizer, the
+data-order generator and every RNG state.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import dfatools
+from . import models, runlog
+from .data import Dataset, iterate_batches, load_dataset
+
+ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
+EVAL_BATCH = 1000
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one run; saved in config.json."""
+    experiment: str = "fc-tanh"
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    eval_split: str = "test"
+    train_samples: int | None = None
+    arch: str = "fc"                 # fc | cnn | bottleneck
+    method: str = "dfa"              # dfa | bp
+    act: str = "tanh"
+    normalize: bool = True           # feedback normalization
+    batch_norm: bool = False
+    input_dropout: float = 0.0
+    dropout: float = 0.0             # after hidden Linear layers
+    conv_dropout: float = 0.0        # Dropout2d after conv layers
+    init: str = "std"                # std | pai
+    bottleneck_size: int | None = None
+    bottleneck_mode: str = "mask"    # mask | width
+    width: int = 800                 # bottleneck net width
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 5e-4
+    seed: int = 0
+
+    def settings(self) -> dict:
+        """What defines the result; a run folder holding other settings is another run."""
+        return {k: v for k, v in asdict(self).items() if k not in ("data_dir", "download")}
+
+
+# -- building blocks ------------------------------------------------------------------------------
+def build_model(cfg: RunConfig, input_shape: tuple[int, int, int],
+                num_classes: int) -> dfatools.DFASequential:
+    if cfg.arch == "fc":
+        net = models.fc(input_shape, num_classes, act=cfg.act, input_dropout=cfg.input_dropout,
+                        dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+    elif cfg.arch == "cnn":
+        net = models.cnn(input_shape, num_classes, act=cfg.act, input_dropout=cfg.input_dropout,
+                         conv_dropout=cfg.conv_dropout, dropout=cfg.dropout,
+                         batch_norm=cfg.batch_norm)
+    elif cfg.arch == "bottleneck":
+        net = models.bottleneck_net(input_shape, num_classes, cfg.bottleneck_size,
+                                    mode=cfg.bottleneck_mode, width=cfg.width, seed=cfg.seed)
+    else:
+        raise ValueError(f"unknown architecture {cfg.arch!r}")
+    return dfatools.to_dfa(net, num_classes, normalize=cfg.normalize, seed=cfg.seed)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and top-1 (percent) over ``x`` ``(N, C, H, W)``, ``y`` ``(N,)``, in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(y), EVAL_BATCH):
+        out = model(x[start:start + EVAL_BATCH])
+        target = y[start:start + EVAL_BATCH]
+        loss += F.cross_entropy(out, target, reduction="sum")
+        correct += (out.argmax(1) == target).sum()
+    return loss.item() / len(y), 100.0 * correct.item() / len(y)
+
+
+def train_epoch(model: dfatools.DFASequential, opt: torch.optim.Optimizer, data: Dataset,
+                cfg: RunConfig, order: torch.Generator, bar: tqdm) -> tuple[float, float]:
+    """One pass over the training set; mean loss and top-1 (percent), one host sync at the end."""
+    model.train()
+    x, y = data.x_train, data.y_train
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    mode = model.backprop() if cfg.method == "bp" else contextlib.nullcontext()
+    with mode:
+        for idx in iterate_batches(len(y), cfg.batch_size, order, x.device):
+            out = model(x[idx])
+            loss = F.cross_entropy(out, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.detach().argmax(1) == y[idx]).sum()
+            bar.update(1)
+    return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
+
+
+def alignment(model, data: Dataset) -> list[dict]:
+    xa, ya = data.x_eval[:ALIGNMENT_SAMPLES], data.y_eval[:ALIGNMENT_SAMPLES]
+    return [a.to_dict() for a in dfatools.measure_alignment(model, xa, ya)]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, model, opt, order: torch.Generator, epoch: int) -> None:
+    """Atomic, and the previous checkpoint is kept until the new one is in place."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "order": order.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "random": random.getstate(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = run_dir / runlog.CHECKPOINT
+    if path.exists():
+        os.replace(path, run_dir / runlog.PREVIOUS_CHECKPOINT)
+    runlog.fsync_write(path, buffer.getvalue())
+
+
+def load_checkpoint(run_dir: Path, device: torch.device, log: runlog.RunLog) -> dict | None:
+    """The newest readable checkpoint, or None; damaged ones are reported in the log."""
+    for name in (runlog.CHECKPOINT, runlog.PREVIOUS_CHECKPOINT):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+            if not isinstance(state, dict) or "epoch" not in state:
+                raise ValueError("not a checkpoint")
+            return state
+        except Exception as err:  # truncated/empty files raise many different types
+            log.write(f"warning: {path} is damaged ({type(err).__name__}); trying an older state")
+    return None
+
+
+def restore(state: dict, model, opt, order: torch.Generator) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    order.set_state(state["order"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+
+
+def kept_records(run_dir: Path, last_epoch: int, log: runlog.RunLog) -> list[dict]:
+    """Records of epochs 0..last_epoch, from metrics.jsonl, filled from log.txt where damaged."""
+    records, warnings = runlog.read_json_lines(run_dir / runlog.METRICS)
+    if (run_dir / runlog.LOG).exists():
+        from_log, _ = runlog.parse_log((run_dir / runlog.LOG).read_text(errors="replace"))
+        merged = {r["epoch"]: r for r in from_log}
+    else:
+        merged = {}
+    merged.update({r["epoch"]: r for r in records})
+    for w in warnings:
+        log.write(f"warning: {w}")
+    missing = [e for e in range(last_epoch + 1) if e not in merged]
+    if missing:
+        log.write(f"warning: no metrics left for epochs {missing}")
+    return [merged[e] for e in sorted(merged) if e <= last_epoch]
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: torch.device) -> dict:
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "dfatools": "0.1.0"},
+        "git_commit": git_commit(),
+    }
+
+
+# -- the run --------------------------------------------------------------------------------------
+_DATA_CACHE: dict[tuple, Dataset] = {}
+
+
+def get_data(cfg: RunConfig, device: torch.device) -> Dataset:
+    """The run's dataset, loaded once per process and shared by the runs of a sweep."""
+    key = (cfg.dataset, cfg.data_dir, cfg.eval_split, cfg.train_samples, str(device))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one dataset on the device at a time
+        _DATA_CACHE[key] = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                        eval_split=cfg.eval_split,
+                                        train_samples=cfg.train_samples, device=device)
+    return _DATA_CACHE[key]
+
+
+def record_line(cfg: RunConfig, record: dict, split: str) -> str:
+    """A compact console line for one epoch."""
+    cos = " ".join(f"{a['cos_mean']:+.2f}" for a in record["alignment"])
+    return (f"{cfg.experiment} seed{cfg.seed} epoch {record['epoch']}/{cfg.epochs}: "
+            f"train {record['train_top1']:.2f}% {split} {record['eval_top1']:.2f}% "
+            f"cos [{cos}] ({record['time_s']:.1f}s)")
+
+
+def train_run(cfg: RunConfig, run_dir: Path, device: torch.device, quiet: bool = False,
+              bars: bool = True) -> str:
+    """Train (or resume) the run in ``run_dir``; returns its final status (done or diverged).
+
+    The caller holds the run's lock. Exceptions propagate after the status is set to failed.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    show = not quiet
+    log = runlog.RunLog(run_dir)
+    config = {**asdict(cfg), **provenance(device), "status": "running", "diverged_epoch": None}
+    if cfg.arch == "bottleneck":
+        config["bottleneck_point"] = 1  # the point right after the bottleneck layer
+    runlog.write_config(run_dir, config)
+    try:
+        status = _train(cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        log.write("interrupted; the same command resumes from the last finished epoch")
+        raise
+    except Exception as err:
+        config.update(status="failed", error=f"{type(err).__name__}: {err}")
+        runlog.write_config(run_dir, config)
+        log.write(f"failed: {type(err).__name__}: {err}")
+        raise
+    config.update(status=status[0], diverged_epoch=status[1])
+    runlog.write_config(run_dir, config)
+    return status[0]
+
+
+class Trainer:
+    """One run's model, optimizer and data order, stepping through epochs and writing its folder.
+
+    ``start()`` resumes from the checkpoint or starts fresh (with PAI when asked) and returns
+    the first epoch to run; ``epoch(e)`` runs epoch ``e`` (0 = evaluation before training) and
+    writes its record, log lines and checkpoint.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, log: runlog.RunLog,
+                 show: bool = False, bars: bool = False) -> None:
+        self.cfg, self.run_dir, self.device, self.log, self.bars = cfg, run_dir, device, log, bars
+        self.say = tqdm.write if show else (lambda line: None)
+        self.data = get_data(cfg, device)
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
+        self.order = torch.Generator().manual_seed(cfg.seed)
+
+    def start(self) -> int:
+        cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
+        state = load_checkpoint(run_dir, self.device, log)
+        if state is not None:
+            restore(state, self.model, self.opt, self.order)
+            runlog.write_metrics(run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log))
+            log.write(f"resumed from the checkpoint of epoch {state['epoch']}")
+            self.say(f"{cfg.experiment} seed{cfg.seed}: resumed after epoch {state['epoch']}")
+            return state["epoch"] + 1
+        if (run_dir / runlog.METRICS).exists() or (run_dir / runlog.LOG).exists():
+            log.write("no usable checkpoint: restarting from scratch")
+            self.say(f"{cfg.experiment} seed{cfg.seed}: no usable checkpoint, restarting from scratch")
+        runlog.write_metrics(run_dir / runlog.METRICS, [])
+        log.write(f"start {cfg.experiment} seed {cfg.seed}: {cfg.method.upper()} {cfg.arch} on "
+                  f"{cfg.dataset} ({len(data.y_train)} train, {len(data.y_eval)} "
+                  f"{data.eval_split}), device {self.device}")
+        if cfg.init == "pai":
+            dfatools.prealign(self.model, data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])
+            log.write("pre-alignment initialization (PAI) applied on the first training batch")
+        return 0
+
+    def epoch(self, epoch: int) -> dict:
+        """Run and record one epoch; the record's ``train_loss`` is not finite when it diverged."""
+        cfg, data, log = self.cfg, self.data, self.log
+        tic = time.perf_counter()
+        if epoch == 0:
+            train_loss, train_top1 = evaluate(self.model, data.x_train, data.y_train)
+        else:
+            n_batches = math.ceil(len(data.y_train) / cfg.batch_size)
+            with tqdm(total=n_batches, desc=f"{cfg.experiment} seed{cfg.seed} epoch {epoch}/{cfg.epochs}",
+                      disable=not self.bars, leave=False, file=sys.stderr) as bar:
+                train_loss, train_top1 = train_epoch(self.model, self.opt, data, cfg, self.order, bar)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_top1": train_top1}
+        if not math.isfinite(train_loss):
+            record.update(eval_loss=None, eval_top1=None, time_s=time.perf_counter() - tic,
+                          alignment=[])
+            runlog.append_metrics(self.run_dir, record)
+            log.epoch(record, cfg.epochs)
+            log.write(f"diverged at epoch {epoch}: training loss is {train_loss}")
+            self.say(f"{cfg.experiment} seed{cfg.seed}: diverged at epoch {epoch} (loss {train_loss})")
+            return record
+        record["eval_loss"], record["eval_top1"] = evaluate(self.model, data.x_eval, data.y_eval)
+        record["alignment"] = alignment(self.model, data)
+        record["time_s"] = time.perf_counter() - tic
+        runlog.append_metrics(self.run_dir, record)
+        log.epoch(record, cfg.epochs)
+        save_checkpoint(self.run_dir, self.model, self.opt, self.order, epoch)
+        self.say(record_line(cfg, record, data.eval_split))
+        return record
+
+    def finish(self) -> None:
+        torch.save(self.model.state_dict(), self.run_dir / runlog.MODEL)
+        self.log.write("done")
+
+
+def _train(cfg: RunConfig, run_dir: Path, device: torch.device, log: runlog.RunLog,
+           show: bool, bars: bool) -> tuple[str, int | None]:
+    trainer = Trainer(cfg, run_dir, device, log, show, bars)
+    for epoch in range(trainer.start(), cfg.epochs + 1):
+        record = trainer.epoch(epoch)
+        if not math.isfinite(record["train_loss"]):
+            return "diverged", epoch
+    trainer.finish()
+    return "done", None

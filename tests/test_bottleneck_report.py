@@ -1,0 +1,201 @@
+"""Tests of mltools.bottleneck_report and bottleneck_from_log.py on hand-written run folders."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
+from mltools.cli import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 2
+POINTS = 3  # mask mode: h1, h2 (after the bottleneck), h3
+
+
+def make_records(rng):
+    return [{"epoch": e, "train_loss": 1.0, "train_top1": float(rng.uniform(10, 90)), "eval_loss": 1.0,
+             "eval_top1": float(rng.uniform(10, 90)), "time_s": 0.5,
+             "alignment": [{"point": p, "name": f"h{p + 1} ({'Bottleneck' if p == 1 else 'Linear'})",
+                            "cos_mean": float(rng.uniform(-0.1, 1)), "cos_std": 0.1,
+                            "angle_deg": float(rng.uniform(0, 90)), "weight_cos": None}
+                           for p in range(POINTS)]}
+            for e in range(EPOCHS + 1)]
+
+
+def write_run(results, mode, init, size, seed, records, status="done"):
+    folder = results / "bottleneck" / f"{mode}-{init}-b{size}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    config = {"arch": "bottleneck", "bottleneck_mode": mode, "init": init, "bottleneck_size": size,
+              "bottleneck_point": 1, "epochs": EPOCHS, "seed": seed, "eval_split": "test",
+              "status": status, "diverged_epoch": 1 if status == "diverged" else None}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+CELLS = [("mask", "std", 1), ("mask", "std", 28), ("mask", "std", 800), ("mask", "pai", 1),
+         ("mask", "pai", 800), ("width", "std", 5)]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two done seeds per cell (one cell with a third, diverged, seed); the report written once."""
+    results = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(3)
+    done = {}
+    # Written in shuffled order: the table must sort by mode, init, size on its own.
+    for mode, init, size in reversed(CELLS):
+        done[mode, init, size] = [make_records(rng) for _ in range(2)]
+        for seed, records in enumerate(done[mode, init, size]):
+            write_run(results, mode, init, size, seed, records)
+    write_run(results, "mask", "std", 28, 2, make_records(rng)[:2], status="diverged")
+    figures = write_bottleneck_report(results, echo=lambda _: None)
+    return results, done, figures
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_rows(rows, done, epoch):
+    assert [(r["mode"], r["init"], int(r["size"])) for r in rows] == sorted(CELLS)
+    for row in rows:
+        finals = [rec[epoch] for rec in done[row["mode"], row["init"], int(row["size"])]]
+        for key in ("train_top1", "eval_top1"):
+            values = np.array([r[key] for r in finals])
+            assert float(row[f"{key}_mean"]) == pytest.approx(values.mean(), abs=1e-4)
+            assert float(row[f"{key}_std"]) == pytest.approx(values.std(ddof=1), abs=1e-4)
+        cos = np.array([[a["cos_mean"] for a in r["alignment"]] for r in finals])
+        deg = np.array([[a["angle_deg"] for a in r["alignment"]] for r in finals])
+        for p in range(POINTS):
+            assert float(row[f"cos_h{p + 1}"]) == pytest.approx(cos[:, p].mean(), abs=1e-6)
+            assert float(row[f"deg_h{p + 1}"]) == pytest.approx(deg[:, p].mean(), abs=1e-4)
+        assert row["bottleneck_point"] == "h2"  # point 1, named as the cos_h2 column
+        assert float(row["bottleneck_cos_mean"]) == pytest.approx(cos[:, 1].mean(), abs=1e-6)
+        assert float(row["bottleneck_cos_std"]) == pytest.approx(cos[:, 1].std(ddof=1), abs=1e-6)
+
+
+def test_table_matches_numpy(sweep):
+    results, done, figures = sweep
+    assert figures == results / "bottleneck" / "figures"
+    rows = read_rows(figures / "bottleneck_table.csv")
+    check_rows(rows, done, EPOCHS)
+    b28 = next(r for r in rows if r["init"] == "std" and r["size"] == "28")
+    assert (b28["seeds_done"], b28["seeds_diverged"], b28["seeds_used"]) == ("2", "1", "2")
+    md = (figures / "bottleneck_table.md").read_text()
+    # Stable precision: top-1 with 2 decimals, cos with 3, degrees with 1.
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| mask")]
+    cells = next(row for row in table if row[1:3] == ["std", "28"])
+    assert cells[3] == "2 done / 1 diverged"
+    mean, std = (float(x) for x in cells[4].split(" ± "))
+    assert cells[4] == f"{mean:.2f} ± {std:.2f}"
+    assert len(cells[7].split(".")[1]) == 3 and len(cells[-1].split(".")[1]) == 1
+
+
+def test_pngs_written(sweep):
+    figures = sweep[2]
+    for name in ("alignment_vs_size.png", "accuracy_vs_size.png"):
+        data = (figures / name).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 1000
+
+
+def test_epoch_option(tmp_path):
+    rng = np.random.default_rng(4)
+    done = {cell: [make_records(rng) for _ in range(2)] for cell in CELLS}
+    for (mode, init, size), runs in done.items():
+        for seed, records in enumerate(runs):
+            write_run(tmp_path, mode, init, size, seed, records)
+    figures = write_bottleneck_report(tmp_path, epoch=1, echo=lambda _: None)
+    check_rows(read_rows(figures / "bottleneck_table.csv"), done, 1)
+    with pytest.raises(UsageError, match="epoch 7"):
+        write_bottleneck_report(tmp_path, epoch=7, echo=lambda _: None)
+
+
+# -- recovered 2019 logs ----------------------------------------------------------------------------
+MODULES = ["Linear(in_features=3072, out_features=800, bias=True)", "Tanh()",
+           "Linear(in_features=800, out_features=800, bias=True)", "Tanh()",
+           "Linear(in_features=800, out_features=800, bias=True)", "Tanh()",
+           "Linear(in_features=800, out_features=10, bias=True)"]
+
+
+def legacy_run(rng, epochs=3):
+    return [{"epoch": e, "epochs": epochs, "time_s": 10.0, "train_loss": 1.0,
+             "train_top1": round(float(rng.uniform(10, 90)), 2), "test_loss": 1.1,
+             "test_top1": round(float(rng.uniform(10, 90)), 2),
+             "modules": [{"index": i, "name": name, "mean": round(float(rng.uniform(0, 1)), 4),
+                          "std": 0.05} for i, name in enumerate(MODULES)]}
+            for e in range(1, epochs + 1)]
+
+
+def test_recovered_json(tmp_path):
+    rng = np.random.default_rng(5)
+    runs = [legacy_run(rng) for _ in range(3)]
+    path = tmp_path / "old.recovered.json"
+    path.write_text(json.dumps(runs))
+    sizes = [8, 1, 64]
+    figures = write_recovered_bottleneck_report(path, sizes, tmp_path / "out", echo=lambda _: None)
+    rows = read_rows(figures / "bottleneck_table.csv")
+    assert [int(r["size"]) for r in rows] == [1, 8, 64]
+    for row in rows:
+        last = runs[sizes.index(int(row["size"]))][-1]
+        assert row["init"] == "recovered" and row["seeds_used"] == "1"
+        assert float(row["train_top1_mean"]) == pytest.approx(last["train_top1"], abs=1e-4)
+        assert float(row["eval_top1_mean"]) == pytest.approx(last["test_top1"], abs=1e-4)
+        assert row["bottleneck_point"] == "m2"  # module 2, the second Linear module
+        assert float(row["bottleneck_cos_mean"]) == pytest.approx(last["modules"][2]["mean"], abs=1e-6)
+        assert row["bottleneck_cos_std"] == ""  # one run per size
+    assert "deg_m2" not in rows[0]  # 2019 logs hold no angles
+    for name in ("alignment_vs_size.png", "accuracy_vs_size.png", "bottleneck_table.md"):
+        assert (figures / name).stat().st_size > 0
+    # --module and --epoch pick another module and epoch.
+    figures = write_recovered_bottleneck_report(path, sizes, tmp_path / "out2", epoch=2, module=4,
+                                                echo=lambda _: None)
+    row = read_rows(figures / "bottleneck_table.csv")[0]
+    assert float(row["bottleneck_cos_mean"]) == pytest.approx(runs[1][1]["modules"][4]["mean"], abs=1e-6)
+    with pytest.raises(UsageError, match="2 sizes given for 3"):
+        write_recovered_bottleneck_report(path, [1, 2], tmp_path / "out3", echo=lambda _: None)
+
+
+# -- the script ---------------------------------------------------------------------------------------
+def script(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "bottleneck_from_log.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_script_runs_without_torch(sweep, tmp_path):
+    results = sweep[0]
+    # runpy in a fresh interpreter: the exit code, and no torch among the imported modules.
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['bottleneck_from_log.py', {str(results)!r}]\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "assert code == 0, code\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {results / 'bottleneck' / 'figures'}" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/missing"], "does not exist"),
+    (["{tmp}"], "no bottleneck runs"),
+    (["{tmp}", "--recovered", "{tmp}/old.json"], "--recovered needs --sizes"),
+    (["{tmp}", "--sizes", "1", "2"], "need --recovered"),
+    (["{tmp}", "--recovered", "{tmp}/old.json", "--sizes", "1"], "1 sizes given for 2"),
+    (["{tmp}", "--recovered", "{tmp}/bad.json", "--sizes", "1"], "cannot read recovered log"),
+    (["{tmp}", "--recovered", "{tmp}/notruns.json", "--sizes", "1"], "not a recovered 2019 log"),
+])
+def test_script_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "old.json").write_text(json.dumps([legacy_run(np.random.default_rng(6))] * 2))
+    (tmp_path / "bad.json").write_text('[[{"epoch": 1, ')
+    (tmp_path / "notruns.json").write_text('{"epoch": 1}')
+    proc = script(*(a.format(tmp=tmp_path) for a in args))
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == ""
