@@ -1,0 +1,75 @@
+"""The command lines as a user meets them: bad input is one line on stderr and exit code 2."""
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("best_practices.py", ["--experiments", "nope"], "fc-tanh"),
+    ("best_practices.py", ["--dataset", "nope"], "cifar10, cifar100, mnist"),
+    ("best_practices.py", ["--epochs", "0"], "--epochs"),
+    ("best_practices.py", ["--seeds", "-2"], "--seeds"),
+    ("best_practices.py", ["--batch-size", "0"], "--batch-size"),
+    ("best_practices.py", ["--lr", "-1"], "--lr"),
+    ("best_practices.py", ["--lr", "nan"], "--lr"),
+    ("best_practices.py", ["--shard", "2/2"], "--shard"),
+    ("best_practices.py", ["--shard", "1of2"], "--shard"),
+    ("best_practices.py", ["--device", "cuda:7"], "cuda:7"),
+    ("best_practices.py", ["--device", "gpu"], "gpu"),
+    ("best_practices.py", ["--dataset", "mnist", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
+    ("best_practices.py", ["--report-only", "--out", "/nonexistent/results"], "no best-practices runs"),
+    ("bottleneck.py", ["--sizes", "801"], "1..800"),
+    ("bottleneck.py", ["--width", "16", "--sizes", "17"], "1..16"),
+    ("bottleneck.py", ["--sizes", "0"], "--sizes"),
+    ("bottleneck.py", ["--mode", "thin"], "--mode"),
+    ("bottleneck.py", ["--epochs", "-1"], "--epochs"),
+    ("bottleneck.py", ["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "--download"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
+    result = run(script, *args, "--out", str(tmp_path / "out")) if "--out" not in args else run(script, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert needle in lines[0]
+    assert not (tmp_path / "out" / "best_practices").exists()  # nothing started, nothing written
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run("best_practices.py", "--out", str(blocker / "results"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "output folder" in result.stderr
+
+
+def test_list_names_every_experiment():
+    result = run("best_practices.py", "--list")
+    assert result.returncode == 0
+    for name in ("fc-bn", "conv-drop0.1-0.1", "fc-pai", "conv-bp"):
+        assert name in result.stdout
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh", "--seeds", "1",
+           "--epochs", "50", "--batch-size", "8", "--out", str(tmp_path), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "best_practices" / "fc-tanh" / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "run the same command again to resume" in err.lower()
+    assert not (metrics.parent / "run.lock").exists()
