@@ -54,25 +54,14 @@ def main() -> int:
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     from mltools import sweep
     from mltools.train import RunConfig
-    sweep.check_inputs(args.device, settings["dataset"], args.data_dir, args.download,
-                       settings["eval_split"], args.train_samples)
-    specs = [
-        sweep.RunSpec(RunConfig(experiment=name, dataset=settings["dataset"], data_dir=args.data_dir,
-                                download=args.download, eval_split=settings["eval_split"],
-                                train_samples=args.train_samples, epochs=settings["epochs"],
-                                batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
-                                **EXPERIMENTS[name][1]),
-                      out / "best_practices" / name / f"seed{seed}")
-        for name in args.experiments or EXPERIMENTS for seed in range(settings["seeds"])
-    ]
-    print(f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
-          f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}, "
-          f"{len(specs)} runs in all -> {out / 'best_practices'}", flush=True)
-    outcomes = sweep.run_sweep(sweep.select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
-    print(sweep.summarize(outcomes), flush=True)
-    write_best_practices_report(out)
-    return 1 if outcomes["failed"] else 0
-
+    shared = sweep.shared_settings(settings, args)
+    specs = [sweep.RunSpec(RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
+                           out / "best_practices" / name / f"seed{seed}")
+             for name in args.experiments or EXPERIMENTS for seed in range(settings["seeds"])]
+    headline = (f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
+                f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']} "
+                f"-> {out / 'best_practices'}")
+    return sweep.execute(specs, args, headline, write_best_practices_report)
 
 if __name__ == "__main__":
     cli.run_main(main, PROG)

@@ -38,26 +38,16 @@ def main() -> int:
     from mltools import sweep
     from mltools.bottleneck_report import write_bottleneck_report
     from mltools.train import RunConfig
-    sweep.check_inputs(args.device, settings["dataset"], args.data_dir, args.download,
-                       settings["eval_split"], args.train_samples)
-    specs = [
-        sweep.RunSpec(RunConfig(experiment=f"{args.mode}-{init}-b{size}", arch="bottleneck",
-                                bottleneck_size=size, bottleneck_mode=args.mode, width=args.width,
-                                init=init, dataset=settings["dataset"], data_dir=args.data_dir,
-                                download=args.download, eval_split=settings["eval_split"],
-                                train_samples=args.train_samples, epochs=settings["epochs"],
-                                batch_size=settings["batch_size"], lr=settings["lr"], seed=seed),
-                      out / "bottleneck" / f"{args.mode}-{init}-b{size}" / f"seed{seed}")
-        for init in args.init for size in sizes for seed in range(settings["seeds"])
-    ]
-    print(f"{settings['preset']} preset: {settings['dataset']}, sizes {sizes}, init {args.init}, "
-          f"{args.mode} mode, {settings['seeds']} seed(s), {settings['epochs']} epochs, "
-          f"{len(specs)} runs in all -> {out / 'bottleneck'}", flush=True)
-    outcomes = sweep.run_sweep(sweep.select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
-    print(sweep.summarize(outcomes), flush=True)
-    write_bottleneck_report(out)
-    return 1 if outcomes["failed"] else 0
-
+    shared = sweep.shared_settings(settings, args)
+    specs = [sweep.RunSpec(RunConfig(experiment=f"{args.mode}-{init}-b{size}", arch="bottleneck",
+                                     bottleneck_size=size, bottleneck_mode=args.mode,
+                                     width=args.width, init=init, seed=seed, **shared),
+                           out / "bottleneck" / f"{args.mode}-{init}-b{size}" / f"seed{seed}")
+             for init in args.init for size in sizes for seed in range(settings["seeds"])]
+    headline = (f"{settings['preset']} preset: {settings['dataset']}, sizes {sizes}, init "
+                f"{' '.join(args.init)}, {args.mode} mode, {settings['seeds']} seed(s), "
+                f"{settings['epochs']} epochs -> {out / 'bottleneck'}")
+    return sweep.execute(specs, args, headline, write_bottleneck_report)
 
 if __name__ == "__main__":
     cli.run_main(main, PROG)

@@ -32,10 +32,9 @@ from torchvision.datasets import VisionDataset
 from mltools import models, runlog
 from mltools.data import NORMALIZATION
 from mltools.device import resolve_device, synchronize
-from mltools.train import RunConfig, Trainer, get_data
+from mltools.train import EVAL_BATCH, RunConfig, Trainer, get_data
 
-BATCH = 128
-EVAL_BATCH = 1000
+BATCH = 128  # every row evaluates in batches of EVAL_BATCH, the trainer's, so rows compare fairly
 
 
 class UInt8Images(VisionDataset):

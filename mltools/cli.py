@@ -83,6 +83,9 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # e.g. `--list | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        os._exit(0)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; finished epochs are saved. Run the same command again "
               "to resume.", file=sys.stderr)

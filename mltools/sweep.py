@@ -135,3 +135,28 @@ def check_inputs(device: str, dataset: str, data_dir: str, download: bool, eval_
 def summarize(outcomes: Counter) -> str:
     parts = [f"{n} {what}" for what, n in sorted(outcomes.items()) if n]
     return "runs: " + (", ".join(parts) if parts else "none selected")
+
+
+def shared_settings(settings: dict, args) -> dict:
+    """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
+    return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
+                eval_split=settings["eval_split"], train_samples=args.train_samples,
+                epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
+
+
+def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
+    """What both experiment scripts do: check inputs, train the shard, write the report.
+
+    Exit code 1 when a run failed (the others still ran), 0 otherwise.
+    """
+    cfg = specs[0].config
+    check_inputs(args.device, cfg.dataset, cfg.data_dir, cfg.download, cfg.eval_split,
+                 cfg.train_samples)
+    print(f"{headline}, {len(specs)} runs in all", flush=True)
+    outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+    print(summarize(outcomes), flush=True)
+    try:
+        write_report(Path(args.out))
+    except UsageError as err:  # e.g. every run diverged: nothing to tabulate, the runs are kept
+        print(f"no report: {err}", flush=True)
+    return 1 if outcomes["failed"] else 0

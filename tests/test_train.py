@@ -192,3 +192,24 @@ def test_two_sweeps_on_one_folder_never_train_a_run_twice(tmp_path):
         assert log.count("start fc-tanh") == 1, log
         assert [r["epoch"] for r in metrics(run_dir)] == [0, 1]
         assert not (run_dir / "run.lock").exists()
+
+
+def test_jobs_run_in_parallel_processes(tmp_path):
+    specs = [RunSpec(small(epochs=1, seed=s), tmp_path / f"seed{s}") for s in range(3)]
+    outcomes = run_sweep(specs, device="cpu", jobs=2, quiet=True)
+    assert outcomes["done"] == 3
+    pids = {(tmp_path / f"seed{s}" / "log.txt").read_text().count("start") for s in range(3)}
+    assert pids == {1}
+    assert all(json.loads((tmp_path / f"seed{s}" / "config.json").read_text())["status"] == "done"
+               for s in range(3))
+
+
+def test_unreadable_config_does_not_lose_the_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(small(epochs=2), a, CPU, quiet=True)
+    run_sweep([RunSpec(small(epochs=1), b)], device="cpu", quiet=True)
+    (b / "config.json").write_text('{"status": "do')  # torn write by some other tool
+    outcomes = run_sweep([RunSpec(small(epochs=2), b)], device="cpu", quiet=True)
+    assert outcomes["done"] == 1
+    assert "resumed from the checkpoint of epoch 1" in (b / "log.txt").read_text()
+    assert metrics(a) == metrics(b)
