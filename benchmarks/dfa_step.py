@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+# Run as `python benchmarks/<name>.py` from a checkout: the packages live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dfatools
 from mltools import models

@@ -17,6 +17,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
+
+# Run as `python benchmarks/<name>.py` from a checkout: the packages live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mltools import models, runlog
 from mltools.data import NORMALIZATION
