@@ -60,12 +60,12 @@ BEST_PRACTICES_PRESETS = {
     # DESIGN.md 4: SGD lr 5e-4, batch 128, 50 epochs, 10 seeds, CIFAR-10, test mode.
     "paper": Preset("cifar10", seeds=10, epochs=50, batch_size=128, lr=5e-4),
     # digits is tiny: smaller batches and a larger step let DFA learn in a few epochs.
-    "quick": Preset("digits", seeds=2, epochs=6, batch_size=32, lr=0.01),
+    "quick": Preset("digits", seeds=2, epochs=5, batch_size=64, lr=0.02),
 }
 
 BOTTLENECK_PRESETS = {
     "paper": Preset("cifar10", seeds=1, epochs=50, batch_size=128, lr=5e-4,
                     bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
-    "quick": Preset("digits", seeds=1, epochs=6, batch_size=32, lr=0.01,
+    "quick": Preset("digits", seeds=1, epochs=5, batch_size=64, lr=0.02,
                     bottleneck_sizes=(1, 5, 28, 118, 800)),
 }
