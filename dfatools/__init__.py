@@ -3,6 +3,8 @@
 >>> model = dfatools.to_dfa(nn.Sequential(...), num_classes=10)
 >>> F.cross_entropy(model(x), y).backward()   # DFA for hidden layers, BP for the top layer
 """
+__version__ = "0.1.0"
+
 from .alignment import Alignment, measure_alignment
 from .bottleneck import Bottleneck
 from .feedback import DFA, FeedbackPoint

@@ -204,9 +204,10 @@ def git_commit() -> str | None:
 def provenance(device: torch.device) -> dict:
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "dfatools": "0.1.0"},
+                     "numpy": np.__version__, "dfatools": dfatools.__version__},
         "git_commit": git_commit(),
     }
 
