@@ -23,8 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import UsageError
-from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds, markdown_table,
-                     mean_std, new_figure, point_label, point_stats, status_counts, write_csv)
+from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds,
+                     markdown_table, mean_std, new_figure, point_label, point_stats, status_counts,
+                     well_formed, write_csv)
 from .runlog import Run
 
 _FOLDER = re.compile(r"(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
@@ -119,10 +120,7 @@ def read_recovered(path: Path) -> list[list[dict]]:
 
 def _modules(epoch: dict) -> list[dict]:
     """Well-formed module entries of a recovered epoch (dicts with an int ``index``)."""
-    mods = epoch.get("modules")
-    if not isinstance(mods, list):
-        return []
-    return [m for m in mods if isinstance(m, dict) and isinstance(m.get("index"), int)]
+    return well_formed(epoch.get("modules"), "index")
 
 
 def _default_module(epoch: dict) -> int | None:

@@ -53,12 +53,17 @@ def number(x: object) -> float | None:
     return None
 
 
-def alignment_of(record: dict) -> list[dict]:
-    """The well-formed alignment entries of a record (each a dict with an int ``point``)."""
-    items = record.get("alignment")
+def well_formed(items: object, index_key: str) -> list[dict]:
+    """The entries of a record's list that are dicts with an int ``index_key``; a hand-edited or
+    damaged record may hold anything."""
     if not isinstance(items, list):
         return []
-    return [a for a in items if isinstance(a, dict) and isinstance(a.get("point"), int)]
+    return [a for a in items if isinstance(a, dict) and isinstance(a.get(index_key), int)]
+
+
+def alignment_of(record: dict) -> list[dict]:
+    """The well-formed alignment entries of a record (each a dict with an int ``point``)."""
+    return well_formed(record.get("alignment"), "point")
 
 
 def fmt(x: float | None, decimals: int) -> str:
