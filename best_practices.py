@@ -44,13 +44,12 @@ def main() -> int:
         list_experiments()
         return 0
     from mltools.report import write_best_practices_report
+    out = Path(args.out)
     if args.report_only:
-        out = Path(args.out)
         if not (out / "best_practices").is_dir():
             raise cli.UsageError(f"no best-practices runs under {out}; train some first")
         write_best_practices_report(cli.writable_dir(out))
         return 0
-    out = cli.writable_dir(args.out)
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     from mltools import sweep
     from mltools.train import RunConfig

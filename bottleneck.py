@@ -6,6 +6,8 @@ standard initialization and with PAI, then the figures and table of bottleneck_f
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from mltools import cli
 from mltools.experiments import BOTTLENECK_PRESETS
 
@@ -34,7 +36,7 @@ def main() -> int:
     bad = [b for b in sizes if b > args.width]
     if bad:
         raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
-    out = cli.writable_dir(args.out)
+    out = Path(args.out)
     from mltools import sweep
     from mltools.bottleneck_report import write_bottleneck_report
     from mltools.train import RunConfig

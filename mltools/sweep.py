@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runlog
-from .cli import UsageError
+from .cli import UsageError, writable_dir
 from .train import RunConfig
 
 
@@ -152,6 +152,7 @@ def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
     cfg = specs[0].config
     check_inputs(args.device, cfg.dataset, cfg.data_dir, cfg.download, cfg.eval_split,
                  cfg.train_samples)
+    writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
     outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
     print(summarize(outcomes), flush=True)

@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert needle in lines[0]
-    assert not (tmp_path / "out" / "best_practices").exists()  # nothing started, nothing written
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
 
 
 def test_unwritable_out_is_one_line(tmp_path):
