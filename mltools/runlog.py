@@ -228,14 +228,6 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, config, records, warnings, source)
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Every run folder (one holding config.json, metrics or log) below ``root``, sorted."""
-    root = Path(root)
-    names = (CONFIG, METRICS, RECOVERED, LOG)
-    found = {p.parent for name in names for p in root.rglob(name)}
-    return sorted(found)
-
-
 # -- locks ----------------------------------------------------------------------------------------
 def _pid_alive(pid: int) -> bool:
     try:
