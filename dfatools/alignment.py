@@ -21,7 +21,9 @@ class Alignment:
     ``cos_mean``/``cos_std``: mean and std over the batch of the per-sample cosine between the
     true gradient ``N * dL/dh_l`` and the DFA signal ``s_l``; ``angle_deg``: mean of the per-sample
     angles in degrees; ``weight_cos``: cosine between the DFA and BP gradients of the weight(s)
-    of the layer producing block ``l`` (``nan`` if there is none).
+    of the layer producing block ``l`` (``nan`` if there is none); ``undefined_frac``: fraction
+    of the samples whose cosine is undefined (a zero norm, e.g. an output error of exactly 0
+    once the softmax saturates) and therefore counted as 0 in ``cos_mean``.
     """
     point: int
     name: str
@@ -29,17 +31,21 @@ class Alignment:
     cos_std: float
     angle_deg: float
     weight_cos: float
+    undefined_frac: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine of each sample's flattened ``a`` and ``b``, ``(N, *)`` -> ``(N,)``; 0 where a norm is 0."""
+def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of each sample's flattened ``a`` and ``b``, ``(N, *)`` -> ``(N,)``, and the mask
+    ``(N,)`` of samples where it is undefined (a norm is 0); the cosine is 0 there."""
     a, b = a.flatten(1), b.flatten(1)
     denom = a.norm(dim=1) * b.norm(dim=1)
     dot = (a * b).sum(dim=1)
-    return torch.where(denom > 0, dot / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(dot))
+    defined = denom > 0
+    cos = torch.where(defined, dot / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(dot))
+    return cos, ~defined
 
 
 def _flat_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -73,7 +79,7 @@ def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         signals = node.signals(node.error_from_grad(grad_y), [h.shape for h in hs])
         results = []
         for l, (h, g, s, ws) in enumerate(zip(hs, grad_h, signals, weights)):
-            cos = per_sample_cosine(g * n, s)
+            cos, undefined = per_sample_cosine(g * n, s)
             bp_w = [grad_w.pop(0) for _ in ws]
             dfa_w = list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True)) if ws else []
             results.append(Alignment(
@@ -83,5 +89,6 @@ def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 cos_std=float(cos.std(correction=0)),
                 angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
                 weight_cos=_flat_cosine(dfa_w, bp_w),
+                undefined_frac=float(undefined.float().mean()),
             ))
     return results

@@ -48,12 +48,16 @@ class DFASequential(nn.Sequential):
 
 
 def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
-           feedback: str = "shared", error: str = "sum", seed: int = 0) -> DFASequential:
+           feedback: str = "shared", error: str = "sum", seed: int = 0,
+           exact_top: int = 1) -> DFASequential:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
     Nested ``nn.Sequential`` containers are flattened. A feedback point goes before every
-    ``nn.Linear``/``nn.Conv2d``/``Bottleneck`` but the first; the output layer keeps its true
-    gradient. See :class:`DFA` for ``normalize``, ``feedback``, ``error`` and ``seed``.
+    ``nn.Linear``/``nn.Conv2d``/``Bottleneck`` but the first and the top ``exact_top - 1``; the
+    top ``exact_top`` weight layers (default 1: the output layer) get their true gradient,
+    back-propagated from the output. ``exact_top=2`` reproduces the 2019 code's CNN, whose last
+    hidden Linear layer was trained by BP. See :class:`DFA` for ``normalize``, ``feedback``,
+    ``error`` and ``seed``.
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"to_dfa takes an nn.Sequential, got {type(model).__name__}; for other "
@@ -68,6 +72,9 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
     if n_weight < 2:
         raise ValueError(f"a DFA network needs at least two weight layers (Linear, Conv2d or "
                          f"Bottleneck), this one has {n_weight}")
+    if not (isinstance(exact_top, int) and 1 <= exact_top < n_weight):
+        raise ValueError(f"exact_top must be an int in 1..{n_weight - 1} (this network has "
+                         f"{n_weight} weight layers and needs one feedback point), got {exact_top!r}")
     last = [m for m in layers if isinstance(m, WEIGHT_LAYERS)][-1]
     if isinstance(last, nn.Linear) and last.out_features != num_classes:
         raise ValueError(f"num_classes={num_classes} does not match the output layer "
@@ -75,7 +82,7 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
     modules, points, seen = [], [], 0
     for layer in layers:
         if isinstance(layer, WEIGHT_LAYERS):
-            if seen:
+            if 0 < seen <= n_weight - exact_top:
                 points.append(FeedbackPoint())
                 modules.append(points[-1])
             seen += 1

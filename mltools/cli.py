@@ -92,9 +92,10 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both experiment scripts share; None means "take it from the preset"."""
-    parser.add_argument("--preset", choices=["paper", "quick"],
+    parser.add_argument("--preset", choices=["paper", "quick", "fashion"],
                         help="paper: the paper's settings (default whenever --dataset is given); "
-                             "quick: digits, a few epochs (the default otherwise)")
+                             "quick: digits, a few epochs (the default otherwise); fashion: the "
+                             "published Fashion-MNIST study (README, Results)")
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int)
@@ -130,5 +131,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "batch_size": args.batch_size or p.batch_size,
         "lr": args.lr or p.lr,
         "eval_split": args.eval_split or p.eval_split,
+        "train_samples": args.train_samples or p.train_samples,
+        "cnn_min_side": p.cnn_min_side,
     }
     return chosen

@@ -58,19 +58,23 @@ def fc(input_shape: tuple[int, ...], num_classes: int, act: str = "tanh", width:
 
 def cnn(input_shape: tuple[int, int, int], num_classes: int, act: str = "tanh",
         input_dropout: float = 0.0, conv_dropout: float = 0.0, dropout: float = 0.0,
-        batch_norm: bool = False) -> nn.Sequential:
+        batch_norm: bool = False, min_side: int = CNN_SIDE) -> nn.Sequential:
     """Three (Conv 5x5, [Dropout2d], act, [BN], MaxPool(3, 2)) blocks, Linear(., 128) block,
-    Linear(128, K). Inputs smaller than 32x32 are upsampled (bilinear) to 32x32 first, so the
-    paper's layout also fits 8x8 digits and 28x28 MNIST.
+    Linear(128, K). Inputs smaller than ``min_side`` (default 32, the paper's layout) are first
+    upsampled (bilinear) to it, so the layout also fits 28x28 MNIST and 8x8 digits. The three
+    pools need a side of at least 15; the flatten size is computed from the resulting side.
 
     Shape: ``(N, C, H, W)`` in, ``(N, num_classes)`` out.
     """
     channels, height, width = input_shape
+    if max(height, min_side) < 15 or max(width, min_side) < 15:
+        raise ValueError(f"the CNN's three max-pools need inputs of at least 15x15, got "
+                         f"{height}x{width} with min_side={min_side}")
     mods: list[nn.Module] = []
-    if height < CNN_SIDE or width < CNN_SIDE:
-        mods.append(nn.Upsample(size=(max(height, CNN_SIDE), max(width, CNN_SIDE)),
+    if height < min_side or width < min_side:
+        mods.append(nn.Upsample(size=(max(height, min_side), max(width, min_side)),
                                 mode="bilinear", align_corners=False))
-        height, width = max(height, CNN_SIDE), max(width, CNN_SIDE)
+        height, width = max(height, min_side), max(width, min_side)
     if input_dropout > 0:
         mods.append(nn.Dropout(input_dropout))
     for c_in, c_out in ((channels, 32), (32, 64), (64, 64)):

@@ -35,6 +35,7 @@ LOCK = "run.lock"
 FINISHED = ("done", "diverged")
 EPOCH_FIELDS = ("train_loss", "train_top1", "eval_loss", "eval_top1", "time_s")
 ALIGN_FIELDS = ("cos_mean", "cos_std", "angle_deg", "weight_cos")
+OPTIONAL_ALIGN_FIELDS = ("undefined_frac",)  # absent from runs written before it existed
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -100,7 +101,8 @@ class RunLog:
         values = " ".join(f"{k}={_fmt(record.get(k))}" for k in EPOCH_FIELDS)
         self.write(f"{head} {values}")
         for a in record.get("alignment", []):
-            values = " ".join(f"{k}={_fmt(a.get(k))}" for k in ALIGN_FIELDS)
+            values = " ".join(f"{k}={_fmt(a.get(k))}" for k in ALIGN_FIELDS
+                              + tuple(k for k in OPTIONAL_ALIGN_FIELDS if k in a))
             self.write(f"{head} align point={a['point']} name={json.dumps(a['name'])} {values}")
 
 
@@ -178,7 +180,8 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
                 warnings.append(f"{source}:{number}: incomplete alignment line skipped")
                 continue
             epochs[epoch]["alignment"].append({"point": pairs["point"], "name": pairs["name"],
-                                               **{k: pairs[k] for k in ALIGN_FIELDS}})
+                                               **{k: pairs[k] for k in ALIGN_FIELDS + OPTIONAL_ALIGN_FIELDS
+                                                  if k in pairs}})
         elif all(k in pairs for k in EPOCH_FIELDS):
             epochs[epoch] = {"epoch": epoch, **{k: pairs[k] for k in EPOCH_FIELDS}, "alignment": []}
         else:

@@ -41,7 +41,9 @@ def plan(spec: RunSpec) -> str:
     if config is None:
         return "run"  # new, or config unreadable: the checkpoint decides how far it got
     wanted = spec.config.settings()
-    differ = sorted(k for k, v in wanted.items() if k != "epochs" and config.get(k) != v)
+    defaults = RunConfig().settings()  # a setting added after the run was written had its default
+    differ = sorted(k for k, v in wanted.items()
+                    if k != "epochs" and config.get(k, defaults.get(k)) != v)
     if differ:
         raise UsageError(f"{spec.run_dir} holds a run with other settings ({', '.join(differ)}); "
                          "use another --out or delete that folder")
@@ -140,7 +142,8 @@ def summarize(outcomes: Counter) -> str:
 def shared_settings(settings: dict, args) -> dict:
     """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
     return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
-                eval_split=settings["eval_split"], train_samples=args.train_samples,
+                eval_split=settings["eval_split"], train_samples=settings["train_samples"],
+                cnn_min_side=settings["cnn_min_side"],
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
 

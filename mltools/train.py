@@ -29,6 +29,7 @@ from .data import Dataset, iterate_batches, load_dataset
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
+CNN_POINTS = ("all", "2019")
 
 
 @dataclass
@@ -48,6 +49,9 @@ class RunConfig:
     input_dropout: float = 0.0
     dropout: float = 0.0             # after hidden Linear layers
     conv_dropout: float = 0.0        # Dropout2d after conv layers
+    cnn_min_side: int = 32           # smaller CNN inputs are upsampled to this side
+    cnn_points: str = "all"          # all: a point before every hidden weight layer | 2019: as
+                                     # the 2019 code, none before the output (its Linear(576, 128) got BP)
     init: str = "std"                # std | pai
     bottleneck_size: int | None = None
     bottleneck_mode: str = "mask"    # mask | width
@@ -71,13 +75,17 @@ def build_model(cfg: RunConfig, input_shape: tuple[int, int, int],
     elif cfg.arch == "cnn":
         net = models.cnn(input_shape, num_classes, act=cfg.act, input_dropout=cfg.input_dropout,
                          conv_dropout=cfg.conv_dropout, dropout=cfg.dropout,
-                         batch_norm=cfg.batch_norm)
+                         batch_norm=cfg.batch_norm, min_side=cfg.cnn_min_side)
     elif cfg.arch == "bottleneck":
         net = models.bottleneck_net(input_shape, num_classes, cfg.bottleneck_size,
                                     mode=cfg.bottleneck_mode, width=cfg.width, seed=cfg.seed)
     else:
         raise ValueError(f"unknown architecture {cfg.arch!r}")
-    return dfatools.to_dfa(net, num_classes, normalize=cfg.normalize, seed=cfg.seed)
+    if cfg.cnn_points not in CNN_POINTS:
+        raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
+    exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
+    return dfatools.to_dfa(net, num_classes, normalize=cfg.normalize, seed=cfg.seed,
+                           exact_top=exact_top)
 
 
 @torch.no_grad()
