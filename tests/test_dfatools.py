@@ -327,3 +327,54 @@ def test_output_size_mismatch_at_forward():
     model.dfa.num_classes = 3
     with pytest.raises(ValueError, match="num_classes"):
         model(torch.randn(2, 6))
+
+
+def test_undefined_fraction_counts_samples_with_zero_error():
+    """A sample whose softmax equals its one-hot target exactly has e = 0: its cosine is
+    undefined, counted as 0, and reported in ``undefined_frac``."""
+    net = fc_net()
+    model = dfatools.to_dfa(net, K, seed=2)
+    x, y = batch(n=8)
+    big = torch.zeros(8, K)  # huge logits for class 0 on samples 0..2: softmax is exactly one-hot
+    big[:3, 0] = 1e4
+    y = y.clone()
+    y[:3] = 0
+    wrapped = nn.Sequential(model, _AddLogits(big))
+    result = dfatools.measure_alignment(wrapped, x, y)
+    for a in result:
+        assert a.undefined_frac == pytest.approx(3 / 8)
+    # Independent: the mean over the 5 defined samples, times 5/8, is cos_mean.
+    full = dfatools.measure_alignment(model, x[3:], y[3:])
+    for a, b in zip(result, full):
+        assert a.cos_mean == pytest.approx(b.cos_mean * 5 / 8, abs=1e-5)
+        assert b.undefined_frac == 0.0
+
+
+class _AddLogits(nn.Module):
+    """Adds fixed logits ``(N, K)``; stands for a saturated output on chosen samples."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.logits[: len(y)]
+
+
+def test_exact_top_trains_the_top_layers_by_backprop():
+    """exact_top=2 (the 2019 CNN placement): no point before the output layer, so the two top
+    weight layers get their true gradients and the layers below get DFA signals."""
+    net = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3),
+                        nn.Tanh(), nn.Linear(3, K))
+    model = dfatools.to_dfa(net, K, seed=1, exact_top=2)
+    assert len(model.feedback_points) == 2
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    loss = F.cross_entropy(net(x), y)
+    bp = torch.autograd.grad(loss, [net[4].weight, net[6].weight, net[2].weight])
+    weights = [m.weight for m in model if isinstance(m, nn.Linear)]
+    assert torch.allclose(weights[2].grad, bp[0], atol=1e-6)
+    assert torch.allclose(weights[3].grad, bp[1], atol=1e-6)
+    assert not torch.allclose(weights[1].grad, bp[2], atol=1e-3)  # DFA below the top two
+    with pytest.raises(ValueError, match="exact_top"):
+        dfatools.to_dfa(net, K, exact_top=4)

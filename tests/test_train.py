@@ -213,3 +213,39 @@ def test_unreadable_config_does_not_lose_the_run(tmp_path):
     assert outcomes["done"] == 1
     assert "resumed from the checkpoint of epoch 1" in (b / "log.txt").read_text()
     assert metrics(a) == metrics(b)
+
+
+def test_cnn_2019_placement_and_input_side(tmp_path):
+    """cnn_points="2019" leaves out the point before the output layer (3 points, as the 2019
+    code's CNN); cnn_min_side sets the side small inputs are upsampled to (16 -> 64 features)."""
+    from mltools.train import build_model
+    ours = build_model(RunConfig(arch="cnn"), (1, 28, 28), 10)
+    old = build_model(RunConfig(arch="cnn", cnn_points="2019"), (1, 28, 28), 10)
+    x = torch.zeros(2, 1, 28, 28)
+    sizes = [p.h[0].numel() for p in dfatools_traces(old, x)]
+    assert len(ours.feedback_points) == 4 and sizes == [32 * 15 * 15, 64 * 7 * 7, 64 * 3 * 3]
+    small_side = build_model(RunConfig(arch="cnn", cnn_min_side=16), (1, 8, 8), 10)
+    linears = [m for m in small_side if isinstance(m, torch.nn.Linear)]
+    assert linears[0].in_features == 64 * 1 * 1
+
+
+def dfatools_traces(model, x):
+    from dfatools.inspect import find_dfa, trace_points
+    node = find_dfa(model)
+    with node.backprop(), trace_points(model, node) as traces:
+        model(x)
+    return traces
+
+
+def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
+    """A run folder written before a setting existed is the same run when the setting is at its
+    default, and another run otherwise."""
+    from mltools.cli import UsageError
+    from mltools.sweep import plan
+    run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
+    config = json.loads((tmp_path / runlog.CONFIG).read_text())
+    del config["cnn_points"]
+    (tmp_path / runlog.CONFIG).write_text(json.dumps(config))
+    assert plan(RunSpec(small(epochs=1), tmp_path)) == "skip"
+    with pytest.raises(UsageError, match="cnn_points"):
+        plan(RunSpec(small(epochs=1, cnn_points="2019"), tmp_path))
