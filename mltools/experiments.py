@@ -69,7 +69,7 @@ BEST_PRACTICES_PRESETS = {
     # digits is tiny: batches of 64 give 23 steps an epoch. 8x8 images are upsampled to 16x16
     # for the CNN (not 32x32: 6x less compute, 64 features after the pools). lr: the grid rule
     # of mltools/lr_grid.py on the val split (README, "The default run").
-    "quick": Preset("digits", seeds=3, epochs=15, batch_size=64, lr=0.02, cnn_min_side=16),
+    "quick": Preset("digits", seeds=3, epochs=15, batch_size=64, lr=0.1, cnn_min_side=16),
     # The published Fashion-MNIST study (README, Results): the paper's optimizer on 10,000
     # training images, so all 18 experiments x 3 seeds and the bottleneck sweep fit in about
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
@@ -80,7 +80,7 @@ BEST_PRACTICES_PRESETS = {
 BOTTLENECK_PRESETS = {
     "paper": Preset("cifar10", seeds=1, epochs=50, batch_size=128, lr=5e-4,
                     bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
-    "quick": Preset("digits", seeds=1, epochs=5, batch_size=64, lr=0.02,
+    "quick": Preset("digits", seeds=3, epochs=15, batch_size=64, lr=0.1,
                     bottleneck_sizes=(1, 5, 28, 118, 800)),
     "fashion": Preset("fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.01,
                       train_samples=10_000, bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
