@@ -90,8 +90,8 @@ def top1_metric(split: str = "test") -> Metric:
     return Metric("eval_top1", f"{split} top-1", lambda r: number(r.get("eval_top1")), 2)
 
 
-def point_metric(point: int, label: Callable[[int], str] = point_label, suffix: str = "") -> Metric:
-    return Metric(f"cos_{label(point)}", f"cos {label(point)}{suffix}", lambda r: point_cos(r, point), 3)
+def point_metric(point: int, label: Callable[[int], str] = point_label) -> Metric:
+    return Metric(f"cos_{label(point)}", f"cos {label(point)}", lambda r: point_cos(r, point), 3)
 
 
 MEAN_COS = Metric("cos_mean_points", "mean cos over points", mean_cos, 3)
