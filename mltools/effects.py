@@ -215,7 +215,8 @@ def effects_section(effects: Sequence[Effect], notes: Sequence[str], name_header
     ``figure`` is the relative link to effects.png (None when none was drawn)."""
     pct = f"{LEVEL:.0%}"
     lines = ["## Effects", "",
-             f"Effect = mean over the done seeds of the final value minus that of the reference ({rule}). "
+             "Effect = mean over the done seeds of the value at the table's epoch minus that of the "
+             f"reference ({rule}). "
              f"{pct} Welch confidence interval: difference ± t(0.975, df) · sqrt(s1²/n1 + s2²/n2), "
              "sample variances (ddof = 1), Welch–Satterthwaite df; `seeds` gives n1 vs n2. An "
              "interval that excludes 0 is a **clear effect** (bold); otherwise the effect is within "
@@ -343,12 +344,13 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
     """The criterion, stated under a table, and the list of every flagged run."""
     flagged = [f for row in flags for f in row.flagged]
-    lines = [f"`unconverged`: done seeds that had not converged at their last epoch E, out of the "
-             f"seeds in the means. A run is flagged when its {split} top-1 was still rising: "
+    lines = [f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
+             f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was still rising: "
              f"top1[E] − top1[E−{RISE_SPAN}] > {RISE_LIMIT:.1f} percentage point; `unknown` when it "
-             f"has fewer than {RISE_SPAN + 1} epoch records (epoch 0 included).", ""]
+             f"has fewer than {RISE_SPAN + 1} epoch records (epoch 0 included) or they are not at "
+             "hand (recovered logs).", ""]
     if flagged:
-        return lines + ["Not converged at the last epoch:", ""] + [f"- {f}" for f in flagged] + [""]
+        return lines + ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
     return lines + ["No run is flagged as not converged.", ""]
 
 

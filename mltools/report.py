@@ -1,8 +1,9 @@
 """Best-practices report (DESIGN.md 4): a table and figures from the run folders of a sweep.
 
-Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv`` and
-``figures/<group>.png`` into ``<out>/best_practices/``. Conventions, shared with
-:mod:`mltools.bottleneck_report`:
+Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv``,
+``effects.csv``, ``figures/<group>.png`` and ``figures/effects.png`` into ``<out>/best_practices/``
+(effects, convergence flags and undefined cosines: :mod:`mltools.effects`). Conventions, shared
+with :mod:`mltools.bottleneck_report`:
 
 * only ``done`` seeds enter means and stds; diverged, failed and running seeds are counted;
 * values are taken at the run's last epoch (``config["epochs"]``, or its last record when the
