@@ -280,7 +280,8 @@ def bottleneck_effects(cells: Sequence[Cell], label: Callable[[int], str] = poin
         else:
             notes.append(f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
                          f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}.")
-        effects += compare(c.name, c.records, ref.name, ref.records, [top1_metric(split), *at_point, MEAN_COS])
+        effects += compare(c.name, c.records, ref.name, ref.records,
+                           [top1_metric(split), *at_point, MEAN_COS])
     return effects, notes + no_reference_note(missing)
 
 

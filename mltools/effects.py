@@ -345,7 +345,8 @@ def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
     """The criterion, stated under a table, and the list of every flagged run."""
     flagged = [f for row in flags for f in row.flagged]
     lines = [f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
-             f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was still rising: "
+             f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was "
+             "still rising: "
              f"top1[E] − top1[E−{RISE_SPAN}] > {RISE_LIMIT:.1f} percentage point; `unknown` when it "
              f"has fewer than {RISE_SPAN + 1} epoch records (epoch 0 included) or they are not at "
              "hand (recovered logs).", ""]

@@ -130,7 +130,8 @@ def test_clear_effects_and_verdicts(best):
     assert not {n for n, _ in rows} & {"fc-tanh", "conv-tanh"}
     text = (root / "report.md").read_text()
     effects = text.split("## Effects")[1]
-    relu = next(line for line in effects.splitlines() if line.startswith("| fc-relu") and "test top-1" in line)
+    relu = next(line for line in effects.splitlines()
+                if line.startswith("| fc-relu") and "test top-1" in line)
     assert "**clear effect**" in relu and "4 vs 3" in relu
     assert "no interval" in next(line for line in effects.splitlines() if line.startswith("| fc-bp"))
     assert "conv-tanh-2019: no per-point effects" in effects and "3 feedback points" in effects
