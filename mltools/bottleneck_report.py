@@ -5,7 +5,10 @@ recovered by log_retrieval.py) it writes into a figures folder:
 
 * ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer;
 * ``accuracy_vs_size.png``: train and eval top-1;
-* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (mode, init, size).
+* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (mode, init, size), with
+  convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
+* ``effects.csv`` / ``effects.png``: each size against the full width (800 unless the config
+  says ``width``) at the same mode and init, with 95% Welch intervals (DESIGN.md 8).
 
 Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
 seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
@@ -23,6 +26,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import UsageError
+from .effects import (MEAN_COS, Effect, Metric, compare, convergence_flags, convergence_lines,
+                      no_reference_note, point_cos, reference_width, top1_metric, undefined_lines,
+                      undefined_note, write_effects)
 from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds,
                      markdown_table, mean_std, new_figure, point_label, point_stats, status_counts,
                      well_formed, write_csv)
@@ -43,6 +49,11 @@ class Cell:
     bottleneck_point: int
     eval_split: str = "test"
     runs: list[Run] = field(default_factory=list)
+    used: list[tuple[Run, dict]] = field(default_factory=list)  # (run, record) behind ``records``
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}-{self.init}-b{self.size}"
 
 
 def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
@@ -79,7 +90,7 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         warnings += missing
         records = [r for _, r in used]
         cells.append(Cell(mode, init, size, status_counts(runs), records,
-                          _bottleneck_point(runs, records), config.get("eval_split", "test"), runs))
+                          _bottleneck_point(runs, records), config.get("eval_split", "test"), runs, used))
     cells.sort(key=lambda c: (c.mode, c.init, c.size))
     return cells, warnings
 
@@ -189,39 +200,56 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
     for w in warnings:
         echo(f"warning: {w}")
     stats = [point_stats(c.records) for c in cells]
+    flags = [convergence_flags(c.used, len(c.records)) for c in cells]
     points = sorted({p for s in stats for p in s})
     with_deg = [p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)]
+    undefined = [s.get(c.bottleneck_point, {}).get("undefined", math.nan) for c, s in zip(cells, stats)]
+    with_undefined = any(math.isfinite(u) for u in undefined)
     splits = sorted({c.eval_split for c in cells})
     eval_name = "/".join(splits)
-    md_head = ["mode", "init", "size", "seeds", "train top-1", f"{eval_name} top-1", "bottleneck point",
-               *(f"cos {label(p)}" for p in points), *(f"deg {label(p)}" for p in with_deg)]
-    csv_head = ["mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used", "eval_split",
+    md_head = ["mode", "init", "size", "seeds", "unconverged", "train top-1", f"{eval_name} top-1",
+               "bottleneck point", *(f"cos {label(p)}" for p in points),
+               *(f"deg {label(p)}" for p in with_deg)]
+    csv_head = ["mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used",
+                "seeds_unconverged", "seeds_convergence_unknown", "eval_split",
                 "train_top1_mean", "train_top1_std", "eval_top1_mean", "eval_top1_std",
                 "bottleneck_point", "bottleneck_cos_mean", "bottleneck_cos_std",
-                *(f"cos_{label(p)}" for p in points), *(f"deg_{label(p)}" for p in with_deg)]
+                *(f"cos_{label(p)}" for p in points), *(f"deg_{label(p)}" for p in with_deg),
+                *(["bottleneck_undefined_frac"] if with_undefined else [])]
     md_rows, csv_rows = [], []
-    for c, s in zip(cells, stats):
+    for c, s, flag, u in zip(cells, stats, flags, undefined):
         tr = mean_std(r.get("train_top1") for r in c.records)
         ev = mean_std(r.get("eval_top1") for r in c.records)
         bn = s.get(c.bottleneck_point, {})
-        md_rows.append([c.mode, c.init, str(c.size), fmt_counts(c.counts), fmt_pm(tr[0], tr[1], 2),
-                        fmt_pm(ev[0], ev[1], 2), label(c.bottleneck_point),
+        md_rows.append([c.mode, c.init, str(c.size), fmt_counts(c.counts), flag.cell(),
+                        fmt_pm(tr[0], tr[1], 2), fmt_pm(ev[0], ev[1], 2), label(c.bottleneck_point),
                         *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
                         *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg)])
         csv_rows.append([c.mode, c.init, c.size, c.counts.get("done", 0), c.counts.get("diverged", 0),
-                         len(c.records), c.eval_split, fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4),
+                         len(c.records), len(flag.flagged), flag.unknown, c.eval_split,
+                         fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4),
                          fmt(ev[1], 4), label(c.bottleneck_point), fmt(bn.get("cos"), 6),
                          fmt(bn.get("cos_std"), 6),
                          *(fmt(s.get(p, {}).get("cos"), 6) for p in points),
-                         *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg)])
+                         *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg),
+                         *([fmt(u, 6)] if with_undefined else [])])
     table = markdown_table(md_head, md_rows)
     write_csv(folder / "bottleneck_table.csv", csv_head, csv_rows)
+    effects, notes = bottleneck_effects(cells, label, eval_name)
     text = ["# Bottleneck sweep", "",
             f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
             "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
             "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
             "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
-            "bottleneck layer, plotted in alignment_vs_size.png.", "", table, ""]
+            "bottleneck layer, plotted in alignment_vs_size.png.", "", table, "",
+            *convergence_lines(flags, eval_name),
+            *undefined_lines(undefined_note(c.name, s, [c.bottleneck_point], label)
+                             for c, s in zip(cells, stats)),
+            *write_effects(effects, notes, folder / "effects.csv", folder / "effects.png",
+                           name_header="cell", rule="size b vs the full width, 800 unless the config "
+                           "gives `width`, at the same mode and init",
+                           panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
+                           title="Bottleneck sizes")]
     if warnings:
         text += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     (folder / "bottleneck_table.md").write_text("\n".join(text))
@@ -229,6 +257,37 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
     plot_accuracy(folder / "accuracy_vs_size.png", cells, eval_name, at)
     echo(table)
     return folder
+
+
+def bottleneck_effects(cells: Sequence[Cell], label: Callable[[int], str] = point_label,
+                       split: str = "test") -> tuple[list[Effect], list[str]]:
+    """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
+    same mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
+    cells name the same one) and ``cos_mean`` averaged over each run's points."""
+    by_key = {(c.mode, c.init, c.size): c for c in cells}
+    effects, notes, missing = [], [], []
+    for c in cells:
+        width = reference_width(run.config for run in c.runs)
+        if c.size == width:
+            continue
+        ref = by_key.get((c.mode, c.init, width))
+        if ref is None:
+            missing.append(f"{c.name} (vs size {width})")
+            continue
+        at_point = []
+        if ref.bottleneck_point == c.bottleneck_point:
+            at_point = [bottleneck_metric(c.bottleneck_point, label)]
+        else:
+            notes.append(f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
+                         f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}.")
+        effects += compare(c.name, c.records, ref.name, ref.records,
+                           [top1_metric(split), *at_point, MEAN_COS])
+    return effects, notes + no_reference_note(missing)
+
+
+def bottleneck_metric(point: int, label: Callable[[int], str] = point_label) -> Metric:
+    """``cos_mean`` at the bottleneck point, keyed ``bottleneck_cos`` whatever the point."""
+    return Metric("bottleneck_cos", f"cos {label(point)} (bottleneck)", lambda r: point_cos(r, point), 3)
 
 
 def _series(cells: Sequence[Cell]) -> dict[tuple[str, str], list[int]]:

@@ -1,8 +1,9 @@
 """Best-practices report (DESIGN.md 4): a table and figures from the run folders of a sweep.
 
-Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv`` and
-``figures/<group>.png`` into ``<out>/best_practices/``. Conventions, shared with
-:mod:`mltools.bottleneck_report`:
+Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv``,
+``effects.csv``, ``figures/<group>.png`` and ``figures/effects.png`` into ``<out>/best_practices/``
+(effects, convergence flags and undefined cosines: :mod:`mltools.effects`). Conventions, shared
+with :mod:`mltools.bottleneck_report`:
 
 * only ``done`` seeds enter means and stds; diverged, failed and running seeds are counted;
 * values are taken at the run's last epoch (``config["epochs"]``, or its last record when the
@@ -125,7 +126,8 @@ def final_records(runs: Sequence[Run], epoch: int | None = None) -> tuple[list[t
 
 
 def point_stats(records: Sequence[dict]) -> dict[int, dict]:
-    """Per feedback point: its name, mean and sample std of ``cos_mean``, mean ``angle_deg``."""
+    """Per feedback point: its name, mean and sample std of ``cos_mean``, mean ``angle_deg`` and
+    mean ``undefined_frac`` (nan where the records predate it)."""
     by_point: dict[int, list[dict]] = {}
     for record in records:
         for a in alignment_of(record):
@@ -134,8 +136,9 @@ def point_stats(records: Sequence[dict]) -> dict[int, dict]:
     for point, items in sorted(by_point.items()):
         cos, cos_std, n = mean_std(a.get("cos_mean") for a in items)
         deg, _, _ = mean_std(a.get("angle_deg") for a in items)
+        undefined, _, _ = mean_std(a.get("undefined_frac") for a in items)
         stats[point] = {"name": str(items[0].get("name", "")), "cos": cos, "cos_std": cos_std, "n": n,
-                        "deg": deg}
+                        "deg": deg, "undefined": undefined}
     return stats
 
 
@@ -258,6 +261,11 @@ class Row:
     def eval_split(self) -> str:
         return self.config.get("eval_split", "test")
 
+    @property
+    def records(self) -> list[dict]:
+        """The final records that enter the means."""
+        return [record for _, record in self.used]
+
 
 def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
     """Experiments found under ``<out>/best_practices/``, in EXPERIMENTS order (unknown names after,
@@ -277,8 +285,11 @@ def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
 
 
 def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
-    """Write ``report.md``, ``summary.csv`` and ``figures/*.png`` under ``<out>/best_practices/``;
-    echo warnings and the table. Returns the path of report.md."""
+    """Write ``report.md``, ``summary.csv``, ``effects.csv`` and ``figures/*.png`` under
+    ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md."""
+    # Imported here: mltools.effects builds on this module's helpers.
+    from .effects import (convergence_flags, convergence_lines, experiment_effects, undefined_lines,
+                          undefined_note, write_effects)
     root = Path(out) / "best_practices"
     if not root.is_dir():
         raise FileNotFoundError(f"no best_practices folder in {out}")
@@ -286,19 +297,26 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
     for w in warnings:
         echo(f"warning: {w}")
 
-    points = sorted({p for row in rows for p in point_stats([r for _, r in row.used])})
+    all_stats = [point_stats(row.records) for row in rows]
+    flags = [convergence_flags(row.used) for row in rows]
+    points = sorted({p for stats in all_stats for p in stats})
+    undefined = [p for p in points if any(math.isfinite(s.get(p, {}).get("undefined", math.nan))
+                                          for s in all_stats)]
     splits = sorted({row.eval_split for row in rows})
+    split = splits[0] if len(splits) == 1 else "eval"
     eval_head = f"{splits[0]} top-1" if len(splits) == 1 else "eval top-1 (split)"
-    md_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds", eval_head,
-               "train top-1", *(f"cos {point_label(p)}" for p in points),
+    md_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds", "unconverged",
+               eval_head, "train top-1", *(f"cos {point_label(p)}" for p in points),
                *(f"deg {point_label(p)}" for p in points)]
     csv_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds_done",
                 "seeds_diverged", "seeds_failed", "seeds_running", "seeds_other", "seeds_used",
+                "seeds_unconverged", "seeds_convergence_unknown",
                 "eval_split", "eval_top1_mean", "eval_top1_std", "train_top1_mean", "train_top1_std",
-                *(f"cos_{point_label(p)}" for p in points), *(f"deg_{point_label(p)}" for p in points)]
+                *(f"cos_{point_label(p)}" for p in points), *(f"deg_{point_label(p)}" for p in points),
+                *(f"undefined_{point_label(p)}" for p in undefined)]
     md_rows, csv_rows, diverged = [], [], []
-    for row in rows:
-        config, records = row.config, [r for _, r in row.used]
+    for row, stats, flag in zip(rows, all_stats, flags):
+        config, records = row.config, row.records
         setting = EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0]
         defaults = EXPERIMENTS.get(row.name, ("", {}))[1]
         method = config.get("method", defaults.get("method", "dfa"))
@@ -306,7 +324,6 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         counts = status_counts(row.runs)
         ev = mean_std(r.get("eval_top1") for r in records)
         tr = mean_std(r.get("train_top1") for r in records)
-        stats = point_stats(records)
         epochs = sorted({r["epoch"] for r in records})
         seeds = fmt_counts(counts)
         for run in row.runs:
@@ -318,20 +335,24 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         if len(splits) != 1 and ev_cell:
             ev_cell += f" ({row.eval_split})"
         md_rows.append([row.name, METHOD_NAMES.get(method, method), ARCH_NAMES.get(arch, arch),
-                        setting, "/".join(map(str, epochs)), seeds, ev_cell, fmt_pm(tr[0], tr[1], 2),
+                        setting, "/".join(map(str, epochs)), seeds, flag.cell(), ev_cell,
+                        fmt_pm(tr[0], tr[1], 2),
                         *(fmt(stats.get(p, {}).get("cos"), 3) for p in points),
                         *(fmt(stats.get(p, {}).get("deg"), 1) for p in points)])
         other = sum(n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running"))
         csv_rows.append([row.name, method, arch, setting, "/".join(map(str, epochs)),
                          counts.get("done", 0), counts.get("diverged", 0), counts.get("failed", 0),
-                         counts.get("running", 0), other, len(records), row.eval_split,
+                         counts.get("running", 0), other, len(records), len(flag.flagged),
+                         flag.unknown, row.eval_split,
                          fmt(ev[0], 4), fmt(ev[1], 4), fmt(tr[0], 4), fmt(tr[1], 4),
                          *(fmt(stats.get(p, {}).get("cos"), 6) for p in points),
-                         *(fmt(stats.get(p, {}).get("deg"), 4) for p in points)])
+                         *(fmt(stats.get(p, {}).get("deg"), 4) for p in points),
+                         *(fmt(stats.get(p, {}).get("undefined"), 6) for p in undefined)])
 
     table = markdown_table(md_head, md_rows)
     write_csv(root / "summary.csv", csv_head, csv_rows)
     figures = write_group_figures(root, rows)
+    effects, notes = experiment_effects({row.name: row.records for row in rows}, split)
 
     text = ["# Best-practices report", "",
             f"Runs read from `{root}/<experiment>/seed<k>/`. Values are at each run's last epoch "
@@ -343,6 +364,11 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
     if diverged:
         text += ["\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
                  + ", ".join(diverged) + ".", ""]
+    text += convergence_lines(flags, split)
+    text += undefined_lines(undefined_note(row.name, stats, points) for row, stats in zip(rows, all_stats))
+    text += write_effects(effects, notes, root / "effects.csv", root / "figures" / "effects.png",
+                          name_header="experiment", rule="`fc-*` vs `fc-tanh`, `conv-*` vs `conv-tanh`",
+                          panels=["eval_top1", "cos_mean_points"], title="Best practices")
     if figures:
         text += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
     if warnings:

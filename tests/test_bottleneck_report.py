@@ -89,13 +89,24 @@ def test_table_matches_numpy(sweep):
     assert (b28["seeds_done"], b28["seeds_diverged"], b28["seeds_used"]) == ("2", "1", "2")
     md = (figures / "bottleneck_table.md").read_text()
     # Stable precision: top-1 with 2 decimals, cos with 3, degrees with 1.
-    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-             if line.startswith("| mask")]
-    cells = next(row for row in table if row[1:3] == ["std", "28"])
-    assert cells[3] == "2 done / 1 diverged"
-    mean, std = (float(x) for x in cells[4].split(" ± "))
-    assert cells[4] == f"{mean:.2f} ± {std:.2f}"
-    assert len(cells[7].split(".")[1]) == 3 and len(cells[-1].split(".")[1]) == 1
+    cells = next(row for row in md_rows(md, "mode") if (row["init"], row["size"]) == ("std", "28"))
+    assert cells["seeds"] == "2 done / 1 diverged"
+    mean, std = (float(x) for x in cells["train top-1"].split(" ± "))
+    assert cells["train top-1"] == f"{mean:.2f} ± {std:.2f}"
+    assert len(cells["cos h1"].split(".")[1]) == 3 and len(cells["deg h3"].split(".")[1]) == 1
+
+
+def md_rows(md, first_header):
+    """The rows of the markdown table whose first column is ``first_header``, as dicts."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} "))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header, rows = split(lines[start]), []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, split(line))))
+    return rows
 
 
 def test_pngs_written(sweep):
