@@ -34,8 +34,10 @@ def list_experiments() -> None:
         cfg = {**base.__dict__, **changes}
         print(f"{name:18} {cfg['method']:6} {cfg['arch']:5} {text}  {changes}")
     for preset, p in BEST_PRACTICES_PRESETS.items():
+        samples = f"first {p.train_samples} training samples" if p.train_samples else "all training samples"
         print(f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
-              f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode")
+              f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode, {samples}, "
+              f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}")
 
 
 def main() -> int:
@@ -57,9 +59,7 @@ def main() -> int:
     specs = [sweep.RunSpec(RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
                            out / "best_practices" / name / f"seed{seed}")
              for name in args.experiments or EXPERIMENTS for seed in range(settings["seeds"])]
-    headline = (f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
-                f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']} "
-                f"-> {out / 'best_practices'}")
+    headline = (f"{sweep.describe(settings)} -> {out / 'best_practices'}")
     return sweep.execute(specs, args, headline, write_best_practices_report)
 
 if __name__ == "__main__":

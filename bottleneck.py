@@ -46,9 +46,8 @@ def main() -> int:
                                      width=args.width, init=init, seed=seed, **shared),
                            out / "bottleneck" / f"{args.mode}-{init}-b{size}" / f"seed{seed}")
              for init in args.init for size in sizes for seed in range(settings["seeds"])]
-    headline = (f"{settings['preset']} preset: {settings['dataset']}, sizes {sizes}, init "
-                f"{' '.join(args.init)}, {args.mode} mode, {settings['seeds']} seed(s), "
-                f"{settings['epochs']} epochs -> {out / 'bottleneck'}")
+    headline = (f"{sweep.describe(settings)}, sizes {sizes}, init {' '.join(args.init)}, "
+                f"{args.mode} mode -> {out / 'bottleneck'}")
     return sweep.execute(specs, args, headline, write_bottleneck_report)
 
 if __name__ == "__main__":

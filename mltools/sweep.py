@@ -147,6 +147,14 @@ def shared_settings(settings: dict, args) -> dict:
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
 
+def describe(settings: dict) -> str:
+    """One line naming the resolved preset settings of a sweep."""
+    samples = f", first {settings['train_samples']} training samples" if settings["train_samples"] else ""
+    return (f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
+            f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
+            f"{samples}")
+
+
 def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
     """What both experiment scripts do: check inputs, train the shard, write the report.
 

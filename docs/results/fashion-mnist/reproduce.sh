@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The published Fashion-MNIST study, end to end (README, "Results"). Needs the Debian package
+# dataset-fashion-mnist. Every step resumes where it stopped: run it again after a crash.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+# 1. The learning rate, by the rule of mltools/lr_grid.py on the val split (reference runs only).
+for lr in 0.001 0.003 0.01 0.03 0.1; do
+  python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" \
+    --experiments fc-tanh fc-bp conv-tanh conv-bp --out "results/lr-grid/fashion/lr$lr" --quiet
+done
+python -m mltools.lr_grid results/lr-grid/fashion   # the fashion presets carry the chosen lr
+# 2. The study: 18 experiments x 3 seeds, and the bottleneck sweep (14 sizes x std/PAI x 3 seeds).
+python best_practices.py --preset fashion --out results/fashion --quiet
+python bottleneck.py --preset fashion --out results/fashion --quiet
+# 3. Publish: reports, figures, and every run's config.json and metrics.jsonl.
+python -m mltools.publish results/lr-grid/fashion docs/results/fashion-mnist/lr-grid
+python -m mltools.publish results/fashion docs/results/fashion-mnist
