@@ -39,6 +39,7 @@ from mltools.device import resolve_device, synchronize
 from mltools.train import EVAL_BATCH, RunConfig, Trainer, get_data
 
 BATCH = 128  # every row evaluates in batches of EVAL_BATCH, the trainer's, so rows compare fairly
+EVAL_SAMPLES = 10000  # the synthetic test split, CIFAR-10's size
 
 
 class UInt8Images(VisionDataset):
@@ -87,10 +88,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_arch(arch: str, device: torch.device, samples: int, repeats: int, warmup: int,
-               workdir: Path) -> list[dict]:
+def bench_arch(arch: str, device: torch.device, samples: int, eval_samples: int | None,
+               repeats: int, warmup: int, workdir: Path) -> list[dict]:
     base = RunConfig(experiment=f"bench-{arch}", dataset="synthetic", arch=arch, epochs=warmup + repeats,
-                     batch_size=BATCH, lr=5e-4, train_samples=samples)
+                     batch_size=BATCH, lr=5e-4, train_samples=samples, eval_samples=eval_samples)
     data = get_data(base, device)
     shape, k = data.input_shape, data.num_classes
     build = (lambda: models.fc(shape, k)) if arch == "fc" else (lambda: models.cnn(shape, k))
@@ -156,24 +157,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="interleaved repeats of each row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each row first")
     parser.add_argument("--samples", type=int, default=50000, help="training samples per epoch")
+    parser.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES,
+                        help="evaluation samples per epoch (at most 10000)")
     parser.add_argument("--archs", nargs="+", default=["fc", "cnn"], choices=["fc", "cnn"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{args.samples} train + 10000 eval samples, batch {BATCH}, median of {args.epochs}", flush=True)
+          f"{args.samples} train + {args.eval_samples} eval samples, batch {BATCH}, median of {args.epochs}",
+          flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
-            results += bench_arch(arch, device, args.samples, args.epochs, args.warmup, Path(tmp))
+            results += bench_arch(arch, device, args.samples, args.eval_samples, args.epochs,
+                                  args.warmup, Path(tmp))
     peak_label = "peak GPU MiB" if device.type == "cuda" else "process peak RSS MiB"
     print(f"\n| model | row | epoch (s) | ratio to row 1 | {peak_label} |\n|---|---|---|---|---|")
     for r in results:
         print(f"| {r['arch']} | {r['row']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {r['peak_mb']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "device_name": name,
-                                         "torch": torch.__version__, "results": results}, indent=2))
+                                         "torch": torch.__version__, "samples": args.samples,
+                                         "eval_samples": args.eval_samples, "results": results},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test: train on the whole training set; val: seeded 85/15 split")
     parser.add_argument("--train-samples", type=positive_int,
                         help="keep only the first N training samples (smoke runs)")
+    parser.add_argument("--eval-samples", type=positive_int,
+                        help="keep only the first N evaluation samples (smoke runs, benchmarks)")
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--jobs", type=positive_int, default=1,
@@ -132,6 +134,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "lr": args.lr or p.lr,
         "eval_split": args.eval_split or p.eval_split,
         "train_samples": args.train_samples or p.train_samples,
+        "eval_samples": args.eval_samples,
         "cnn_min_side": p.cnn_min_side,
     }
     return chosen

@@ -295,6 +295,16 @@ def to_tensor(x: np.ndarray, stats, device: torch.device) -> torch.Tensor:
     return t
 
 
+def keep_first(x: np.ndarray, y: np.ndarray, n: int | None, what: str, kind: str):
+    """The first ``n`` samples of ``(x, y)`` (all of them when ``n`` is None); ``what`` names the
+    setting and ``kind`` the samples in the error raised when there are fewer than ``n``."""
+    if n is None:
+        return x, y
+    if n > len(y):
+        raise DataError(f"{what}={n} exceeds the {len(y)} {kind}")
+    return x[:n], y[:n]
+
+
 def load_dataset(
     name: str,
     data_dir: str = "data",
@@ -302,6 +312,7 @@ def load_dataset(
     eval_split: str = "test",
     train_samples: int | None = None,
     device: str | torch.device = "cpu",
+    eval_samples: int | None = None,
     synthetic_shape=(3, 32, 32),
     synthetic_classes: int = 10,
     synthetic_sizes=(50000, 10000),
@@ -310,14 +321,16 @@ def load_dataset(
 
     eval_split "test": train on the whole training set, evaluate on the test set. "val": a fixed-seed
     85/15 split of the training set; eval is the 15% part and the test set is not read.
-    train_samples keeps the first N training samples (after the val split).
+    train_samples keeps the first N training samples (after the val split), eval_samples the first N
+    evaluation samples (smoke runs and benchmarks: the alignment batch is their first 128).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if eval_split not in EVAL_SPLITS:
         raise DataError(f"unknown eval_split {eval_split!r}; valid: {', '.join(EVAL_SPLITS)}")
-    if train_samples is not None and train_samples < 1:
-        raise DataError(f"train_samples must be >= 1, got {train_samples}")
+    for what, n in (("train_samples", train_samples), ("eval_samples", eval_samples)):
+        if n is not None and n < 1:
+            raise DataError(f"{what} must be >= 1, got {n}")
     device = torch.device(device)
     need_test = eval_split == "test"
     root = Path(data_dir)
@@ -341,10 +354,8 @@ def load_dataset(
     if eval_split == "val":
         train_idx, val_idx = val_split(len(y_train))
         x_train, y_train, x_test, y_test = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
-    if train_samples is not None:
-        if train_samples > len(y_train):
-            raise DataError(f"train_samples={train_samples} exceeds the {len(y_train)} training samples of {name}")
-        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    x_train, y_train = keep_first(x_train, y_train, train_samples, "train_samples", f"training samples of {name}")
+    x_test, y_test = keep_first(x_test, y_test, eval_samples, "eval_samples", f"{eval_split} samples of {name}")
 
     return Dataset(
         name=name,

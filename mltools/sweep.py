@@ -70,7 +70,10 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
     try:
         if plan(spec) == "skip":  # another sweep finished it since this one started
             return "skipped"
-        return train_run(spec.config, spec.run_dir, resolve_device(device), quiet=quiet, bars=bars)
+        resolved = resolve_device(device)
+        if resolved.index is not None:
+            torch.cuda.set_device(resolved)  # else CUDA also opens a context on cuda:0
+        return train_run(spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars)
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one broken run must not stop a sweep of hundreds
@@ -82,9 +85,12 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
 
 
 def devices_for(device: str, jobs: int) -> list[str]:
-    """Devices to spread jobs over: every CUDA device when ``device`` is cuda/auto and several exist."""
+    """Devices to spread jobs over: every CUDA device when ``device`` is cuda/auto and several
+    exist; ``auto`` is resolved here, so a CPU-only machine gets ``["cpu"]``."""
     import torch
-    if jobs > 1 and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if jobs > 1 and device == "cuda" and torch.cuda.device_count() > 1:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return [device]
 
@@ -106,7 +112,8 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
             outcomes[run_one(spec, device, quiet)] += 1
         return outcomes
     spread = devices_for(device, jobs)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if spread == ["cpu"] or device == "cpu" else None
+    # CPU workers share the cores; on a GPU each worker's few CPU ops keep torch's default.
+    threads = max(1, (os.cpu_count() or 1) // jobs) if spread == ["cpu"] else None
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         running = [pool.submit(run_one, spec, spread[k % len(spread)], quiet, threads, False)
@@ -120,16 +127,14 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
     return outcomes
 
 
-def check_inputs(device: str, dataset: str, data_dir: str, download: bool, eval_split: str,
-                 train_samples: int | None) -> None:
-    """Fail early, with one line, on a device or dataset the runs could not use."""
+def check_inputs(device: str, cfg: RunConfig) -> None:
+    """Fail early, with one line, on a device or dataset (``cfg``'s) the runs could not use."""
     from .data import DataError
     from .device import resolve_device
-    from .train import RunConfig, get_data
+    from .train import get_data
     try:
         resolved = resolve_device(device)
-        get_data(RunConfig(dataset=dataset, data_dir=data_dir, download=download,
-                           eval_split=eval_split, train_samples=train_samples), resolved)
+        get_data(cfg, resolved)
     except (ValueError, DataError) as err:
         raise UsageError(str(err)) from None
 
@@ -143,6 +148,7 @@ def shared_settings(settings: dict, args) -> dict:
     """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
     return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
                 eval_split=settings["eval_split"], train_samples=settings["train_samples"],
+                eval_samples=settings["eval_samples"],
                 cnn_min_side=settings["cnn_min_side"],
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
@@ -161,8 +167,7 @@ def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
     Exit code 1 when a run failed (the others still ran), 0 otherwise.
     """
     cfg = specs[0].config
-    check_inputs(args.device, cfg.dataset, cfg.data_dir, cfg.download, cfg.eval_split,
-                 cfg.train_samples)
+    check_inputs(args.device, cfg)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
     outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)

@@ -41,6 +41,7 @@ class RunConfig:
     download: bool = False
     eval_split: str = "test"
     train_samples: int | None = None
+    eval_samples: int | None = None  # None: the whole evaluation split
     arch: str = "fc"                 # fc | cnn | bottleneck
     method: str = "dfa"              # dfa | bp
     act: str = "tanh"
@@ -135,15 +136,20 @@ def seed_everything(seed: int) -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, model, opt, order: torch.Generator, epoch: int) -> None:
-    """Atomic, and the previous checkpoint is kept until the new one is in place."""
+def save_checkpoint(run_dir: Path, model, opt, order: torch.Generator, epoch: int,
+                    device: torch.device) -> None:
+    """Atomic, and the previous checkpoint is kept until the new one is in place.
+
+    The CUDA RNG state saved is the run's own device's: a run draws from no other, and a
+    checkpoint holding every device's state could not be restored where fewer devices exist.
+    """
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "order": order.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "numpy": np.random.get_state(),
         "random": random.getstate(),
     }
@@ -171,13 +177,30 @@ def load_checkpoint(run_dir: Path, device: torch.device, log: runlog.RunLog) -> 
     return None
 
 
-def restore(state: dict, model, opt, order: torch.Generator) -> None:
+def saved_cuda_rng(state: dict, device: torch.device) -> torch.Tensor | None:
+    """The CUDA RNG state to restore on ``device``, or None (a CPU run, or one written on the CPU).
+
+    Older checkpoints held a list with every device's state: the run's device's entry is taken.
+    """
+    saved = state.get("cuda")
+    if device.type != "cuda" or saved is None:
+        return None
+    if isinstance(saved, (list, tuple)):
+        index = device.index or 0
+        return saved[index] if index < len(saved) else None
+    return saved
+
+
+def restore(state: dict, model, opt, order: torch.Generator, device: torch.device) -> None:
+    """Put a loaded checkpoint back: weights, optimizer, data order and every RNG stream."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    # RNG states must be CPU ByteTensors, whatever map_location moved them to.
     order.set_state(state["order"].cpu())
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda_rng = saved_cuda_rng(state, device)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng.cpu(), device)
     np.random.set_state(state["numpy"])
     random.setstate(state["random"])
 
@@ -217,6 +240,7 @@ def provenance(device: torch.device) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "dfatools": dfatools.__version__},
         "git_commit": git_commit(),
+        "pid": os.getpid(),  # which process trained the run last (sweeps with --jobs)
     }
 
 
@@ -226,12 +250,13 @@ _DATA_CACHE: dict[tuple, Dataset] = {}
 
 def get_data(cfg: RunConfig, device: torch.device) -> Dataset:
     """The run's dataset, loaded once per process and shared by the runs of a sweep."""
-    key = (cfg.dataset, cfg.data_dir, cfg.eval_split, cfg.train_samples, str(device))
+    key = (cfg.dataset, cfg.data_dir, cfg.eval_split, cfg.train_samples, cfg.eval_samples, str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one dataset on the device at a time
         _DATA_CACHE[key] = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                                         eval_split=cfg.eval_split,
-                                        train_samples=cfg.train_samples, device=device)
+                                        train_samples=cfg.train_samples,
+                                        eval_samples=cfg.eval_samples, device=device)
     return _DATA_CACHE[key]
 
 
@@ -294,7 +319,7 @@ class Trainer:
         cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
         state = load_checkpoint(run_dir, self.device, log)
         if state is not None:
-            restore(state, self.model, self.opt, self.order)
+            restore(state, self.model, self.opt, self.order, self.device)
             runlog.write_metrics(run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log))
             log.write(f"resumed from the checkpoint of epoch {state['epoch']}")
             self.say(f"{cfg.experiment} seed{cfg.seed}: resumed after epoch {state['epoch']}")
@@ -336,7 +361,7 @@ class Trainer:
         record["time_s"] = time.perf_counter() - tic
         runlog.append_metrics(self.run_dir, record)
         log.epoch(record, cfg.epochs)
-        save_checkpoint(self.run_dir, self.model, self.opt, self.order, epoch)
+        save_checkpoint(self.run_dir, self.model, self.opt, self.order, epoch, self.device)
         self.say(record_line(cfg, record, data.eval_split))
         return record
 

@@ -1,4 +1,5 @@
 """dfatools against independent computations (numpy formulas, plain autograd on nn.Sequential)."""
+import copy
 import math
 
 import numpy as np
@@ -378,3 +379,19 @@ def test_exact_top_trains_the_top_layers_by_backprop():
     assert not torch.allclose(weights[1].grad, bp[2], atol=1e-3)  # DFA below the top two
     with pytest.raises(ValueError, match="exact_top"):
         dfatools.to_dfa(net, K, exact_top=4)
+
+
+def test_prealign_does_not_depend_on_rounding():
+    """The output layer's least-squares problem is rank-deficient (rows of softmax - onehot sum
+    to 0): a rounding-level singular value must not be inverted, or float32 and float64 (and so
+    CPU and CUDA) give weights that differ by a large component along the all-ones output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, K))
+    single = dfatools.to_dfa(net, K)
+    double = dfatools.to_dfa(copy.deepcopy(net).double(), K)
+    x, y = batch(n=64)
+    dfatools.prealign(single, x, y)
+    dfatools.prealign(double, x.double(), y)
+    for a, b in zip(single, double):
+        if isinstance(a, nn.Linear):
+            assert (a.weight.double() - b.weight).norm() / b.weight.norm() < 1e-4

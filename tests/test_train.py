@@ -249,3 +249,15 @@ def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
     assert plan(RunSpec(small(epochs=1), tmp_path)) == "skip"
     with pytest.raises(UsageError, match="cnn_points"):
         plan(RunSpec(small(epochs=1, cnn_points="2019"), tmp_path))
+
+
+def test_the_cuda_rng_state_restored_is_the_run_devices():
+    """A checkpoint holds its run's CUDA RNG state (older ones: every device's, as a list); a
+    CPU run restores none, and a device the list lacks gets none rather than a crash."""
+    from mltools.train import saved_cuda_rng
+    one, two = torch.zeros(3, dtype=torch.uint8), torch.ones(3, dtype=torch.uint8)
+    assert saved_cuda_rng({"cuda": one}, torch.device("cuda")) is one
+    assert saved_cuda_rng({"cuda": one}, CPU) is None
+    assert saved_cuda_rng({"cuda": None}, torch.device("cuda:0")) is None
+    assert saved_cuda_rng({"cuda": [one, two]}, torch.device("cuda:1")) is two
+    assert saved_cuda_rng({"cuda": [one]}, torch.device("cuda:1")) is None
