@@ -114,6 +114,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs trained at once (processes, spread over CUDA devices)")
     parser.add_argument("--shard", type=shard, help="I/N: run every N-th run starting at the I-th")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_argument("--trust-checkpoints", action="store_true",
+                        help="resume from checkpoints written before the safe format, which load "
+                             "only with pickle and can run code: only for files you trust")
 
 
 def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict:

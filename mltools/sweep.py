@@ -143,7 +143,7 @@ def shared_settings(settings: dict, args) -> dict:
     """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
     return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
                 eval_split=settings["eval_split"], train_samples=settings["train_samples"],
-                cnn_min_side=settings["cnn_min_side"],
+                cnn_min_side=settings["cnn_min_side"], trust_checkpoints=args.trust_checkpoints,
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
 
