@@ -13,6 +13,7 @@ No torch here: reports and plots read run folders on machines without torch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,11 +44,17 @@ def fsync_write(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically: temp file, fsync, rename. A crash leaves old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails mid-write: drop the partial temp file, which only takes space.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_config(run_dir: Path, config: dict) -> None:
