@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["LegacyEpoch", "UNRECOGNISED", "is_legacy_log", "parse_legacy_log"]
+__all__ = ["LegacyEpoch", "MAX_RECORD_CHARS", "UNRECOGNISED", "is_legacy_log", "parse_legacy_log"]
 
 # --- patterns (compiled once) ----------------------------------------------
 
@@ -103,8 +103,9 @@ _RECORD_WORD_RE = re.compile(r"\bEPOCH\b|Training loss|Validation loss|top-1|mea
 # messages (mltools/models.py, mltools/data.py, mltools/processing.py, best_practices.py and
 # bottleneck.py of that code; "succesfully" is its spelling). A line may start with the file
 # log's timestamp (`2019-05-03 14:02:11 -- `) or the console's `[TAG] LEVEL` header.
-_LOG_PREFIX = (r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?\s*(?:--)?\s*)?"
-               r"(?:\[\w+\]\s*(?:DEBUG\.|INFO\.|WARN!|ERROR!|HIGH\.)?\s*)?")
+# Each run of spaces has one way to match (no `\s*x?\s*`): long lines stay linear-time.
+_LOG_PREFIX = (r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?\s*(?:--\s*)?)?"
+               r"(?:\[\w+\]\s*(?:(?:DEBUG\.|INFO\.|WARN!|ERROR!|HIGH\.)\s*)?)?")
 _KNOWN_MESSAGES = (
     r"Batch \d+/\d+ \(loaded in ",
     r"Will be writing a log of all messages in file ",
@@ -135,6 +136,9 @@ _KNOWN_LINE_RE = re.compile(_LOG_PREFIX + "(?:" + "|".join(_KNOWN_MESSAGES) + ")
 
 # Start of the warning about a line that is neither a record nor a known message.
 UNRECOGNISED = "unrecognised line"
+# Longer visible lines are never records (the longest, a module line with a timestamp, takes
+# about 150 characters). The cap also keeps int() below its 4300-digit limit.
+MAX_RECORD_CHARS = 1000
 
 
 # --- public data type --------------------------------------------------------
@@ -297,17 +301,25 @@ class _Parser:
             if junk:
                 self.warn(lineno, "binary junk; line skipped")
             return
-        if _PROGRESS_RE.search(line):
+        if len(line) > MAX_RECORD_CHARS:
+            # No record is that long (a runaway print, binary junk), and matching the record
+            # patterns on such a line takes time quadratic in its length.
+            self._unparsed(lineno, line, junk)
+        elif _PROGRESS_RE.search(line):
             return  # progress-bar residue carries no metric
-        header = _EPOCH_RE.search(line)
-        if header:
+        elif (header := _EPOCH_RE.search(line)) is not None:
             self._header(lineno, line, header, junk, cut)
         elif "Training loss:" in line or "Validation loss:" in line:
             self._loss(lineno, line, junk)
         elif "mean:" in line and (module := _MODULE_RE.search(line)) is not None:
             # The substring test spares long junk lines the costlier regex.
             self._module(lineno, module, junk, cut)
-        elif _RECORD_WORD_RE.search(line):
+        else:
+            self._unparsed(lineno, line, junk)
+
+    def _unparsed(self, lineno: int, line: str, junk: bool) -> None:
+        """Warn about a line that is no record where that means something was lost."""
+        if _RECORD_WORD_RE.search(line):
             self.warn(lineno, f"damaged record, not parsed: {line[:60]!r}")
         elif junk:
             self.warn(lineno, "binary junk; line skipped")
