@@ -6,7 +6,7 @@ A run folder holds
 * ``metrics.jsonl``: one JSON object per epoch (epoch 0 = before training);
 * ``log.txt``: a human-readable log whose ``epoch`` lines carry every metric, so
   :func:`parse_log` can rebuild ``metrics.jsonl`` (written as ``metrics.recovered.jsonl``);
-* ``checkpoint.pt``/``model.pt`` (written by :mod:`mltools.train`);
+* ``checkpoint.pt``/``model.pt`` (written and read by :mod:`mltools.checkpoint`);
 * ``run.lock`` while a process trains it.
 
 No torch here: reports and plots read run folders on machines without torch.

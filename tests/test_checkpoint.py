@@ -12,21 +12,11 @@ from hypothesis import given, settings, strategies as st
 from mltools import checkpoint, runlog
 from mltools.checkpoint import UnsafeCheckpoint
 from mltools.sweep import RunSpec, run_sweep
-from mltools.train import RunConfig, train_run
+from mltools.train import train_run
+from test_data import Payload
+from test_train import metrics, small
 
 CPU = torch.device("cpu")
-
-
-def small(**changes) -> RunConfig:
-    base = dict(experiment="fc-tanh", epochs=1, batch_size=64, lr=0.02, train_samples=256)
-    return RunConfig(**{**base, **changes})
-
-
-def metrics(run_dir) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / runlog.METRICS).read_text().splitlines()]
-    for r in records:
-        r.pop("time_s")
-    return records
 
 
 def through_safe_load(obj):
@@ -62,26 +52,16 @@ def test_rng_states_survive_the_safe_format_exactly(seed, draws, gauss):
 
 
 def test_checkpoint_and_model_load_safely(tmp_path):
-    train_run(small(), tmp_path, CPU, quiet=True)
+    train_run(small(epochs=1), tmp_path, CPU, quiet=True)
     for name in (runlog.CHECKPOINT, runlog.PREVIOUS_CHECKPOINT, runlog.MODEL):
         torch.load(tmp_path / name, weights_only=True)  # raises if anything needs pickle
         assert checkpoint.unsafe_globals(tmp_path / name) == []
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-class Payload:
-    """Unpickling this calls ``call(*args)``: how a planted checkpoint runs code."""
-
-    def __init__(self, call, *args):
-        self.call, self.args = call, args
-
-    def __reduce__(self):
-        return self.call, self.args
-
-
 def test_planted_checkpoint_is_refused_and_runs_nothing(tmp_path, capsys):
     run_dir, marker = tmp_path / "run", tmp_path / "pwned"
-    run_sweep([RunSpec(small(), run_dir)], device="cpu", quiet=True)
+    run_sweep([RunSpec(small(epochs=1), run_dir)], device="cpu", quiet=True)
     torch.save({"epoch": 1, "model": Payload(open, str(marker), "w")}, run_dir / runlog.CHECKPOINT)
     capsys.readouterr()
     outcomes = run_sweep([RunSpec(small(epochs=2), run_dir)], device="cpu", quiet=True)
