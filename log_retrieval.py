@@ -6,10 +6,9 @@
 A run folder (or its log.txt) gets ``metrics.recovered.jsonl`` beside the log, which the reports
 read when metrics.jsonl is missing or damaged. A 2019-format log becomes a JSON list of runs
 (default ``<file>.recovered.json``) for ``bottleneck_from_log.py --recovered``. Warnings go to
-stderr; lines that are neither records nor known messages are summarised (the first few and a
-count), in full with ``--verbose``.
-The 2019 code's progress and set-up lines are known and skipped silently. Exit code 1 when a
-path gave no epoch, 2 on bad arguments. No torch needed.
+stderr. The 2019 code's progress and set-up lines are known and skipped silently; other lines
+that are no record are summarised (the first few and a count), in full with ``--verbose``.
+Exit code 1 when a path gave no epoch, 2 on bad arguments. No torch needed.
 """
 from pathlib import Path
 

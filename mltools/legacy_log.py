@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["LegacyEpoch", "MAX_RECORD_CHARS", "UNRECOGNISED", "is_legacy_log", "parse_legacy_log"]
+__all__ = ["LegacyEpoch", "UNRECOGNISED", "is_legacy_log", "parse_legacy_log"]
 
 # --- patterns (compiled once) ----------------------------------------------
 
