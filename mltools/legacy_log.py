@@ -32,7 +32,10 @@ that do not parse are left as ``None``, and each problem becomes a warning
   is dropped (its final number may have lost digits), and a loss line keeps
   only the numbers followed by their delimiter;
 * an epoch with no loss line, or fewer module lines than the most its run
-  has, is kept with ``None`` fields and a warning at its EPOCH line.
+  has, is kept with ``None`` fields and a warning at its EPOCH line;
+* a line of more than ``MAX_RECORD_CHARS`` visible characters is never a
+  record (a runaway print, binary junk) and is treated as free text, so that
+  parsing stays linear in the size of the file.
 """
 
 from __future__ import annotations
