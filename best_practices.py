@@ -50,7 +50,7 @@ def main() -> int:
     if args.report_only:
         if not (out / "best_practices").is_dir():
             raise cli.UsageError(f"no best-practices runs under {out}; train some first")
-        write_best_practices_report(cli.writable_dir(out))
+        cli.write_or_stop(write_best_practices_report, cli.writable_dir(out))
         return 0
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     from mltools import sweep

@@ -6,7 +6,9 @@
 A run folder (or its log.txt) gets ``metrics.recovered.jsonl`` beside the log, which the reports
 read when metrics.jsonl is missing or damaged. A 2019-format log becomes a JSON list of runs
 (default ``<file>.recovered.json``) for ``bottleneck_from_log.py --recovered``. Warnings go to
-stderr; exit code 1 when a path gave no epoch, 2 on bad arguments. No torch needed.
+stderr. The 2019 code's progress and set-up lines are known and skipped silently; other lines
+that are no record are summarised (the first few and a count), in full with ``--verbose``.
+Exit code 1 when a path gave no epoch, 2 on bad arguments. No torch needed.
 """
 from pathlib import Path
 
@@ -21,8 +23,10 @@ def main() -> int:
     parser.add_argument("-o", "--out", type=Path, default=None,
                         help="output file (one PATH only); default metrics.recovered.jsonl beside "
                              "our log, <file>.recovered.json for a 2019 log")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="list every unrecognised line (default: the first few and a count)")
     args = parser.parse_args()
-    return retrieve(args.paths, args.out)
+    return retrieve(args.paths, args.out, verbose=args.verbose)
 
 
 if __name__ == "__main__":

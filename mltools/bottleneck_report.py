@@ -16,7 +16,6 @@ No torch, no pyplot.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from .effects import (MEAN_COS, Effect, Metric, compare, convergence_flags, conv
 from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds,
                      markdown_table, mean_std, new_figure, point_label, point_stats, status_counts,
                      well_formed, write_csv)
-from .runlog import Run
+from .runlog import Run, parse_json
 
 _FOLDER = re.compile(r"(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
@@ -117,7 +116,7 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
 def read_recovered(path: Path) -> list[list[dict]]:
     """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts. UsageError if not."""
     try:
-        runs = json.loads(Path(path).read_text())
+        runs = parse_json(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise UsageError(f"cannot read recovered log {path}: {err}") from None
     ok = isinstance(runs, list) and all(

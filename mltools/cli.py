@@ -5,6 +5,7 @@ No torch here: bottleneck_from_log.py and log_retrieval.py run without it.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,34 @@ from typing import Callable, NoReturn
 
 class UsageError(Exception):
     """Bad input; the message is printed as one line and the command exits with code 2."""
+
+
+class DiskFull(Exception):
+    """Files could not be written for a reason of the disk, not of the work (full, over quota,
+    file too large, read-only, I/O error): every later write would fail too, so the command
+    stops. The message is one line naming the path and what to do; the exit code is 1."""
+
+
+# Errors about the disk rather than the run, and what to do about each.
+DISK_HINTS = {
+    errno.ENOSPC: "Free space on that disk",
+    errno.EDQUOT: "Free space within your quota",
+    errno.EFBIG: "Raise the file-size limit (ulimit -f)",
+    errno.EROFS: "Make that file system writable",
+    errno.EIO: "Check that disk",
+}
+DISK_ERRNOS = frozenset(DISK_HINTS)
+
+
+def disk_full(err: BaseException, where: str | Path) -> DiskFull | None:
+    """A DiskFull for ``err`` when it is about the disk, else None. ``where`` names the path
+    when the error does not (a failed ``write`` carries no file name)."""
+    if not isinstance(err, OSError) or err.errno not in DISK_ERRNOS:
+        return None
+    path = err.filename or where
+    reason = err.strerror or os.strerror(err.errno)
+    return DiskFull(f"cannot write {path}: {reason}. {DISK_HINTS[err.errno]} (or change --out), "
+                    "then run the same command again to resume: finished runs are skipped")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -61,6 +90,17 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def write_or_stop(write: Callable[[Path], object], out: Path) -> None:
+    """``write(out)`` (a report), with an OSError about the disk turned into DiskFull."""
+    try:
+        write(out)
+    except OSError as err:
+        stop = disk_full(err, out)
+        if stop is None:
+            raise
+        raise stop from None
+
+
 def writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check we can write there; UsageError otherwise."""
     path = Path(path)
@@ -74,12 +114,16 @@ def writable_dir(path: str | Path) -> Path:
 
 
 def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
-    """Run ``main``; bad input exits 2 with one line, Ctrl-C exits 130 saying how to resume."""
+    """Run ``main``; bad input exits 2 with one line, a full disk 1 with one line, Ctrl-C 130
+    saying how to resume."""
     try:
         code = main()
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except DiskFull as err:
+        print(f"{prog}: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     except BrokenPipeError:  # e.g. `--list | head`: the reader left, nothing more to say
         sys.stderr.close()
         os._exit(0)
@@ -116,6 +160,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs trained at once (processes, spread over CUDA devices)")
     parser.add_argument("--shard", type=shard, help="I/N: run every N-th run starting at the I-th")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_argument("--trust-checkpoints", action="store_true",
+                        help="resume from checkpoints written before the safe format, which load "
+                             "only with pickle and can run code: only for files you trust")
 
 
 def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict:

@@ -13,8 +13,11 @@ files (``download=True``); it never reads them, so there is exactly one way data
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -22,6 +25,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+try:  # numpy >= 1.26 (numpy 2 moved numpy.core to numpy._core; 1.26 has both)
+    from numpy._core import multiarray as _multiarray, numeric as _numeric
+except ImportError:
+    from numpy.core import multiarray as _multiarray, numeric as _numeric
+
+NUMPY_CORES = ("numpy.core", "numpy._core")  # the module names arrays are pickled under
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "synthetic")
 EVAL_SPLITS = ("test", "val")
 
@@ -87,16 +96,77 @@ class Dataset:
 # ----------------------------------------------------------------------------- readers
 
 
-def read_cifar_pickle(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a function or class that CIFAR batches never hold."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as pickles use it: Python 3 writes bytes at protocols < 3 as
+    ``_codecs.encode(text, "latin1")``. Other codecs (compression among them) are refused."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1" or errors != "strict":
+        raise RefusedGlobal(f"_codecs.encode with codec {encoding!r}")
+    return text.encode("latin-1")
+
+
+# Everything a CIFAR batch pickle may name: numpy array and scalar reconstruction, under numpy 1's
+# module names (the real files, pickled by Python 2) and numpy 2's (files re-saved since; protocol
+# 5 builds arrays with _frombuffer), and the bytes helper of Python 3 pickles. None of these runs
+# code or touches files; dicts, lists, str, bytes and numbers need no global at all.
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+    **{(f"{core}.multiarray", "_reconstruct"): _multiarray._reconstruct for core in NUMPY_CORES},
+    **{(f"{core}.multiarray", "scalar"): _multiarray.scalar for core in NUMPY_CORES},
+    **{(f"{core}.numeric", "_frombuffer"): _numeric._frombuffer for core in NUMPY_CORES},
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR batches hold: dicts, lists, str, bytes, numbers
+    and numpy arrays. pickle resolves every function or class a file names through
+    ``find_class``, so refusing there keeps a planted file from running code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = CIFAR_PICKLE_GLOBALS.get((module, name))
+        if found is None:
+            raise RefusedGlobal(f"{module}.{name}")
+        return found
+
+
+def unpickle_cifar(path: Path) -> dict:
+    """The dict of one CIFAR batch file, keys as str. The real files were pickled by Python 2
+    (their keys load as bytes with ``encoding="bytes"``); files re-saved by Python 3 have str keys."""
     try:
-        with open(path, "rb") as f:
-            # The files were written by Python 2; "bytes" keeps their str keys as bytes.
-            batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as e:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        # From memory, not the file: a damaged length field then fails as a short read instead
+        # of asking the file object for gigabytes.
+        batch = CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise DataError(f"{path}: refused: the pickle asks for {e}, which a CIFAR batch never "
+                        "holds and which could run code; replace the file with the original "
+                        "CIFAR download") from None
+    except Exception as e:  # damaged pickles raise almost any type (EOFError, KeyError, ...)
         raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, not a dict)")
+    return {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in batch.items()}
+
+
+def read_cifar_pickle(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    batch = unpickle_cifar(path)
+    missing = [k for k in ("data", label_key) if k not in batch]
+    if missing:
+        raise DataError(f"{path}: not a CIFAR batch (no {' or '.join(missing)} entry)")
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from None
     # Rows are 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32.
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: expected data of shape (N, 3072), got {tuple(data.shape)}")
@@ -112,7 +182,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         with opener(path, "rb") as f:
             # bytearray, not bytes: numpy views of it are writable, so torch can take them as-is.
             raw = bytearray(f.read())
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged .gz stream
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
     found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if found != magic:
@@ -122,7 +192,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # exact: np.prod would wrap around for absurd headers
     if len(raw) - header != expected:
         raise DataError(f"{path}: size mismatch: header dims {dims} need {expected} bytes, file has {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
@@ -202,7 +272,7 @@ def locate(name: str, data_dir: Path, allow_download: bool) -> dict[str, Path]:
 def load_cifar(name: str, data_dir: Path, allow_download: bool, need_test: bool):
     """CIFAR-10 (data_batch_1..5, test_batch) or CIFAR-100 (train, test) as uint8 arrays."""
     files = locate(name, data_dir, allow_download)
-    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+    label_key = "labels" if name == "cifar10" else "fine_labels"
     train_names = CIFAR10_TRAIN_FILES if name == "cifar10" else ("train",)
     test_name = "test_batch" if name == "cifar10" else "test"
     parts = [read_cifar_pickle(files[n], label_key) for n in train_names]

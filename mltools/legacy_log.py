@@ -22,14 +22,20 @@ The parser never raises on damaged input: unusable lines are skipped, numbers
 that do not parse are left as ``None``, and each problem becomes a warning
 ``'<source>:<line>: <problem>'`` with the 1-based line number.  Choices:
 
-* free text is silent in the preamble and between epochs, and warned about
-  only inside an epoch block (header seen, loss line not yet), or when it
-  holds binary junk or record keywords (a damaged record);
+* the 2019 code's progress lines (``Batch 17/390 (loaded in 0.0126s, ...)``)
+  and set-up and saving messages are known and always silent;
+* other free text is silent in the preamble and between epochs, and warned
+  about (``unrecognised line``) only inside an epoch block (header seen, loss
+  line not yet), or when it holds binary junk or record keywords (a damaged
+  record);
 * a last line without a line ending may be cut: an EPOCH or module line there
   is dropped (its final number may have lost digits), and a loss line keeps
   only the numbers followed by their delimiter;
 * an epoch with no loss line, or fewer module lines than the most its run
-  has, is kept with ``None`` fields and a warning at its EPOCH line.
+  has, is kept with ``None`` fields and a warning at its EPOCH line;
+* a line of more than ``MAX_RECORD_CHARS`` visible characters is never a
+  record (a runaway print, binary junk) and is treated as free text, so that
+  parsing stays linear in the size of the file.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["LegacyEpoch", "is_legacy_log", "parse_legacy_log"]
+__all__ = ["LegacyEpoch", "UNRECOGNISED", "is_legacy_log", "parse_legacy_log"]
 
 # --- patterns (compiled once) ----------------------------------------------
 
@@ -94,6 +100,48 @@ _PROGRESS_RE = re.compile(r"\d{1,3}%\s*\||\|\s*\d+/\d+\s*\[|\[[=#>.\- ]{5,}\]\s*
 
 # Words that only appear in records: an unmatched line holding one is a damaged record.
 _RECORD_WORD_RE = re.compile(r"\bEPOCH\b|Training loss|Validation loss|top-1|mean:|std:")
+
+# Lines the 2019 code writes that carry no metric, skipped silently wherever they appear: its
+# per-batch progress (inside every epoch block, hundreds per epoch) and its set-up and saving
+# messages (mltools/models.py, mltools/data.py, mltools/processing.py, best_practices.py and
+# bottleneck.py of that code; "succesfully" is its spelling). A line may start with the file
+# log's timestamp (`2019-05-03 14:02:11 -- `) or the console's `[TAG] LEVEL` header.
+# Each run of spaces has one way to match (no `\s*x?\s*`): long lines stay linear-time.
+_LOG_PREFIX = (r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?\s*(?:--\s*)?)?"
+               r"(?:\[\w+\]\s*(?:(?:DEBUG\.|INFO\.|WARN!|ERROR!|HIGH\.)\s*)?)?")
+_KNOWN_MESSAGES = (
+    r"Batch \d+/\d+ \(loaded in ",
+    r"Will be writing a log of all messages in file ",
+    r"You have not specified a save file",
+    r"Establishing Baselines for Direct Feedback Alignment",
+    r"Section \d+ -- ",
+    r"Setting-up processing back-end",
+    r"Using GPU \d+ with seed",
+    r"CUDA is not available",
+    r"Seeding with ",
+    r"Preparing data for dataset ",
+    r"Creating model",
+    r"Using (?:a (?:convolutional|fully-connected) architecture|dropout|batch normalization|PAI)",
+    r"Not using feedback normalization",
+    r"Will be using (?:DFA|BP) for training",
+    r"Prealigning ",
+    r"Prealignment of module ",
+    r"Training with ",
+    r"Model: ",
+    r"Checkpoint! saving model state to ",
+    r"Final (?:validation )?with ",
+    r"Finishing up: saving ",
+    r"Running in ",
+    r"(?:Training|Validation|Test) data succesfully fetched",
+    r"(?:Train|Validation) loader succesfully created",
+)
+_KNOWN_LINE_RE = re.compile(_LOG_PREFIX + "(?:" + "|".join(_KNOWN_MESSAGES) + ")")
+
+# Start of the warning about a line that is neither a record nor a known message.
+UNRECOGNISED = "unrecognised line"
+# Longer visible lines are never records (the longest, a module line with a timestamp, takes
+# about 150 characters). The cap also keeps int() below its 4300-digit limit.
+MAX_RECORD_CHARS = 1000
 
 
 # --- public data type --------------------------------------------------------
@@ -256,24 +304,32 @@ class _Parser:
             if junk:
                 self.warn(lineno, "binary junk; line skipped")
             return
-        if _PROGRESS_RE.search(line):
+        if len(line) > MAX_RECORD_CHARS:
+            # No record is that long (a runaway print, binary junk), and matching the record
+            # patterns on such a line takes time quadratic in its length.
+            self._unparsed(lineno, line, junk)
+        elif _PROGRESS_RE.search(line):
             return  # progress-bar residue carries no metric
-        header = _EPOCH_RE.search(line)
-        if header:
+        elif (header := _EPOCH_RE.search(line)) is not None:
             self._header(lineno, line, header, junk, cut)
         elif "Training loss:" in line or "Validation loss:" in line:
             self._loss(lineno, line, junk)
         elif "mean:" in line and (module := _MODULE_RE.search(line)) is not None:
             # The substring test spares long junk lines the costlier regex.
             self._module(lineno, module, junk, cut)
-        elif _RECORD_WORD_RE.search(line):
+        else:
+            self._unparsed(lineno, line, junk)
+
+    def _unparsed(self, lineno: int, line: str, junk: bool) -> None:
+        """Warn about a line that is no record where that means something was lost."""
+        if _RECORD_WORD_RE.search(line):
             self.warn(lineno, f"damaged record, not parsed: {line[:60]!r}")
         elif junk:
             self.warn(lineno, "binary junk; line skipped")
-        elif self.open is not None and not self.open.loss_seen:
-            # Inside an epoch block only records are expected; elsewhere (preamble,
-            # messages between epochs) free text is normal and stays silent.
-            self.warn(lineno, f"unrecognised line in epoch {self.open.epoch.epoch}: {line[:60]!r}")
+        elif self.open is not None and not self.open.loss_seen and not _KNOWN_LINE_RE.match(line):
+            # Inside an epoch block only records and the 2019 code's own messages are
+            # expected; elsewhere (preamble, between epochs) free text is normal and silent.
+            self.warn(lineno, f"{UNRECOGNISED} in epoch {self.open.epoch.epoch}: {line[:60]!r}")
 
     def _header(self, lineno: int, line: str, m: re.Match, junk: bool, cut: bool) -> None:
         if cut:

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .cli import UsageError
-from .legacy_log import is_legacy_log, parse_legacy_log
+from .legacy_log import UNRECOGNISED, is_legacy_log, parse_legacy_log
 from .runlog import LOG, RECOVERED, fsync_write, parse_log, write_metrics
 
 
 Echo = Callable[[str], None]
+SHOWN = 3  # unrecognised lines printed in full without --verbose
 
 
 def _stderr(line: str) -> None:
@@ -101,10 +102,25 @@ def _epochs(records: Sequence[dict]) -> str:
     return f"{len(records)} epochs ({records[0]['epoch']}..{records[-1]['epoch']})" if records else "0 epochs"
 
 
+def show_warnings(warnings: Sequence[str], source: Path, verbose: bool, warn: Echo) -> None:
+    """Every warning about damaged or incomplete records; unrecognised lines in full only with
+    ``verbose``, otherwise the first few (with their line numbers) and a count: a long log with
+    many odd lines must not bury the summary."""
+    unknown = [w for w in warnings if UNRECOGNISED in w]
+    hidden = set() if verbose else set(unknown[SHOWN:])
+    for w in warnings:  # in line order
+        if w not in hidden:
+            warn(f"warning: {w}")
+    if hidden:
+        warn(f"warning: {source}: {len(unknown)} unrecognised lines in all, {len(hidden)} not "
+             "shown (--verbose lists them)")
+
+
 def retrieve(paths: Sequence[Path], out: Path | None = None, echo: Echo = print,
-             warn: Echo = _stderr) -> int:
+             warn: Echo = _stderr, verbose: bool = False) -> int:
     """Recover every path (run folder, our log.txt, or a 2019 log); return the exit code:
-    0 when each gave at least one epoch, 1 otherwise. Bad paths raise UsageError first."""
+    0 when each gave at least one epoch, 1 otherwise. Bad paths raise UsageError first.
+    Warnings are summarised unless ``verbose`` (see :func:`show_warnings`)."""
     paths = [Path(p) for p in paths]
     if out is not None and len(paths) > 1:
         raise UsageError("-o/--out takes a single PATH")
@@ -119,8 +135,7 @@ def retrieve(paths: Sequence[Path], out: Path | None = None, echo: Echo = print,
         text = read_text(log)
         if is_legacy_log(text):
             dest, runs, warnings = recover_legacy(log, out)
-            for w in warnings:
-                warn(f"warning: {w}")
+            show_warnings(warnings, log, verbose, warn)
             where = f" -> {dest}" if dest else "; nothing written"
             echo(f"{log}: 2019-format log, {len(runs)} run(s){where}")
             for i, run in enumerate(runs, 1):
@@ -129,8 +144,7 @@ def retrieve(paths: Sequence[Path], out: Path | None = None, echo: Echo = print,
                      f"test top-1 {_pct(last['test_top1'])}")
         else:
             dest, runs, warnings = recover_run(log, out)
-            for w in warnings:
-                warn(f"warning: {w}")
+            show_warnings(warnings, log, verbose, warn)
             if dest is None:
                 echo(f"{log}: no epoch lines found; nothing written ({len(warnings)} warnings)")
             else:

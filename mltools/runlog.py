@@ -6,13 +6,14 @@ A run folder holds
 * ``metrics.jsonl``: one JSON object per epoch (epoch 0 = before training);
 * ``log.txt``: a human-readable log whose ``epoch`` lines carry every metric, so
   :func:`parse_log` can rebuild ``metrics.jsonl`` (written as ``metrics.recovered.jsonl``);
-* ``checkpoint.pt``/``model.pt`` (written by :mod:`mltools.train`);
+* ``checkpoint.pt``/``model.pt`` (written and read by :mod:`mltools.checkpoint`);
 * ``run.lock`` while a process trains it.
 
 No torch here: reports and plots read run folders on machines without torch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,11 +44,17 @@ def fsync_write(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically: temp file, fsync, rename. A crash leaves old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails mid-write: drop the partial temp file, which only takes space.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_config(run_dir: Path, config: dict) -> None:
@@ -112,6 +119,15 @@ def _fmt(x: Any) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------------
+def parse_json(text: str) -> Any:
+    """``json.loads``, with a document nested too deeply for it (RecursionError) reported as the
+    ValueError of any other malformed JSON, so that readers need to catch only that."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
     """Records of a ``.jsonl`` file; a damaged line is skipped with a warning naming file and line."""
     records, warnings = [], []
@@ -123,7 +139,7 @@ def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise ValueError("not an epoch record")
         except ValueError:
@@ -136,7 +152,7 @@ def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
 def read_config(run_dir: Path) -> tuple[dict | None, list[str]]:
     path = Path(run_dir) / CONFIG
     try:
-        config = json.loads(path.read_text())
+        config = parse_json(path.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
         return config, []
@@ -147,7 +163,12 @@ def read_config(run_dir: Path) -> tuple[dict | None, list[str]]:
 
 
 _EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+) (.*)$")
-_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+# A key starts a word: findall then tries one start per word, not one per character, which on
+# a long run of letters would take quadratic time (the matches are the same).
+_PAIR = re.compile(r'(?<!\w)(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+# RunLog's epoch lines take about 200 characters; longer ones are damaged, and matching the
+# pairs of an unterminated quote on them would take quadratic time.
+MAX_LINE_CHARS = 2000
 
 
 def _value(raw: str) -> Any:
@@ -168,6 +189,9 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
     for number, line in enumerate(text.splitlines(), 1):
         m = _EPOCH_LINE.search(line)
         if not m:
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            warnings.append(f"{source}:{number}: damaged epoch line skipped ({len(line)} characters)")
             continue
         epoch, rest = int(m.group(1)), m.group(3)
         try:

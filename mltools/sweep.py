@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runlog
-from .cli import UsageError, writable_dir
+from .cli import DiskFull, UsageError, disk_full, writable_dir, write_or_stop
 from .train import RunConfig
 
 
@@ -56,13 +56,33 @@ def plan(spec: RunSpec) -> str:
 
 def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
             bars: bool = True) -> str:
-    """Train one run under its lock; returns done, diverged, failed or busy."""
+    """Train one run under its lock; returns done, diverged, skipped, failed or busy.
+
+    Raises DiskFull when the run failed because its folder could not be written: the sweep
+    stops there rather than fail every later run the same way.
+    """
     import torch  # here, so that `import mltools.sweep` stays light in the parent process
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return train_locked(spec, device, quiet, bars)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # one broken run must not stop a sweep of hundreds
+        print(f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
+              flush=True)
+        stop = disk_full(err, spec.run_dir)
+        if stop is not None:
+            raise stop from None
+        return "failed"
+
+
+def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool) -> str:
+    """Create the run folder, take its lock and train unless another process holds it."""
+    import torch
 
     from .device import resolve_device
     from .train import train_run
-    if threads:
-        torch.set_num_threads(threads)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if not runlog.acquire_lock(spec.run_dir):
         print(f"{spec.label}: busy (another process is training {spec.run_dir}), skipped", flush=True)
@@ -74,12 +94,6 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
         if resolved.index is not None:
             torch.cuda.set_device(resolved)  # else CUDA also opens a context on cuda:0
         return train_run(spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars)
-    except KeyboardInterrupt:
-        raise
-    except Exception as err:  # one broken run must not stop a sweep of hundreds
-        print(f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
-              flush=True)
-        return "failed"
     finally:
         runlog.release_lock(spec.run_dir)
 
@@ -95,9 +109,21 @@ def devices_for(device: str, jobs: int) -> list[str]:
     return [device]
 
 
+class SweepStopped(DiskFull):
+    """A run hit a full disk and the sweep stopped; ``outcomes`` counts the runs up to then."""
+
+    def __init__(self, message: str, outcomes: Counter) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
 def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
               quiet: bool = False) -> Counter:
-    """Run every spec that is not finished; returns a count of outcomes (incl. ``skipped``)."""
+    """Run every spec that is not finished; returns a count of outcomes (incl. ``skipped``).
+
+    Raises SweepStopped once a run failed on a full disk: no further run starts (with ``jobs``,
+    the runs already started finish).
+    """
     outcomes: Counter = Counter()
     todo = []
     for spec in specs:
@@ -109,21 +135,50 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
         print(f"{len(todo)} run(s) to train, {outcomes['skipped']} already finished", flush=True)
     if jobs <= 1:
         for spec in todo:
-            outcomes[run_one(spec, device, quiet)] += 1
+            try:
+                outcomes[run_one(spec, device, quiet)] += 1
+            except DiskFull as stop:
+                outcomes["failed"] += 1
+                raise SweepStopped(str(stop), outcomes) from None
         return outcomes
+    return run_parallel(todo, device, jobs, quiet, outcomes)
+
+
+def run_parallel(todo: list[RunSpec], device: str, jobs: int, quiet: bool,
+                 outcomes: Counter) -> Counter:
+    """:func:`run_sweep` over ``jobs`` worker processes, adding to ``outcomes``.
+
+    A run is handed to a worker only when one is free, so that after a full disk no further
+    run starts (a pool fed everything at once would have started queued runs already).
+    """
     spread = devices_for(device, jobs)
     # CPU workers share the cores; on a GPU each worker's few CPU ops keep torch's default.
     threads = max(1, (os.cpu_count() or 1) // jobs) if spread == ["cpu"] else None
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    waiting = iter(enumerate(todo))
+    stop: DiskFull | None = None
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        running = [pool.submit(run_one, spec, spread[k % len(spread)], quiet, threads, False)
-                   for k, spec in enumerate(todo)]
+        running: set = set()
         try:
-            for future in futures.as_completed(running):
-                outcomes[future.result()] += 1
+            while True:
+                while len(running) < jobs and stop is None and (item := next(waiting, None)):
+                    k, spec = item
+                    running.add(pool.submit(run_one, spec, spread[k % len(spread)], quiet,
+                                            threads, False))
+                if not running:
+                    break
+                done, running = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        outcomes[future.result()] += 1
+                    except DiskFull as err:
+                        outcomes["failed"] += 1
+                        stop = stop or err
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if stop is not None:
+        raise SweepStopped(str(stop), outcomes)
     return outcomes
 
 
@@ -148,8 +203,8 @@ def shared_settings(settings: dict, args) -> dict:
     """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
     return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
                 eval_split=settings["eval_split"], train_samples=settings["train_samples"],
-                eval_samples=settings["eval_samples"],
-                cnn_min_side=settings["cnn_min_side"],
+                eval_samples=settings["eval_samples"], cnn_min_side=settings["cnn_min_side"],
+                trust_checkpoints=args.trust_checkpoints,
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
 
@@ -164,16 +219,21 @@ def describe(settings: dict) -> str:
 def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
     """What both experiment scripts do: check inputs, train the shard, write the report.
 
-    Exit code 1 when a run failed (the others still ran), 0 otherwise.
+    Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
+    code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
     cfg = specs[0].config
     check_inputs(args.device, cfg)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
-    outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+    try:
+        outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+    except SweepStopped as stop:
+        print(summarize(stop.outcomes), flush=True)
+        raise
     print(summarize(outcomes), flush=True)
     try:
-        write_report(Path(args.out))
+        write_or_stop(write_report, Path(args.out))
     except UsageError as err:  # e.g. every run diverged: nothing to tabulate, the runs are kept
         print(f"no report: {err}", flush=True)
     return 1 if outcomes["failed"] else 0

@@ -7,7 +7,6 @@ data-order generator and every RNG state.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import platform
@@ -25,11 +24,14 @@ from tqdm import tqdm
 
 import dfatools
 from . import models, runlog
+from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
+# RunConfig fields that say how to run, not what: they never make a folder hold another run.
+RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints")
 
 
 @dataclass
@@ -61,10 +63,11 @@ class RunConfig:
     batch_size: int = 128
     lr: float = 5e-4
     seed: int = 0
+    trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
 
     def settings(self) -> dict:
         """What defines the result; a run folder holding other settings is another run."""
-        return {k: v for k, v in asdict(self).items() if k not in ("data_dir", "download")}
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_OPTIONS}
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -135,76 +138,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, model, opt, order: torch.Generator, epoch: int,
-                    device: torch.device) -> None:
-    """Atomic, and the previous checkpoint is kept until the new one is in place.
-
-    The CUDA RNG state saved is the run's own device's: a run draws from no other, and a
-    checkpoint holding every device's state could not be restored where fewer devices exist.
-    """
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "order": order.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": np.random.get_state(),
-        "random": random.getstate(),
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    path = run_dir / runlog.CHECKPOINT
-    if path.exists():
-        os.replace(path, run_dir / runlog.PREVIOUS_CHECKPOINT)
-    runlog.fsync_write(path, buffer.getvalue())
-
-
-def load_checkpoint(run_dir: Path, device: torch.device, log: runlog.RunLog) -> dict | None:
-    """The newest readable checkpoint, or None; damaged ones are reported in the log."""
-    for name in (runlog.CHECKPOINT, runlog.PREVIOUS_CHECKPOINT):
-        path = run_dir / name
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location=device, weights_only=False)
-            if not isinstance(state, dict) or "epoch" not in state:
-                raise ValueError("not a checkpoint")
-            return state
-        except Exception as err:  # truncated/empty files raise many different types
-            log.write(f"warning: {path} is damaged ({type(err).__name__}); trying an older state")
-    return None
-
-
-def saved_cuda_rng(state: dict, device: torch.device) -> torch.Tensor | None:
-    """The CUDA RNG state to restore on ``device``, or None (a CPU run, or one written on the CPU).
-
-    Older checkpoints held a list with every device's state: the run's device's entry is taken.
-    """
-    saved = state.get("cuda")
-    if device.type != "cuda" or saved is None:
-        return None
-    if isinstance(saved, (list, tuple)):
-        index = device.index or 0
-        return saved[index] if index < len(saved) else None
-    return saved
-
-
-def restore(state: dict, model, opt, order: torch.Generator, device: torch.device) -> None:
-    """Put a loaded checkpoint back: weights, optimizer, data order and every RNG stream."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    # RNG states must be CPU ByteTensors, whatever map_location moved them to.
-    order.set_state(state["order"].cpu())
-    torch.set_rng_state(state["torch"].cpu())
-    cuda_rng = saved_cuda_rng(state, device)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng.cpu(), device)
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-
-
+# -- resume -------------------------------------------------------------------------------------
 def kept_records(run_dir: Path, last_epoch: int, log: runlog.RunLog) -> list[dict]:
     """Records of epochs 0..last_epoch, from metrics.jsonl, filled from log.txt where damaged."""
     records, warnings = runlog.read_json_lines(run_dir / runlog.METRICS)
@@ -317,7 +251,7 @@ class Trainer:
 
     def start(self) -> int:
         cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
-        state = load_checkpoint(run_dir, self.device, log)
+        state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
             restore(state, self.model, self.opt, self.order, self.device)
             runlog.write_metrics(run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log))
@@ -366,7 +300,7 @@ class Trainer:
         return record
 
     def finish(self) -> None:
-        torch.save(self.model.state_dict(), self.run_dir / runlog.MODEL)
+        write_torch(self.run_dir / runlog.MODEL, self.model.state_dict())
         self.log.write("done")
 
 

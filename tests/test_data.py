@@ -1,6 +1,9 @@
 """Tests of mltools.data on tiny files written in the real on-disk formats (no network, CPU only)."""
 
+import codecs
 import gzip
+import io
+import os
 import pickle
 import struct
 
@@ -30,7 +33,42 @@ def cifar_rows(n, seed):
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
-def write_cifar10(folder, per_batch=4, seed=1):
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2 did for the real CIFAR files: str and bytes as Python 2 ``str``
+    (SHORT_BINSTRING/BINSTRING opcodes), which Python 3 loads as bytes with encoding="bytes"."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def python2_pickle(obj) -> bytes:
+    """``obj`` pickled the way the real CIFAR batch files were (protocol 2, numpy 1 names)."""
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"numpy._core.", b"numpy.core.")
+
+
+CIFAR_STYLES = {
+    "python2": lambda batch: python2_pickle(batch),  # the real files: bytes keys, Python 2 str
+    "protocol2": lambda batch: pickle.dumps(batch, protocol=2),  # bytes via _codecs.encode
+    "resaved": lambda batch: pickle.dumps({k.decode(): v for k, v in batch.items()}, protocol=5),
+}
+
+
+def write_batch(path, batch, style="protocol2"):
+    path.write_bytes(CIFAR_STYLES[style](batch))
+
+
+def write_cifar10(folder, per_batch=4, seed=1, style="protocol2"):
     """data_batch_1..5 and test_batch as python pickles; returns (train rows, train labels, test rows, test labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -38,16 +76,14 @@ def write_cifar10(folder, per_batch=4, seed=1):
     for i in range(1, 6):
         rows = cifar_rows(per_batch, seed + i)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]  # real files store a list
-        with open(folder / f"data_batch_{i}", "wb") as f:
-            pickle.dump({b"batch_label": f"training batch {i} of 5".encode(), b"labels": labels,
-                         b"data": rows, b"filenames": [b"x.png"] * per_batch}, f, protocol=2)
+        write_batch(folder / f"data_batch_{i}", {b"batch_label": f"training batch {i} of 5".encode(),
+                    b"labels": labels, b"data": rows, b"filenames": [b"x.png"] * per_batch}, style)
         train_rows.append(rows)
         train_labels += labels
     test_rows = cifar_rows(3, seed + 100)
     test_labels = [int(v) for v in rng.integers(0, 10, size=3)]
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": test_labels,
-                     b"data": test_rows, b"filenames": [b"x.png"] * 3}, f, protocol=2)
+    write_batch(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": test_labels,
+                b"data": test_rows, b"filenames": [b"x.png"] * 3}, style)
     return np.concatenate(train_rows), train_labels, test_rows, test_labels
 
 
@@ -103,10 +139,11 @@ def expected_pixel(v, mean, std):
 # ----------------------------------------------------------------------------- CIFAR
 
 
-@pytest.mark.parametrize("in_folder", [True, False])
-def test_cifar10_values_and_labels(tmp_path, in_folder):
+@pytest.mark.parametrize("in_folder, style", [(True, "python2"), (False, "protocol2"),
+                                               (True, "resaved")])
+def test_cifar10_values_and_labels(tmp_path, in_folder, style):
     folder = tmp_path / "cifar-10-batches-py" if in_folder else tmp_path
-    train_rows, train_labels, test_rows, test_labels = write_cifar10(folder)
+    train_rows, train_labels, test_rows, test_labels = write_cifar10(folder, style=style)
     ds = load_dataset("cifar10", data_dir=str(tmp_path))
     assert isinstance(ds, Dataset) and ds.name == "cifar10" and ds.eval_split == "test"
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_eval.shape == (3, 3, 32, 32)
@@ -135,6 +172,60 @@ def test_corrupt_cifar_pickle_names_file(tmp_path):
     (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3"):
         load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+class Payload:
+    """Unpickling this calls ``call(*args)``: how a planted pickle runs code."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def planted_payloads(marker):
+    """Pickled objects that would each create ``marker`` if unpickled unsafely."""
+    return {"os.system": Payload(os.system, f"touch {marker}"),
+            "builtins.open": Payload(open, str(marker), "w"),
+            "builtins.exec": Payload(exec, f"open({str(marker)!r}, 'w').close()")}
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.open", "builtins.exec"])
+@pytest.mark.parametrize("where", ["data", "labels", "top"])
+def test_planted_cifar_pickle_is_refused_and_runs_nothing(tmp_path, payload, where):
+    marker = tmp_path / "pwned"
+    write_cifar10(tmp_path)
+    evil = planted_payloads(marker)[payload]
+    batch = evil if where == "top" else {b"data": cifar_rows(2, 0), b"labels": [1, 2], where.encode(): evil}
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert "data_batch_2" in message and "refused" in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_codecs_encode_only_decodes_latin1(tmp_path):
+    """Python 3 pickles bytes as _codecs.encode(text, "latin1"); another codec is refused."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Payload(codecs.encode, "x" * 3072, "rot13")}, protocol=2))
+    with pytest.raises(DataError, match="refused.*rot13"):
+        data.read_cifar_pickle(path, "labels")
+
+
+@pytest.mark.parametrize("batch, problem", [
+    ([1, 2], "not a dict"),
+    ({b"data": cifar_rows(2, 0)}, "no labels"),
+    ({b"data": [[300] * 3072], b"labels": [1]}, "OverflowError"),
+    ({b"data": cifar_rows(2, 0), b"labels": {"a": 1}}, "TypeError"),
+])
+def test_cifar_pickle_of_the_wrong_shape_is_one_line(tmp_path, batch, problem):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=problem) as err:
+        data.read_cifar_pickle(path, "labels")
+    assert "data_batch_1" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- MNIST / Fashion-MNIST

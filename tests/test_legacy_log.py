@@ -172,3 +172,84 @@ def test_damaged_input_never_crashes():
             assert all(isinstance(e, LegacyEpoch) for run in runs for e in run)
             assert all(isinstance(w, str) and w.startswith("<log>:") for w in warnings)
     assert parse_legacy_log("") == ([], [])
+
+
+# -- the 2019 code's own progress and set-up lines ----------------------------------------------
+BOLD, UNDERLINE, RESET = "\x1b[1m", "\x1b[4m", "\x1b[0m"
+
+
+def logged(message: str, stamp: str = "2019-05-03 14:02:11") -> str:
+    """A line as the 2019 logger wrote it to its file: timestamp, ` -- `, and the message with
+    its <b>/<u> markup turned into ANSI codes (its raw-message code kept them)."""
+    for tag, code in (("b", BOLD), ("u", UNDERLINE)):
+        message = message.replace(f"<{tag}>", code).replace(f"</{tag}>", RESET)
+    return f"{stamp} -- {message}"
+
+
+def file_log_2019(seed: int, epochs: int, batches: int = 390) -> list[str]:
+    """One run of the 2019 best_practices.py as its log file holds it. Epoch e has train top-1
+    10*e + seed; its module lines are those of an FC network."""
+    lines = [logged(m) for m in (
+        f"Will be writing a log of all messages in file /data/logs/log_3_test_DFA_s{seed}.txt.",
+        "<b><u>Establishing Baselines for Direct Feedback Alignment</u></b>",
+        "<b>Section 3 -- Establishing Best Practices for DFA</b>",
+        "Setting-up processing back-end and seeds...",
+        f"Using GPU 0 with seed {seed}.",
+        f"Seeding with <b>{seed}</b>.",
+        "Preparing data for dataset <b>CIFAR-10</b> with batch size 128...",
+        "Creating model...",
+        "Using a <b>fully-connected</b> architecture.",
+        "Will be using <b>DFA</b> for training!",
+        f"Training with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 with a "
+        "batch size of 128:",
+        "Model: <dfatools.models.DFAClassifier object at 0x7f3a2c1e5f98>")]
+    for e in range(1, epochs + 1):
+        took = "" if e == 1 else ", last epoch processed in 10.25s"
+        lines.append(logged(f"   EPOCH {e}/{epochs}{took}:"))
+        lines.append(logged(f"       Batch 0/{batches} (loaded in 0s)"))
+        lines += [logged(f"       Batch {i}/{batches} (loaded in 0.0126s, last batch forward in "
+                         "0.0011s, and backward in 0.0021s)") for i in range(1, batches)]
+        lines += [logged(f"{i}_{name} -- mean:{0.1 * e + i / 100:.4f}, std:0.0500")
+                  for i, name in enumerate([LIN, "Tanh()", "Linear(in_features=800, out_features=800, bias=True)"])]
+        lines.append(logged(f"   Training loss: {2.0 / e} (top-1:{10 * e + seed:.1f}%) -- "
+                            f"Validation loss: {2.5 / e} (top-1:{9 * e + seed:.1f}%)."))
+        if e % 5 == 0:
+            lines.append(logged(f"Checkpoint! saving model state to /data/state_s{seed}.pt..."))
+    lines += [logged(m) for m in (
+        f"Final validation with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 "
+        "with a batch size of 128:",
+        f"Finishing up: saving training log to /data/training_log_s{seed}.tl...",
+        f"Finishing up: saving model state to /data/state_s{seed}.pt...")]
+    return lines
+
+
+def test_genuine_2019_file_log_parses_without_a_warning():
+    text = "\n".join(file_log_2019(0, 5) + file_log_2019(1, 2)) + "\n"
+    runs, warnings = parse_legacy_log(text, "log.txt")
+    assert warnings == []
+    assert [[e.epoch for e in run] for run in runs] == [[1, 2, 3, 4, 5], [1, 2]]
+    assert [e.train_top1 for e in runs[0]] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert [e.test_top1 for e in runs[1]] == [10.0, 19.0]
+    assert runs[0][0].time_s is None and runs[0][1].time_s == 10.25
+    assert [m["mean"] for m in runs[1][1].modules] == [0.2, 0.21, 0.22]
+
+
+def test_known_lines_change_neither_results_nor_warnings():
+    """The fixture with the 2019 code's progress lines in every epoch block (console style:
+    `[TAG] INFO.` headers, and file style: timestamps) parses as without them."""
+    known = [TAG + "       Batch 0/390 (loaded in 0s)",
+             "2019-05-03 14:02:11,123 --        Batch 17/390 (loaded in 0.0126s)",
+             TAG + "Checkpoint! saving model state to /x/state.pt...",
+             "\x1b[36m[MODL] INFO.\x1b[0m        Batch 18/390 (loaded in 0.0100s, last batch forward "
+             "in 0.0011s, and backward in 0.0021s)"]
+    lines, numbers = [], {}
+    for number, line in enumerate(FIXTURE_LINES, 1):
+        lines.append(line)
+        numbers[len(lines)] = number
+        if "EPOCH" in line and number != len(FIXTURE_LINES):
+            lines += known
+    runs, warnings = parse_legacy_log("\n".join(lines), source="old.log")
+    expected_runs, expected_warnings = parse_legacy_log(FIXTURE, source="old.log")
+    assert runs == expected_runs
+    renumbered = [f"old.log:{numbers[int(w.split(':')[1])]}:{w.split(':', 2)[2]}" for w in warnings]
+    assert renumbered == expected_warnings

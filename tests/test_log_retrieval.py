@@ -184,3 +184,29 @@ def test_deleted_metrics_rebuilt_give_the_same_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name, text in before.items():
         assert (figures / name).read_text() == text
+
+
+def test_genuine_2019_log_prints_its_summary_and_few_warnings(tmp_path):
+    """Two runs of the 2019 code (780 progress lines per epoch block, set-up lines) read
+    silently; 7 stray lines inside epoch blocks show as the first 3 and a count, all with -v."""
+    from test_legacy_log import file_log_2019
+    lines = file_log_2019(0, 2) + file_log_2019(1, 2)
+    blocks = [i for i, line in enumerate(lines) if "Batch 5/" in line]  # one per epoch block
+    assert len(blocks) == 4
+    for k, i in enumerate(sorted(blocks + blocks[:3], reverse=True)):
+        lines.insert(i, f"stray print {k}")
+    path = tmp_path / "log_2019.txt"
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_script("log_retrieval.py", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 run(s)" in proc.stdout and "run 2: 2 epochs (1..2)" in proc.stdout
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 4 and all("unrecognised line" in w for w in warnings[:3])
+    assert warnings[3] == f"warning: {path}: 7 unrecognised lines in all, 4 not shown (--verbose lists them)"
+    shown = [int(w.split(":")[2]) for w in warnings[:3]]
+    assert shown == sorted(shown) and all(lines[n - 1].startswith("stray print") for n in shown)
+    proc = run_script("log_retrieval.py", path, "--verbose")
+    assert len(proc.stderr.strip().splitlines()) == 7
+    path.write_text("\n".join(file_log_2019(0, 2)) + "\n")
+    proc = run_script("log_retrieval.py", path)
+    assert proc.returncode == 0 and proc.stderr == ""

@@ -1,7 +1,6 @@
 """The training loop and sweeps on digits: smoke runs, resume, damaged files, divergence, locks."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -254,7 +253,7 @@ def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
 def test_the_cuda_rng_state_restored_is_the_run_devices():
     """A checkpoint holds its run's CUDA RNG state (older ones: every device's, as a list); a
     CPU run restores none, and a device the list lacks gets none rather than a crash."""
-    from mltools.train import saved_cuda_rng
+    from mltools.checkpoint import saved_cuda_rng
     one, two = torch.zeros(3, dtype=torch.uint8), torch.ones(3, dtype=torch.uint8)
     assert saved_cuda_rng({"cuda": one}, torch.device("cuda")) is one
     assert saved_cuda_rng({"cuda": one}, CPU) is None
