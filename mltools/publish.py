@@ -17,15 +17,17 @@ PUBLISHED_NAMES = (CONFIG, METRICS)
 PUBLISHED_SUFFIXES = (".md", ".csv", ".png")
 
 
-def publishable(path: Path) -> bool:
+def publishable(path: Path, figures: bool = True) -> bool:
+    if path.suffix == ".png" and not figures:
+        return False
     return path.name in PUBLISHED_NAMES or path.suffix in PUBLISHED_SUFFIXES
 
 
-def publish(src: Path, dst: Path) -> list[Path]:
+def publish(src: Path, dst: Path, figures: bool = True) -> list[Path]:
     """Copy every publishable file under ``src`` to the same place under ``dst``; returns them."""
     copied = []
     for path in sorted(src.rglob("*")):
-        if path.is_file() and publishable(path):
+        if path.is_file() and publishable(path, figures):
             target = dst / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
@@ -37,10 +39,11 @@ def main() -> None:
     parser = ArgumentParser(prog="python -m mltools.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="results folder")
     parser.add_argument("dst", type=Path, help="where to copy it (e.g. docs/results/<name>)")
+    parser.add_argument("--no-figures", action="store_true", help="leave the PNG figures out")
     args = parser.parse_args()
     if not args.src.is_dir():
         parser.error(f"no results folder at {args.src}")
-    copied = publish(args.src, args.dst)
+    copied = publish(args.src, args.dst, figures=not args.no_figures)
     print(f"{len(copied)} files copied to {args.dst}")
 
 

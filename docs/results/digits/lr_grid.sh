@@ -7,4 +7,4 @@ for lr in 0.003 0.01 0.03 0.1 0.3; do
     --seeds 1 --lr "$lr" --out "results/lr-grid/digits/lr$lr" --quiet
 done
 python -m mltools.lr_grid results/lr-grid/digits
-python -m mltools.publish results/lr-grid/digits docs/results/digits/lr-grid
+python -m mltools.publish results/lr-grid/digits docs/results/digits/lr-grid --no-figures

@@ -13,5 +13,5 @@ python -m mltools.lr_grid results/lr-grid/fashion   # the fashion presets carry 
 python best_practices.py --preset fashion --out results/fashion --quiet
 python bottleneck.py --preset fashion --out results/fashion --quiet
 # 3. Publish: reports, figures, and every run's config.json and metrics.jsonl.
-python -m mltools.publish results/lr-grid/fashion docs/results/fashion-mnist/lr-grid
+python -m mltools.publish results/lr-grid/fashion docs/results/fashion-mnist/lr-grid --no-figures
 python -m mltools.publish results/fashion docs/results/fashion-mnist
