@@ -268,6 +268,8 @@ def test_shallow_leaves_every_hidden_weight_unchanged():
         F.cross_entropy(model(x), y).backward()
         opt.step()
     top = weight_layers(model)[-1]
+    # Not even a zero gradient: the backward never enters the hidden blocks (cheaper than DFA).
+    assert [p.grad is None for p in model.parameters()] == [True] * 6 + [False] * 2
     hidden = [k for k in before if not k.startswith(f"{len(model) - 2}.")]
     assert hidden and all(torch.equal(before[k], model.state_dict()[k]) for k in hidden)
     assert not torch.equal(before[f"{len(model) - 2}.weight"], top.weight)
