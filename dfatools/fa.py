@@ -48,14 +48,22 @@ class _BackwardThrough(torch.autograd.Function):
         return None, grad_out, input_gradient(ctx.layer, grad_out, ctx.input_shape)
 
 
-def backward_weight(layer: nn.Module) -> torch.Tensor:
-    """``B_l`` of a converted layer, the shape of its weight."""
+def backward_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``B_l`` of a converted layer as a matrix the shape of its weight and a scalar factor
+    (None for 1), so the factor can go on whichever of ``B_l`` and the result is smaller."""
     if layer.feedback_method == "fa":
-        return layer.feedback_weight
+        return layer.feedback_weight, None
     w = layer.weight.detach()
     # The scale c minimizing |W - c sign(W)|_F is mean|W|: sign(W) alone is 1/mean|W| times
     # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
-    return torch.sign(w) * w.abs().mean()
+    # vector_norm: one read of W, no |W| temporary.
+    return torch.sign(w), torch.linalg.vector_norm(w, 1) / w.numel()
+
+
+def backward_weight(layer: nn.Module) -> torch.Tensor:
+    """``B_l`` of a converted layer, the shape of its weight."""
+    B, scale = backward_factors(layer)
+    return B if scale is None else B * scale
 
 
 def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
@@ -75,11 +83,16 @@ def input_gradient(layer: nn.Module, grad_out: torch.Tensor, input_shape: torch.
 
     Linear: ``(N, *, out) @ (out, in)``. Conv2d: the transposed convolution of BP, with ``B_l``.
     """
-    B = backward_weight(layer).to(grad_out.dtype)
+    B, scale = backward_factors(layer)
+    B = B.to(grad_out.dtype)  # e.g. under autocast; free otherwise
+    if scale is not None and B.numel() <= math.prod(input_shape):
+        B, scale = B * scale, None  # scale the smaller of B and the result
     if isinstance(layer, nn.Conv2d):
-        return torch.nn.grad.conv2d_input(input_shape, B, grad_out, layer.stride,
+        grad = torch.nn.grad.conv2d_input(input_shape, B, grad_out, layer.stride,
                                           _conv_padding(layer), layer.dilation, layer.groups)
-    return grad_out @ B
+    else:
+        grad = grad_out @ B
+    return grad if scale is None else grad * scale
 
 
 def _detach_input(layer: nn.Module, args: tuple):

@@ -152,7 +152,7 @@ def test_sign_follows_the_current_weights_and_adds_no_buffer():
     with torch.no_grad():
         layer.weight.mul_(-3)
     w = layer.weight.detach()
-    assert torch.equal(dfatools.fa.backward_weight(layer), torch.sign(w) * w.abs().mean())
+    torch.testing.assert_close(dfatools.fa.backward_weight(layer), torch.sign(w) * w.abs().mean())
 
 
 def test_backprop_mode_and_exact_layers_give_bp_gradients():
@@ -342,3 +342,35 @@ def test_shallow_alignment_is_undefined_everywhere():
     x, y = batch()
     for a in dfatools.measure_alignment(model, x, y):
         assert (a.cos_mean, a.undefined_frac, a.weight_cos) == (0.0, 1.0, 0.0)
+
+
+# -- the trainer and the experiments ---------------------------------------------------------------
+@pytest.mark.parametrize("method", ["fa", "sign", "drtp", "shallow"])
+def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
+    from mltools import train
+    from test_train import CPU, metrics, small
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = small(experiment=f"fc-{method}", method=method, epochs=2, train_samples=128)
+    assert train.train_run(cfg, a, CPU, quiet=True) == "done"
+    train.train_run(small(**{**cfg.__dict__, "epochs": 1}), b, CPU, quiet=True)
+    train.train_run(cfg, b, CPU, quiet=True)  # resumes at epoch 2 from the checkpoint
+    records = metrics(a)
+    assert records == metrics(b)
+    assert [len(r["alignment"]) for r in records] == [3, 3, 3]
+    if method == "shallow":
+        assert all(x["undefined_frac"] == 1.0 for r in records for x in r["alignment"])
+        train.seed_everything(cfg.seed)
+        initial = train.build_model(cfg, (1, 8, 8), 10).state_dict()
+        final = torch.load(a / "model.pt", weights_only=True)
+        assert all(torch.equal(initial[k], final[k]) for k in initial if not k.startswith("10."))
+        assert not torch.equal(initial["10.weight"], final["10.weight"])
+    else:
+        assert records[-1]["train_top1"] > records[0]["train_top1"]
+
+
+def test_method_experiments_are_listed_but_not_run_by_default():
+    from mltools.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
+    new = [f"{arch}-{m}" for arch in ("fc", "conv") for m in ("fa", "sign", "drtp", "shallow")]
+    assert all(EXPERIMENTS[n][1]["method"] == n.split("-")[1] for n in new)
+    assert not set(new) & set(DEFAULT_EXPERIMENTS) and len(DEFAULT_EXPERIMENTS) == 18
+    assert set(GROUPS["methods"]) == {*new, "fc-tanh", "conv-tanh", "fc-bp", "conv-bp"}
