@@ -7,7 +7,7 @@ for the paper FC (3072-800-800-800-10, tanh) and the paper CNN, batch 128, rando
 data.
 
     python benchmarks/dfa_step.py --device cpu
-    python benchmarks/dfa_step.py --device cpu --methods dfa bp --models fc
+    python benchmarks/dfa_step.py --device cpu --methods dfa bp --models fc --threads 1
 """
 from __future__ import annotations
 
@@ -72,7 +72,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(dfatools.METHODS),
                         choices=dfatools.METHODS, help="methods to time (default: all; the "
                         "ratio column needs bp)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 is steadier on a busy machine, "
+                             "where every multi-threaded op can wait a time slice for a thread")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "

@@ -2,7 +2,7 @@
 
 >>> model = dfatools.to_dfa(nn.Sequential(...), num_classes=10)
 >>> F.cross_entropy(model(x), y).backward()   # DFA for hidden layers, BP for the top layer
->>> model = dfatools.to_method(nn.Sequential(...), "fa", num_classes=10)  # or sign, drtp, shallow, bp
+>>> model = dfatools.to_method(nn.Sequential(...), "fa", 10)  # or sign, drtp, shallow, bp
 """
 __version__ = "0.1.0"
 

@@ -112,13 +112,15 @@ def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def _layer_signals(model: nn.Module, node: DFA, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                   weights: list[list[torch.Tensor]]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+                   weights: list[list[torch.Tensor]]
+                   ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """``N * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
     model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
     with trace_points(model, node) as traces:
         out = model(x)
         hs = [t.h for t in traces]
-        grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *(w for ws in weights for w in ws)]))
+        flat_w = [w for ws in weights for w in ws]
+        grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
     n = out.shape[0]
     signals = [g * n for g in grads[:len(hs)]]
     rest = grads[len(hs):]

@@ -67,7 +67,7 @@ def backward_weight(layer: nn.Module) -> torch.Tensor:
 
 
 def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
-    """The layer's zero padding per side, or a ValueError for a padding this module cannot invert."""
+    """The layer's zero padding per side; a ValueError for a padding this module cannot invert."""
     if layer.padding_mode != "zeros":
         raise ValueError(f"fa/sign support zero-padded Conv2d only, got padding_mode="
                          f"{layer.padding_mode!r}")
@@ -78,7 +78,8 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
     return tuple(layer.padding)
 
 
-def input_gradient(layer: nn.Module, grad_out: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+def input_gradient(layer: nn.Module, grad_out: torch.Tensor,
+                   input_shape: torch.Size) -> torch.Tensor:
     """``dL/dx`` of shape ``input_shape`` from ``dL/dout`` with ``B_l`` in place of ``W_l``.
 
     Linear: ``(N, *, out) @ (out, in)``. Conv2d: the transposed convolution of BP, with ``B_l``.

@@ -1,15 +1,13 @@
 """Every learning-signal method by name (DESIGN.md 7): one builder for them all.
 
-=========  ======================================================================  ==============
-method     learning signal of a hidden layer                                       built by
-=========  ======================================================================  ==============
-dfa        a fixed random projection of the output error, sent to every point     ``to_dfa``
-bp         the true gradient                                                       ``to_dfa``, points off
-fa         back-propagated through a fixed random ``B_l`` in place of ``W_l``      :func:`to_fa`
-sign       back-propagated through ``sign(W_l) * mean|W_l|`` in place of ``W_l``   :func:`to_sign`
-drtp       DFA's projection of ``-onehot(target)`` in place of the error           ``signal="target"``
-shallow    none: hidden layers keep their initial weights                          ``signal="none"``
-=========  ======================================================================  ==============
+- ``dfa``: a fixed random projection of the output error, sent to every feedback point
+  (:func:`~dfatools.to_dfa`).
+- ``bp``: the true gradient (the DFA model with its points switched off).
+- ``fa``: back-propagated through a fixed random ``B_l`` in place of ``W_l`` (:func:`to_fa`).
+- ``sign``: back-propagated through ``sign(W_l) * mean|W_l|`` in place of ``W_l``
+  (:func:`to_sign`).
+- ``drtp``: DFA's projection of ``-onehot(target)`` in place of the error (``signal="target"``).
+- ``shallow``: none; hidden layers keep their initial weights (``signal="none"``).
 
 In every method the output layer gets its true gradient.
 """

@@ -41,7 +41,8 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, tanh, {text}", {"arch": arch_key, "method": method})
     for arch, arch_key, label in (("fc", "fc", "FC"), ("conv", "cnn", "CNN"))
     for method, text in (("fa", "feedback alignment"), ("sign", "sign symmetry"),
-                         ("drtp", "DRTP (target projection)"), ("shallow", "shallow (hidden layers fixed)"))
+                         ("drtp", "DRTP (target projection)"),
+                         ("shallow", "shallow (hidden layers fixed)"))
 }
 DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
 EXPERIMENTS.update(METHOD_EXPERIMENTS)

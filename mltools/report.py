@@ -361,8 +361,9 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
             "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
             "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
             "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
-            "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method delivers; "
-            "shallow delivers none, so its cosines are undefined and shown as 0.", "", table, ""]
+            "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method "
+            "delivers; shallow delivers none, so its cosines are undefined and shown as 0.", "",
+            table, ""]
     if diverged:
         text += ["\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
                  + ", ".join(diverged) + ".", ""]

@@ -1,4 +1,5 @@
-"""The one training loop, for every method (DFA, BP, FA, sign, DRTP, shallow) alike, writing a run folder (DESIGN.md 6).
+"""The one training loop, for every method (DFA, BP, FA, sign, DRTP, shallow) alike, writing a run
+folder (DESIGN.md 6).
 
 A run resumes from its checkpoint after a crash and produces the same metrics, number for
 number on CPU, as an uninterrupted run: the checkpoint holds the model, the optimizer, the

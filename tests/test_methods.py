@@ -42,7 +42,7 @@ def tie_feedback_to_weights(model):
             layer.feedback_weight.copy_(layer.weight)
 
 
-# -- fa and sign ------------------------------------------------------------------------------------
+# -- fa and sign -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("make_net, make_batch", [(fc_net, batch), (conv_net, conv_batch)])
 def test_fa_with_feedback_equal_to_weights_gives_bp_gradients(make_net, make_batch):
     net = make_net()
@@ -220,7 +220,7 @@ def test_resnet18_converts_and_trains():
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-# -- drtp -------------------------------------------------------------------------------------------
+# -- drtp ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("feedback", ["shared", "independent"])
 @pytest.mark.parametrize("error", ["sum", "mean"])
 def test_drtp_gradients_are_the_target_projection(feedback, error):
@@ -252,12 +252,13 @@ def test_drtp_signals_do_not_depend_on_the_output_and_need_the_target():
     got = torch.autograd.grad(out.sum() * 0 + F.cross_entropy(out, y), hs)
     slices, _ = feedback_matrices("shared", True, [7, 5], seed=4)
     for g, sl in zip(got, slices):
-        np.testing.assert_allclose(g.double().numpy(), -np.eye(K)[y.numpy()] @ sl, rtol=1e-5, atol=1e-7)
+        expected = -np.eye(K)[y.numpy()] @ sl
+        np.testing.assert_allclose(g.double().numpy(), expected, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="class indices"):
         model.feedback.set_target(torch.zeros(len(y), K))
 
 
-# -- shallow and bp ---------------------------------------------------------------------------------
+# -- shallow and bp --------------------------------------------------------------------------------
 def test_shallow_leaves_every_hidden_weight_unchanged():
     model = dfatools.to_method(conv_net(), "shallow", K)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -285,7 +286,7 @@ def test_bp_method_trains_by_plain_backward():
         assert torch.equal(got, expected)
 
 
-# -- alignment --------------------------------------------------------------------------------------
+# -- alignment -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make_net, make_batch", [(fc_net, batch), (conv_net, conv_batch)])
 def test_fa_alignment_is_one_where_feedback_equals_weights(make_net, make_batch):
     model = dfatools.to_method(make_net(), "fa", K, seed=1)
@@ -323,7 +324,7 @@ def test_alignment_of_each_method_matches_hand_computation(method):
         slices, _ = feedback_matrices("shared", True, [7, 5], seed=6)
         sig1, sig2 = -np.eye(K)[y.numpy()] @ slices[0], -np.eye(K)[y.numpy()] @ slices[1]
     else:
-        mats = [dfatools.fa.backward_weight(layer).double().numpy() for layer in weight_layers(model)]
+        mats = [dfatools.fa.backward_weight(m).double().numpy() for m in weight_layers(model)]
         sig2 = e @ mats[2]
         sig1 = (sig2 * (1 - h2 ** 2)) @ mats[1]
     for a, true, sig, below in zip(result, (true1, true2), (sig1, sig2), (xs, h1)):
