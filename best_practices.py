@@ -3,6 +3,7 @@
     python best_practices.py                       # quick preset on the embedded digits data
     python best_practices.py --preset paper --data-dir data --download   # the paper, CIFAR-10
     python best_practices.py --list                # experiments and their settings
+    python best_practices.py --group methods       # FA, sign, DRTP, shallow next to DFA and BP
     python best_practices.py --report-only         # report and figures from saved runs
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BEST_PRACTICES_PRESETS, EXPERIMENTS
+from mltools.experiments import BEST_PRACTICES_PRESETS, DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
 
 PROG = "best_practices.py"
 
@@ -18,7 +19,12 @@ PROG = "best_practices.py"
 def parse_args():
     parser = cli.ArgumentParser(prog=PROG, description="The paper's best-practices tables (DFA on FC and CNN).")
     parser.add_argument("--experiments", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
-                        help="experiments to run (default: all); see --list")
+                        help="experiments to run (default: the paper's, marked * in --list); "
+                             "see --list")
+    parser.add_argument("--group", nargs="+", choices=list(GROUPS), default=[], metavar="GROUP",
+                        help=f"also run every experiment of these figure groups "
+                             f"({', '.join(GROUPS)}); 'methods' runs fc-/conv- fa, sign, drtp "
+                             "and shallow next to tanh DFA and BP")
     parser.add_argument("--list", action="store_true", help="list experiments and exit")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report and figures from saved runs, no training")
@@ -29,15 +35,26 @@ def parse_args():
 def list_experiments() -> None:
     from mltools.train import RunConfig
     base = RunConfig()
-    print(f"{'name':18} {'method':6} {'arch':5} setting")
+    print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
     for name, (text, changes) in EXPERIMENTS.items():
         cfg = {**base.__dict__, **changes}
-        print(f"{name:18} {cfg['method']:6} {cfg['arch']:5} {text}  {changes}")
+        mark = "*" if name in DEFAULT_EXPERIMENTS else " "
+        print(f"{name:17}{mark} {cfg['method']:7} {cfg['arch']:5} {text}  {changes}")
+    for group, names in GROUPS.items():
+        print(f"group {group}: {' '.join(names)}")
     for preset, p in BEST_PRACTICES_PRESETS.items():
         samples = f"first {p.train_samples} training samples" if p.train_samples else "all training samples"
         print(f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
               f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode, {samples}, "
               f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}")
+
+
+def chosen_experiments(args) -> list[str]:
+    """--experiments then --group's, each once, in that order; the default set when neither."""
+    if not args.experiments and not args.group:
+        return DEFAULT_EXPERIMENTS
+    names = [*(args.experiments or []), *(n for g in args.group for n in GROUPS[g])]
+    return list(dict.fromkeys(names))
 
 
 def main() -> int:
@@ -58,7 +75,7 @@ def main() -> int:
     shared = sweep.shared_settings(settings, args)
     specs = [sweep.RunSpec(RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
                            out / "best_practices" / name / f"seed{seed}")
-             for name in args.experiments or EXPERIMENTS for seed in range(settings["seeds"])]
+             for name in chosen_experiments(args) for seed in range(settings["seeds"])]
     headline = (f"{sweep.describe(settings)} -> {out / 'best_practices'}")
     return sweep.execute(specs, args, headline, write_best_practices_report)
 

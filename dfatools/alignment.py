@@ -1,4 +1,4 @@
-"""Alignment between DFA signals and true gradients (DESIGN.md section 3)."""
+"""Alignment between a method's learning signals and true gradients (DESIGN.md 3 and 7)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fa import exact_layers, layer_method
+from .feedback import DFA
 from .inspect import eval_mode, find_dfa, trace_points
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,35 +62,66 @@ def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: LossFn = F.cross_entropy) -> list[Alignment]:
     """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in forward order.
 
-    Runs in eval mode on the same weights, with one forward pass and no second copy of the model.
-    The model is left as it was: no ``.grad`` written, train/eval flags restored, no RNG used.
+    The signal compared with the true gradient is the one the model's method delivers at
+    ``h_l``: the DFA signal ``s_l`` (dfa, and bp models, whose node is only switched off), the
+    target projection (drtp; ``y`` are class indices), zeros (shallow: every cosine is undefined
+    and counted as 0), or ``N * dL/dh_l`` as the fa/sign layers back-propagate it (fa, sign;
+    a second forward pass). ``weight_cos`` compares the weight gradients that signal gives with
+    the true ones.
+
+    Runs in eval mode on the same weights, with no second copy of the model. The model is left
+    as it was: no ``.grad`` written, train/eval flags restored, no RNG used.
     """
     node = find_dfa(model)
-    with eval_mode(model), node.backprop(), torch.enable_grad(), trace_points(model, node) as traces:
-        out = model(x)
-        if len(traces) != len(node.points):
-            raise RuntimeError(f"{len(traces)} of {len(node.points)} feedback points ran")
-        loss = loss_fn(out, y)
-        hs = [t.h for t in traces]
-        node.prepare([h.shape for h in hs], out)
-        weights = [[layer.weight for layer in t.below] for t in traces]
-        flat_w = [w for ws in weights for w in ws]
-        grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
-        grad_y, grad_h, grad_w = grads[0], grads[1:1 + len(hs)], list(grads[1 + len(hs):])
-        n = out.shape[0]
-        signals = node.signals(node.error_from_grad(grad_y), [h.shape for h in hs])
+    through_layers = layer_method(model) is not None
+    with eval_mode(model), node.backprop(), torch.enable_grad():
+        with exact_layers(model), trace_points(model, node) as traces:
+            out = model(x)
+            if len(traces) != len(node.points):
+                raise RuntimeError(f"{len(traces)} of {len(node.points)} feedback points ran")
+            loss = loss_fn(out, y)
+            hs = [t.h for t in traces]
+            shapes = [h.shape for h in hs]
+            if not through_layers:  # fa/sign models use no feedback matrix
+                node.prepare(shapes, out)
+            weights = [[layer.weight for layer in t.below] for t in traces]
+            flat_w = [w for ws in weights for w in ws]
+            grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
+            grad_y, grad_h, grad_w = grads[0], grads[1:1 + len(hs)], list(grads[1 + len(hs):])
+            n = out.shape[0]
+            if not through_layers:
+                signals = node.learning_signals(grad_y, y, shapes)
+                method_w = [list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True))
+                            if ws else [] for h, s, ws in zip(hs, signals, weights)]
+        if through_layers:  # outside exact_layers: the model's own backward
+            signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
         results = []
-        for l, (h, g, s, ws) in enumerate(zip(hs, grad_h, signals, weights)):
+        for l, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
             cos, undefined = per_sample_cosine(g * n, s)
             bp_w = [grad_w.pop(0) for _ in ws]
-            dfa_w = list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True)) if ws else []
             results.append(Alignment(
                 point=l,
                 name=f"h{l + 1} ({', '.join(type(m).__name__ for m in traces[l].below) or 'input'})",
                 cos_mean=float(cos.mean()),
                 cos_std=float(cos.std(correction=0)),
                 angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
-                weight_cos=_flat_cosine(dfa_w, bp_w),
+                weight_cos=_flat_cosine(m_w, bp_w),
                 undefined_frac=float(undefined.float().mean()),
             ))
     return results
+
+
+def _layer_signals(model: nn.Module, node: DFA, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                   weights: list[list[torch.Tensor]]
+                   ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """``N * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
+    model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
+    with trace_points(model, node) as traces:
+        out = model(x)
+        hs = [t.h for t in traces]
+        flat_w = [w for ws in weights for w in ws]
+        grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
+    n = out.shape[0]
+    signals = [g * n for g in grads[:len(hs)]]
+    rest = grads[len(hs):]
+    return signals, [[rest.pop(0) for _ in ws] for ws in weights]

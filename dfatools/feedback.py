@@ -21,6 +21,10 @@ from torch import nn
 
 FEEDBACK_MODES = ("shared", "independent")
 ERROR_MODES = ("sum", "mean")
+# What the node projects onto the feedback points: the output error (DFA), the one-hot target
+# (DRTP), or nothing (shallow training: the hidden blocks get no gradient at all).
+SIGNAL_MODES = ("error", "target", "none")
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)  # dfatools.Bottleneck is an nn.Linear
 
 
 class FeedbackPoint(nn.Module):
@@ -58,9 +62,9 @@ class _DFAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        error = ctx.node.error_from_grad(grad_y)
-        signals = ctx.node.signals(error, ctx.shapes)
-        return (None, grad_y, *signals)
+        node = ctx.node
+        target = node.take_target(grad_y.shape[0]) if node.signal == "target" else None
+        return (None, grad_y, *node.learning_signals(grad_y, target, ctx.shapes))
 
 
 class DFA(nn.Module):
@@ -75,13 +79,19 @@ class DFA(nn.Module):
         error: ``"sum"`` feeds back ``e = N * dL/dy`` (softmax minus one-hot for a mean
             cross-entropy), ``"mean"`` feeds back ``dL/dy``.
         seed: seed of the ``torch.Generator`` that draws the matrices (never the global RNG).
+        signal: what is projected onto the points. ``"error"`` (DFA, default): ``e``.
+            ``"target"`` (DRTP, Frenkel et al. 2021): ``-onehot(target)`` in place of ``e``, see
+            :meth:`target_signals`; give the batch's class targets with :meth:`set_target`
+            before ``backward``. ``"none"`` (shallow training): no signal, no matrix; the
+            hidden blocks get no gradient and keep their initial weights.
 
     The matrices are buffers, created at the first forward pass (when the sizes ``d_l`` are
     known) on the device of the activations, and restored by ``load_state_dict``.
     """
 
     def __init__(self, points: Sequence[FeedbackPoint], num_classes: int, normalize: bool = True,
-                 feedback: str = "shared", error: str = "sum", seed: int = 0) -> None:
+                 feedback: str = "shared", error: str = "sum", seed: int = 0,
+                 signal: str = "error") -> None:
         super().__init__()
         points = list(points)
         if not points:
@@ -95,6 +105,8 @@ class DFA(nn.Module):
             raise ValueError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
         if error not in ERROR_MODES:
             raise ValueError(f"error must be one of {ERROR_MODES}, got {error!r}")
+        if signal not in SIGNAL_MODES:
+            raise ValueError(f"signal must be one of {SIGNAL_MODES}, got {signal!r}")
         # A plain tuple, not a ModuleList: the points belong to the user's model already.
         self.points = tuple(points)
         self.num_classes = num_classes
@@ -102,12 +114,16 @@ class DFA(nn.Module):
         self.feedback = feedback
         self.error = error
         self.seed = int(seed)
+        self.signal = signal
         self.dfa_enabled = True
+        self._target: torch.Tensor | None = None
         for name in self._matrix_names():
             self.register_buffer(name, None)  # sized at the first forward pass
 
     # -- matrices ------------------------------------------------------------------------------
     def _matrix_names(self) -> list[str]:
+        if self.signal == "none":
+            return []
         if self.feedback == "shared":
             return ["matrix"]
         return [f"matrix_{i}" for i in range(len(self.points))]
@@ -168,14 +184,45 @@ class DFA(nn.Module):
         """``e`` of shape ``(N, K)`` from ``dL/dy`` of shape ``(N, K)``."""
         return grad_y * grad_y.shape[0] if self.error == "sum" else grad_y
 
+    def learning_signals(self, grad_y: torch.Tensor, target: torch.Tensor | None,
+                         shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        """What this node sends to points of these shapes ``(N, *)``: DFA signals from
+        ``dL/dy`` ``(N, K)``, DRTP signals from the class targets ``(N,)``, or zeros (shallow)."""
+        if self.signal == "none":
+            return [grad_y.new_zeros(shape) for shape in shapes]
+        if self.signal == "target":
+            return self.target_signals(target, shapes)
+        return self.signals(self.error_from_grad(grad_y), shapes)
+
     def signals(self, error: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
         """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *)``, from ``e`` ``(N, K)``."""
+        return self._spread(lambda M: error @ M, shapes)
+
+    def target_signals(self, target: torch.Tensor,
+                       shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        """DRTP signals, each of shape ``shapes[l]`` ``(N, *)``, from class targets ``(N,)``.
+
+        DFA's projection with ``-onehot(target)`` in place of the error ``e`` (times ``1/N``
+        when ``error="mean"``), as a row gather ``-M[target]`` instead of a product. Why the
+        minus sign: for softmax and cross-entropy, ``e = softmax(y) - onehot`` is negative at
+        the target class and positive elsewhere, so ``-onehot`` is the error's sign pattern
+        without its magnitudes (Frenkel et al. call the target a "surrogate for the error
+        sign"). The step ``-lr * signal`` then moves ``h_l`` along ``+onehot @ M``, the
+        direction that, once the layers above align with ``M`` as in DFA, raises the target's
+        logit: it descends. With ``+onehot`` the hidden layers would learn to push away from
+        the target.
+        """
+        scale = -1.0 if self.error == "sum" else -1.0 / target.shape[0]
+        return self._spread(lambda M: M.index_select(0, target) * scale, shapes)
+
+    def _spread(self, project, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        """``project(M)`` ``(N, D)`` for each stored ``M``, sliced, scaled and shaped per point."""
         sizes = [math.prod(s[1:]) for s in shapes]
         mats = self.matrices
         if self.feedback == "shared":
             M = mats[0]
             D = M.shape[1]
-            projected = error @ M  # (N, D): one product serves every point
+            projected = project(M)  # (N, D): one product serves every point
             out = []
             for d, shape in zip(sizes, shapes):
                 s = projected[:, :d]
@@ -183,7 +230,30 @@ class DFA(nn.Module):
                     s = s * math.sqrt(D / d)
                 out.append(s.reshape(shape))
             return out
-        return [(error @ M).reshape(shape) for M, shape in zip(mats, shapes)]
+        return [project(M).reshape(shape) for M, shape in zip(mats, shapes)]
+
+    # -- targets (DRTP) --------------------------------------------------------------------------
+    def set_target(self, target: torch.Tensor) -> None:
+        """Give the class targets ``(N,)`` of the batch whose ``backward`` comes next (DRTP).
+
+        Used, and forgotten, by that ``backward``; other signal modes ignore it.
+        """
+        if self.signal != "target":
+            return
+        if target.dim() != 1 or target.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"DRTP targets are class indices of shape (N,), got "
+                             f"{tuple(target.shape)} {target.dtype}")
+        self._target = target
+
+    def take_target(self, n: int) -> torch.Tensor:
+        """The targets given by :meth:`set_target` for a batch of ``n``, forgotten once taken."""
+        target, self._target = self._target, None
+        if target is None or target.shape[0] != n:
+            got = "none" if target is None else f"{target.shape[0]} targets"
+            raise RuntimeError(f"signal='target' (DRTP) needs the batch's class targets: call "
+                               f"set_target(y) on the DFA node before backward (batch of {n}, "
+                               f"got {got})")
+        return target.long()
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -198,16 +268,28 @@ class DFA(nn.Module):
         if missing:
             raise RuntimeError(f"feedback points {missing} were not reached in this forward "
                                "pass; every point passed to DFA must be used before the output")
+        if self.signal == "none":
+            # The points handed on detached copies: only the output layer is in the graph.
+            return y
         self.prepare([h.shape for h in hidden], y)
         return _DFAFunction.apply(self, y, *hidden)
 
     def prepare(self, shapes: Sequence[torch.Size], like: torch.Tensor) -> None:
         """Create the matrices for points of these shapes ``(N, *)``, or check they fit."""
+        if self.signal == "none":
+            return  # no matrix to create or check
         sizes = [math.prod(s[1:]) for s in shapes]
         if not self.materialized:
             self._materialize(sizes, like)
         else:
             self._check_sizes(sizes, like)
+
+    def switch_off(self) -> None:
+        """Make the node and its points identities for good: gradients cross the points (fa,
+        sign, bp), which stay as markers where :func:`~dfatools.measure_alignment` measures."""
+        self.dfa_enabled = False
+        for p in self.points:
+            p.dfa_enabled = False
 
     @contextlib.contextmanager
     def backprop(self) -> Iterator[None]:
@@ -226,4 +308,4 @@ class DFA(nn.Module):
     def extra_repr(self) -> str:
         return (f"points={len(self.points)}, num_classes={self.num_classes}, "
                 f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
-                f"seed={self.seed}")
+                f"seed={self.seed}, signal={self.signal!r}")

@@ -8,8 +8,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .feedback import DFA, FeedbackPoint
-from .sequential import WEIGHT_LAYERS
+from .feedback import DFA, WEIGHT_LAYERS, FeedbackPoint
 
 
 def find_dfa(model: nn.Module) -> DFA:

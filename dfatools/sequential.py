@@ -7,9 +7,8 @@ from typing import Iterator
 
 from torch import nn
 
-from .feedback import DFA, FeedbackPoint
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)  # dfatools.Bottleneck is an nn.Linear
+from .fa import exact_layers
+from .feedback import DFA, WEIGHT_LAYERS, FeedbackPoint
 
 
 def _flatten(module: nn.Sequential) -> list[nn.Module]:
@@ -42,14 +41,15 @@ class DFASequential(nn.Sequential):
 
     @contextlib.contextmanager
     def backprop(self) -> Iterator[None]:
-        """Exact back-propagation on this same module within the block."""
-        with self.feedback.backprop():
+        """Exact back-propagation on this same module within the block (feedback points and
+        fa/sign layers alike)."""
+        with self.feedback.backprop(), exact_layers(self):
             yield
 
 
 def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
            feedback: str = "shared", error: str = "sum", seed: int = 0,
-           exact_top: int = 1) -> DFASequential:
+           exact_top: int = 1, signal: str = "error") -> DFASequential:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
     Nested ``nn.Sequential`` containers are flattened. A feedback point goes before every
@@ -57,7 +57,7 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
     top ``exact_top`` weight layers (default 1: the output layer) get their true gradient,
     back-propagated from the output. ``exact_top=2`` reproduces the 2019 code's CNN, whose last
     hidden Linear layer was trained by BP. See :class:`DFA` for ``normalize``, ``feedback``,
-    ``error`` and ``seed``.
+    ``error``, ``seed`` and ``signal`` (``"target"``: DRTP, ``"none"``: shallow training).
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"to_dfa takes an nn.Sequential, got {type(model).__name__}; for other "
@@ -88,5 +88,5 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
             seen += 1
         modules.append(layer)
     modules.append(DFA(points, num_classes, normalize=normalize, feedback=feedback,
-                       error=error, seed=seed))
+                       error=error, seed=seed, signal=signal))
     return DFASequential(*modules)

@@ -1,4 +1,5 @@
-"""The paper's experiments (DESIGN.md 4): names, settings, presets and figure groups.
+"""The paper's experiments (DESIGN.md 4), and the other methods' (DESIGN.md 7): names, settings,
+presets and figure groups.
 
 No torch here, so reports can name and group experiments on machines without torch.
 """
@@ -34,6 +35,17 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "conv-tanh-2019": ("CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
                        {"arch": "cnn", "cnn_points": "2019"}),
 }
+# The rest of the feedback-alignment family (DESIGN.md 7), on the paper's FC and CNN. Not in the
+# default set: they run when named, or with best_practices.py --group methods.
+METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
+    f"{arch}-{method}": (f"{label}, tanh, {text}", {"arch": arch_key, "method": method})
+    for arch, arch_key, label in (("fc", "fc", "FC"), ("conv", "cnn", "CNN"))
+    for method, text in (("fa", "feedback alignment"), ("sign", "sign symmetry"),
+                         ("drtp", "DRTP (target projection)"),
+                         ("shallow", "shallow (hidden layers fixed)"))
+}
+DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
+EXPERIMENTS.update(METHOD_EXPERIMENTS)
 
 # Figure groups: each a PNG of alignment and test accuracy vs epoch.
 GROUPS: dict[str, list[str]] = {
@@ -44,6 +56,8 @@ GROUPS: dict[str, list[str]] = {
     "batch-norm": ["fc-tanh", "fc-bn", "conv-tanh", "conv-bn"],
     "bp-vs-dfa": ["fc-tanh", "fc-bp", "fc-pai", "conv-tanh", "conv-bp"],
     "cnn-points": ["conv-tanh", "conv-tanh-2019", "conv-bp"],
+    "methods": ["fc-tanh", "fc-bp", *(n for n in METHOD_EXPERIMENTS if n.startswith("fc-")),
+                "conv-tanh", "conv-bp", *(n for n in METHOD_EXPERIMENTS if n.startswith("conv-"))],
 }
 
 

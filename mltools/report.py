@@ -34,7 +34,8 @@ Echo = Callable[[str], None]
 
 STATUS_ORDER = ("done", "diverged", "failed", "running", "unknown")
 ARCH_NAMES = {"fc": "FC", "cnn": "CNN", "bottleneck": "bottleneck"}
-METHOD_NAMES = {"dfa": "DFA", "bp": "BP"}
+METHOD_NAMES = {"dfa": "DFA", "bp": "BP", "fa": "FA", "sign": "sign", "drtp": "DRTP",
+                "shallow": "shallow"}
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
         ax.set_title(f"alignment at feedback point {point_label(point)}")
         alignment_ylim(ax, all_lows)
     if points:
-        axes[0].set_ylabel("cos(DFA signal, BP gradient)")
+        axes[0].set_ylabel("cos(learning signal, BP gradient)")
     axes[-1].set_title(" / ".join(eval_labels) + " accuracy")
     axes[-1].set_ylabel(" / ".join(eval_labels) + " (%)")
     for ax in axes:
@@ -360,7 +361,9 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
             "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
             "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
             "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
-            "the mean of `angle_deg`.", "", table, ""]
+            "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method "
+            "delivers; shallow delivers none, so its cosines are undefined and shown as 0.", "",
+            table, ""]
     if diverged:
         text += ["\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
                  + ", ".join(diverged) + ".", ""]

@@ -1,4 +1,5 @@
-"""The one training loop, for BP and DFA alike, writing a run folder (DESIGN.md 6).
+"""The one training loop, for every method (DFA, BP, FA, sign, DRTP, shallow) alike, writing a run
+folder (DESIGN.md 6).
 
 A run resumes from its checkpoint after a crash and produces the same metrics, number for
 number on CPU, as an uninterrupted run: the checkpoint holds the model, the optimizer, the
@@ -45,7 +46,7 @@ class RunConfig:
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
     arch: str = "fc"                 # fc | cnn | bottleneck
-    method: str = "dfa"              # dfa | bp
+    method: str = "dfa"              # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
     normalize: bool = True           # feedback normalization
     batch_norm: bool = False
@@ -88,8 +89,9 @@ def build_model(cfg: RunConfig, input_shape: tuple[int, int, int],
     if cfg.cnn_points not in CNN_POINTS:
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
     exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
-    return dfatools.to_dfa(net, num_classes, normalize=cfg.normalize, seed=cfg.seed,
-                           exact_top=exact_top)
+    # Every method keeps the DFA model's feedback points, where alignment is measured.
+    return dfatools.to_method(net, cfg.method, num_classes, normalize=cfg.normalize,
+                              seed=cfg.seed, exact_top=exact_top)
 
 
 @torch.no_grad()
@@ -119,6 +121,7 @@ def train_epoch(model: dfatools.DFASequential, opt: torch.optim.Optimizer, data:
             out = model(x[idx])
             loss = F.cross_entropy(out, y[idx])
             opt.zero_grad(set_to_none=True)
+            model.feedback.set_target(y[idx])  # DRTP's learning signal; ignored by other methods
             loss.backward()
             opt.step()
             loss_sum += loss.detach() * len(idx)

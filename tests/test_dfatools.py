@@ -40,8 +40,9 @@ def feedback_matrices(feedback, normalize, sizes, seed):
     return mats, mats
 
 
-def numpy_fc_grads(net, x, y, feedback, normalize, error, seed):
-    """Hand-written DFA gradients of the tanh FC net, all in float64 numpy."""
+def numpy_fc_grads(net, x, y, feedback, normalize, error, seed, hidden_error=None):
+    """Hand-written DFA gradients of the tanh FC net, all in float64 numpy; ``hidden_error``
+    ``(N, K)``, when given, is projected in place of the error (DRTP)."""
     W = [net[i].weight.detach().double().numpy() for i in (0, 2, 4)]
     b = [net[i].bias.detach().double().numpy() for i in (0, 2, 4)]
     x = x.double().numpy()
@@ -54,6 +55,8 @@ def numpy_fc_grads(net, x, y, feedback, normalize, error, seed):
     n = len(x)
     dldy = (p - onehot) / n
     e = dldy * n if error == "sum" else dldy
+    if hidden_error is not None:
+        e = hidden_error
     slices, stored = feedback_matrices(feedback, normalize, [7, 5], seed)
     s1, s2 = e @ slices[0], e @ slices[1]
     d1, d2 = s1 * (1 - h1 ** 2), s2 * (1 - h2 ** 2)

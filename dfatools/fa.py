@@ -1,0 +1,191 @@
+"""Feedback alignment and sign symmetry: weight layers that back-propagate through another matrix.
+
+In both methods a hidden layer's learning signal is still back-propagated layer by layer, but
+each ``nn.Linear``/``nn.Conv2d`` (and :class:`~dfatools.Bottleneck`) sends the gradient to its
+input through a backward matrix ``B_l`` of its weight's shape instead of ``W_l``:
+
+* ``fa`` (Lillicrap et al. 2016): ``B_l`` fixed and random, a buffer drawn from a seeded
+  ``torch.Generator`` (never the global RNG) and saved in the ``state_dict``;
+* ``sign`` (uSF of Liao, Leibo, Poggio 2016; sign symmetry of Xiao et al. 2018):
+  ``B_l = sign(W_l) * mean(|W_l|)``, from the current weight at every step.
+
+How, without costing more than BP: a forward pre-hook hands the layer ``x.detach()``, so the
+layer's own backward computes only its weight and bias gradients (never ``W^T delta``); a
+forward hook wraps the output in an identity whose backward also returns the input gradient
+through ``B_l``. A step does the same products as BP, with ``B_l`` in place of ``W_l``.
+
+The hooks live on the layers, so the converters work on any ``nn.Module``. Weight and bias
+gradients, and every other layer (batch norm, pooling, activations), are exact.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .feedback import DFA, WEIGHT_LAYERS
+
+LAYER_METHODS = ("fa", "sign")
+
+
+class _BackwardThrough(torch.autograd.Function):
+    """Identity on a layer's output ``(N, *)``; its backward also returns the gradient of the
+    layer's input, computed through the layer's backward matrix."""
+
+    @staticmethod
+    def forward(ctx, layer: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.layer, ctx.input_shape = layer, x.shape
+        # A new tensor on the same storage, not a view of ``out``: an in-place op after the
+        # layer (ReLU(inplace=True)) stays allowed, and nothing is copied.
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return None, grad_out, input_gradient(ctx.layer, grad_out, ctx.input_shape)
+
+
+def backward_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``B_l`` of a converted layer as a matrix the shape of its weight and a scalar factor
+    (None for 1), so the factor can go on whichever of ``B_l`` and the result is smaller."""
+    if layer.feedback_method == "fa":
+        return layer.feedback_weight, None
+    w = layer.weight.detach()
+    # The scale c minimizing |W - c sign(W)|_F is mean|W|: sign(W) alone is 1/mean|W| times
+    # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
+    # vector_norm: one read of W, no |W| temporary.
+    return torch.sign(w), torch.linalg.vector_norm(w, 1) / w.numel()
+
+
+def backward_weight(layer: nn.Module) -> torch.Tensor:
+    """``B_l`` of a converted layer, the shape of its weight."""
+    B, scale = backward_factors(layer)
+    return B if scale is None else B * scale
+
+
+def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """The layer's zero padding per side; a ValueError for a padding this module cannot invert."""
+    if layer.padding_mode != "zeros":
+        raise ValueError(f"fa/sign support zero-padded Conv2d only, got padding_mode="
+                         f"{layer.padding_mode!r}")
+    if layer.padding == "valid":
+        return (0, 0)
+    if isinstance(layer.padding, str):
+        raise ValueError(f"fa/sign need an explicit Conv2d padding, got {layer.padding!r}")
+    return tuple(layer.padding)
+
+
+def input_gradient(layer: nn.Module, grad_out: torch.Tensor,
+                   input_shape: torch.Size) -> torch.Tensor:
+    """``dL/dx`` of shape ``input_shape`` from ``dL/dout`` with ``B_l`` in place of ``W_l``.
+
+    Linear: ``(N, *, out) @ (out, in)``. Conv2d: the transposed convolution of BP, with ``B_l``.
+    """
+    B, scale = backward_factors(layer)
+    B = B.to(grad_out.dtype)  # e.g. under autocast; free otherwise
+    if scale is not None and B.numel() <= math.prod(input_shape):
+        B, scale = B * scale, None  # scale the smaller of B and the result
+    if isinstance(layer, nn.Conv2d):
+        grad = torch.nn.grad.conv2d_input(input_shape, B, grad_out, layer.stride,
+                                          _conv_padding(layer), layer.dilation, layer.groups)
+    else:
+        grad = grad_out @ B
+    return grad if scale is None else grad * scale
+
+
+def _detach_input(layer: nn.Module, args: tuple):
+    x = args[0]
+    if not (layer.feedback_enabled and torch.is_grad_enabled() and x.requires_grad):
+        return None
+    layer.__dict__["_feedback_input"] = x  # for _attach_input, right after this call
+    return (x.detach(), *args[1:])
+
+
+def _attach_input(layer: nn.Module, args: tuple, out: torch.Tensor):
+    x = layer.__dict__.pop("_feedback_input", None)
+    if x is None:
+        return None
+    return _BackwardThrough.apply(layer, out, x)
+
+
+def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    if not layers:
+        raise ValueError("found no nn.Linear or nn.Conv2d layer to convert")
+    done = [type(m).__name__ for m in layers if hasattr(m, "feedback_method")]
+    if done:
+        raise ValueError(f"the model is already converted to fa/sign ({', '.join(done)})")
+    gen = torch.Generator().manual_seed(seed)
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            _conv_padding(layer)
+        layer.feedback_method, layer.feedback_enabled = method, True
+        if method == "fa":
+            w = layer.weight
+            # Distributed as PyTorch's default init of W: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
+            # the signals start at BP's scale. Drawn on the CPU: CPU and CUDA share one B.
+            bound = 1.0 / math.sqrt(w[0].numel())
+            B = (torch.rand(w.shape, generator=gen) * 2 - 1) * bound
+            layer.register_buffer("feedback_weight", B.to(device=w.device, dtype=w.dtype))
+        layer.register_forward_pre_hook(_detach_input)
+        layer.register_forward_hook(_attach_input)
+    for node in model.modules():
+        if isinstance(node, DFA):
+            node.switch_off()  # the back-propagated signal must cross its points
+    return model
+
+
+def to_fa(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` trained by feedback alignment (Lillicrap et al. 2016).
+
+    Every ``nn.Linear``/``nn.Conv2d`` (``Bottleneck`` included) back-propagates to its input
+    through a fixed random ``B_l`` (buffer ``feedback_weight``, the shape of ``W_l``), drawn in
+    ``model.modules()`` order from a ``torch.Generator`` seeded by ``seed``. Entries are
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the distribution of PyTorch's initial weights.
+    Works on any ``nn.Module``. A :class:`~dfatools.DFA` node inside is switched off: its points
+    become markers where :func:`~dfatools.measure_alignment` measures. Train with a plain
+    ``loss.backward()``; ``with model.backprop()`` (a :class:`~dfatools.DFASequential`) or
+    :func:`exact_layers` gives exact BP.
+    """
+    return _convert(model, "fa", seed)
+
+
+def to_sign(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` trained by sign symmetry: the backward matrix of each
+    ``nn.Linear``/``nn.Conv2d`` is ``sign(W_l) * mean(|W_l|)``, from the current ``W_l``.
+
+    The sign pattern follows ``W_l`` as it learns (uSF, Liao et al. 2016; Xiao et al. 2018). The
+    scale: the references used magnitude 1 and relied on Batch Manhattan updates or batch norm
+    to make it irrelevant; with plain SGD it is not, and ``mean(|W_l|)``, one number per layer,
+    is the least-squares fit of ``W_l`` by ``c * sign(W_l)``, so the signals keep BP's scale
+    without per-unit magnitudes (which would carry weight information sign symmetry forgoes).
+    Nothing random: no buffer is added. Otherwise as :func:`to_fa`.
+    """
+    return _convert(model, "sign", seed=0)
+
+
+def layer_method(model: nn.Module) -> str | None:
+    """``"fa"`` or ``"sign"`` when ``model`` holds layers converted by :func:`to_fa` or
+    :func:`to_sign`, else None."""
+    methods = {m.feedback_method for m in model.modules() if hasattr(m, "feedback_method")}
+    if len(methods) > 1:
+        raise ValueError(f"the model mixes layer methods {sorted(methods)}")
+    return methods.pop() if methods else None
+
+
+@contextlib.contextmanager
+def exact_layers(model: nn.Module) -> Iterator[None]:
+    """Within the block, converted layers back-propagate through ``W_l``: exact gradients."""
+    layers = [m for m in model.modules() if hasattr(m, "feedback_enabled")]
+    saved = [m.feedback_enabled for m in layers]
+    for m in layers:
+        m.feedback_enabled = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, saved):
+            m.feedback_enabled = flag
