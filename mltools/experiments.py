@@ -83,7 +83,7 @@ BEST_PRACTICES_PRESETS = {
     # digits is tiny: batches of 64 give 23 steps an epoch. 8x8 images are upsampled to 16x16
     # for the CNN (not 32x32: 6x less compute, 64 features after the pools). lr: the grid rule
     # of mltools/lr_grid.py on the val split (README, "The default run").
-    "quick": Preset("digits", seeds=3, epochs=15, batch_size=64, lr=0.1, cnn_min_side=16),
+    "quick": Preset("digits", seeds=3, epochs=20, batch_size=64, lr=0.1, cnn_min_side=16),
     # The published Fashion-MNIST study (README, Results): the paper's optimizer on 10,000
     # training images, so all 18 experiments x 3 seeds and the bottleneck sweep fit in about
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
