@@ -40,9 +40,9 @@ def feedback_matrices(feedback, normalize, sizes, seed):
     return mats, mats
 
 
-def numpy_fc_grads(net, x, y, feedback, normalize, error, seed, hidden_error=None):
-    """Hand-written DFA gradients of the tanh FC net, all in float64 numpy; ``hidden_error``
-    ``(N, K)``, when given, is projected in place of the error (DRTP)."""
+def numpy_fc_forward(net, x):
+    """The tanh FC net's forward pass in float64 numpy: weights ``W``, input ``x`` ``(N, 6)``,
+    hidden outputs ``h1`` ``(N, 7)``, ``h2`` ``(N, 5)`` and softmax ``p`` ``(N, K)``."""
     W = [net[i].weight.detach().double().numpy() for i in (0, 2, 4)]
     b = [net[i].bias.detach().double().numpy() for i in (0, 2, 4)]
     x = x.double().numpy()
@@ -50,7 +50,13 @@ def numpy_fc_grads(net, x, y, feedback, normalize, error, seed, hidden_error=Non
     h2 = np.tanh(h1 @ W[1].T + b[1])
     out = h2 @ W[2].T + b[2]
     p = np.exp(out - out.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    return W, x, h1, h2, p / p.sum(1, keepdims=True)
+
+
+def numpy_fc_grads(net, x, y, feedback, normalize, error, seed, hidden_error=None):
+    """Hand-written DFA gradients of the tanh FC net, all in float64 numpy; ``hidden_error``
+    ``(N, K)``, when given, is projected in place of the error (DRTP)."""
+    W, x, h1, h2, p = numpy_fc_forward(net, x)
     onehot = np.eye(K)[y.numpy()]
     n = len(x)
     dldy = (p - onehot) / n

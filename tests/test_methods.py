@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dfatools
-from test_dfatools import K, batch, fc_net, feedback_matrices, numpy_fc_grads
+from test_dfatools import K, batch, fc_net, feedback_matrices, numpy_fc_forward, numpy_fc_grads
 
 
 def conv_net(seed=0):
@@ -57,14 +57,7 @@ def test_fa_with_feedback_equal_to_weights_gives_bp_gradients(make_net, make_bat
 def hand_fc_backward(net, x, y, backward_mats):
     """Gradients of the tanh FC net with ``backward_mats[l]`` in place of ``W_l`` in the input
     gradient of weight layer ``l`` (float64 numpy), in parameter order."""
-    W = [net[i].weight.detach().double().numpy() for i in (0, 2, 4)]
-    b = [net[i].bias.detach().double().numpy() for i in (0, 2, 4)]
-    x = x.double().numpy()
-    h1 = np.tanh(x @ W[0].T + b[0])
-    h2 = np.tanh(h1 @ W[1].T + b[1])
-    out = h2 @ W[2].T + b[2]
-    p = np.exp(out - out.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    _, x, h1, h2, p = numpy_fc_forward(net, x)
     d3 = (p - np.eye(K)[y.numpy()]) / len(x)
     d2 = (d3 @ backward_mats[2]) * (1 - h2 ** 2)
     d1 = (d2 @ backward_mats[1]) * (1 - h1 ** 2)
@@ -310,14 +303,8 @@ def test_alignment_of_each_method_matches_hand_computation(method):
     result = dfatools.measure_alignment(model, x, y)
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
-    W = [net[i].weight.detach().double().numpy() for i in (0, 2, 4)]
-    b = [net[i].bias.detach().double().numpy() for i in (0, 2, 4)]
-    xs = x.double().numpy()
-    h1 = np.tanh(xs @ W[0].T + b[0])
-    h2 = np.tanh(h1 @ W[1].T + b[1])
-    out = h2 @ W[2].T + b[2]
-    p = np.exp(out - out.max(1, keepdims=True))
-    e = p / p.sum(1, keepdims=True) - np.eye(K)[y.numpy()]
+    W, xs, h1, h2, p = numpy_fc_forward(net, x)
+    e = p - np.eye(K)[y.numpy()]
     true2 = e @ W[2]
     true1 = (true2 * (1 - h2 ** 2)) @ W[1]
     if method == "drtp":
