@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from mltools import cli
@@ -77,7 +78,8 @@ def main() -> int:
                            out / "best_practices" / name / f"seed{seed}")
              for name in chosen_experiments(args) for seed in range(settings["seeds"])]
     headline = (f"{sweep.describe(settings)} -> {out / 'best_practices'}")
-    return sweep.execute(specs, args, headline, write_best_practices_report)
+    return sweep.execute(specs, args, headline, write_best_practices_report,
+                         f"python {PROG} --report-only --out {shlex.quote(str(out))}")
 
 if __name__ == "__main__":
     cli.run_main(main, PROG)

@@ -2,14 +2,16 @@
 standard initialization and with PAI, then the figures and table of bottleneck_from_log.py.
 
     python bottleneck.py                        # quick preset on the embedded digits data
+    python bottleneck.py --methods dfa fa shallow   # one curve per learning-signal method
     python bottleneck.py --preset paper --data-dir data --download   # the paper, CIFAR-10
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BOTTLENECK_PRESETS
+from mltools.experiments import BOTTLENECK_PRESETS, METHODS
 
 PROG = "bottleneck.py"
 
@@ -18,8 +20,12 @@ def parse_args():
     parser = cli.ArgumentParser(prog=PROG, description="The bottleneck effect: alignment vs layer size.")
     parser.add_argument("--sizes", nargs="+", type=cli.positive_int, metavar="B",
                         help="bottleneck sizes (default: the preset's)")
-    parser.add_argument("--init", nargs="+", choices=["std", "pai"], default=["std", "pai"],
-                        help="initializations (default: both)")
+    parser.add_argument("--init", nargs="+", choices=["std", "pai"], default=None,
+                        help="initializations (default: both; PAI only for dfa, the method it "
+                             "pre-aligns to)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["dfa"], metavar="METHOD",
+                        help=f"learning-signal methods, a sweep each ({', '.join(METHODS)}; "
+                             "default dfa)")
     parser.add_argument("--mode", choices=["mask", "width"], default="mask",
                         help="mask: a full-width layer with a fraction size/width of trainable "
                              "entries (the paper); width: a genuinely narrow layer")
@@ -36,19 +42,46 @@ def main() -> int:
     bad = [b for b in sizes if b > args.width]
     if bad:
         raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
+    cells = sweep_cells(args.methods, args.init)
     out = Path(args.out)
     from mltools import sweep
     from mltools.bottleneck_report import write_bottleneck_report
     from mltools.train import RunConfig
     shared = sweep.shared_settings(settings, args)
-    specs = [sweep.RunSpec(RunConfig(experiment=f"{args.mode}-{init}-b{size}", arch="bottleneck",
-                                     bottleneck_size=size, bottleneck_mode=args.mode,
-                                     width=args.width, init=init, seed=seed, **shared),
-                           out / "bottleneck" / f"{args.mode}-{init}-b{size}" / f"seed{seed}")
-             for init in args.init for size in sizes for seed in range(settings["seeds"])]
-    headline = (f"{sweep.describe(settings)}, sizes {sizes}, init {' '.join(args.init)}, "
-                f"{args.mode} mode -> {out / 'bottleneck'}")
-    return sweep.execute(specs, args, headline, write_bottleneck_report)
+    specs = []
+    for method, init in cells:
+        for size in sizes:
+            name = run_name(method, args.mode, init, size)
+            specs += [sweep.RunSpec(RunConfig(experiment=name, arch="bottleneck", method=method,
+                                              bottleneck_size=size, bottleneck_mode=args.mode,
+                                              width=args.width, init=init, seed=seed, **shared),
+                                    out / "bottleneck" / name / f"seed{seed}")
+                      for seed in range(settings["seeds"])]
+    headline = (f"{sweep.describe(settings)}, sizes {sizes}, "
+                f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode -> {out / 'bottleneck'}")
+    return sweep.execute(specs, args, headline, write_bottleneck_report,
+                         f"python bottleneck_from_log.py {shlex.quote(str(out))}")
+
+def sweep_cells(methods: list[str], inits: list[str] | None) -> list[tuple[str, str]]:
+    """(method, init) pairs to sweep. PAI pre-aligns the forward weights with DFA's feedback
+    matrices, so it pairs with ``dfa`` only: by default the other methods get ``std`` alone,
+    and a method left with no initialization is an error."""
+    methods = list(dict.fromkeys(methods))
+    wanted = list(dict.fromkeys(inits or ["std", "pai"]))
+    cells = [(m, i) for m in methods for i in wanted if i == "std" or m == "dfa"]
+    orphans = [m for m in methods if not any(cm == m for cm, _ in cells)]
+    if orphans:
+        raise cli.UsageError(f"--init pai pairs with dfa only (PAI pre-aligns to DFA's feedback); "
+                             f"add --init std to run {' '.join(orphans)}")
+    return cells
+
+
+def run_name(method: str, mode: str, init: str, size: int) -> str:
+    """``<mode>-<init>-b<size>``, prefixed by the method unless it is dfa (the names of the
+    sweeps written before other methods existed)."""
+    name = f"{mode}-{init}-b{size}"
+    return name if method == "dfa" else f"{method}-{name}"
+
 
 if __name__ == "__main__":
     cli.run_main(main, PROG)

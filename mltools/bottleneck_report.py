@@ -1,14 +1,15 @@
 """Bottleneck report (DESIGN.md 5): alignment and accuracy against the bottleneck size.
 
-From run folders ``<results>/bottleneck/<mode>-<init>-b<size>/seed<k>/`` (or from a 2019 log
-recovered by log_retrieval.py) it writes into a figures folder:
+From run folders ``<results>/bottleneck/[<method>-]<mode>-<init>-b<size>/seed<k>/`` (no method
+prefix for dfa; or from a 2019 log recovered by log_retrieval.py) it writes into a figures folder:
 
-* ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer;
+* ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer, one
+  curve per (method, init, mode);
 * ``accuracy_vs_size.png``: train and eval top-1;
-* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (mode, init, size), with
-  convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
+* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, mode, init, size),
+  with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
 * ``effects.csv`` / ``effects.png``: each size against the full width (800 unless the config
-  says ``width``) at the same mode and init, with 95% Welch intervals (DESIGN.md 8).
+  says ``width``) at the same method, mode and init, with 95% Welch intervals (DESIGN.md 8).
 
 Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
 seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import UsageError
+from .experiments import METHODS
 from .effects import (MEAN_COS, Effect, Metric, compare, convergence_flags, convergence_lines,
                       no_reference_note, point_cos, reference_width, top1_metric, undefined_lines,
                       undefined_note, write_effects)
@@ -33,13 +35,17 @@ from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm,
                      well_formed, write_csv)
 from .runlog import Run, parse_json
 
-_FOLDER = re.compile(r"(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
+_FOLDER = re.compile(r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
+METHOD_NAMES = {"dfa": "DFA", "bp": "BP", "fa": "FA", "sign": "sign symmetry", "drtp": "DRTP",
+                "shallow": "shallow"}
 
 
 @dataclass
 class Cell:
-    """One (mode, init, size) of the sweep: its runs' counts and the records that enter means."""
+    """One (method, mode, init, size) of the sweep: its runs' counts and the records that enter
+    means."""
+    method: str
     mode: str
     init: str
     size: int
@@ -52,7 +58,14 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.mode}-{self.init}-b{self.size}"
+        name = f"{self.mode}-{self.init}-b{self.size}"
+        return name if self.method == "dfa" else f"{self.method}-{name}"
+
+    @property
+    def sort_key(self) -> tuple:
+        known = self.method in METHODS
+        return (not known, METHODS.index(self.method) if known else self.method,
+                self.mode, self.init, self.size)
 
 
 def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
@@ -78,7 +91,9 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
             warnings += run.warnings
         config = next((r.config for r in runs if r.config), {})
         m = _FOLDER.fullmatch(folder.name)
-        # The config is the authority; the folder name stands in when it is unreadable.
+        # The config is the authority; the folder name stands in when it is unreadable. Runs
+        # written before methods existed were DFA, and their configs may lack the key.
+        method = str(config.get("method") or (m and m["method"]) or "dfa")
         mode = str(config.get("bottleneck_mode") or (m and m["mode"]) or "")
         init = str(config.get("init") or (m and m["init"]) or "")
         size = config.get("bottleneck_size") or (m and int(m["size"]))
@@ -88,9 +103,9 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         used, missing = final_records(runs, epoch)
         warnings += missing
         records = [r for _, r in used]
-        cells.append(Cell(mode, init, size, status_counts(runs), records,
+        cells.append(Cell(method, mode, init, size, status_counts(runs), records,
                           _bottleneck_point(runs, records), config.get("eval_split", "test"), runs, used))
-    cells.sort(key=lambda c: (c.mode, c.init, c.size))
+    cells.sort(key=lambda c: c.sort_key)
     return cells, warnings
 
 
@@ -171,7 +186,7 @@ def recovered_cells(runs: Sequence[Sequence[dict]], sizes: Sequence[int], epoch:
             "alignment": [{"point": m["index"], "name": m.get("name", ""), "cos_mean": m.get("mean"),
                            "cos_std": m.get("std"), "angle_deg": None}
                           for m in _modules(record)]})
-    cells = [Cell("mask", "recovered", size, {"done": len(recs)}, recs,
+    cells = [Cell("dfa", "mask", "recovered", size, {"done": len(recs)}, recs,
                   recs[0]["bottleneck_point"] if recs else (module or 0))
              for size, recs in sorted(grouped.items())]
     return cells, warnings
@@ -206,10 +221,10 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
     with_undefined = any(math.isfinite(u) for u in undefined)
     splits = sorted({c.eval_split for c in cells})
     eval_name = "/".join(splits)
-    md_head = ["mode", "init", "size", "seeds", "unconverged", "train top-1", f"{eval_name} top-1",
+    md_head = ["method", "mode", "init", "size", "seeds", "unconverged", "train top-1", f"{eval_name} top-1",
                "bottleneck point", *(f"cos {label(p)}" for p in points),
                *(f"deg {label(p)}" for p in with_deg)]
-    csv_head = ["mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used",
+    csv_head = ["method", "mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used",
                 "seeds_unconverged", "seeds_convergence_unknown", "eval_split",
                 "train_top1_mean", "train_top1_std", "eval_top1_mean", "eval_top1_std",
                 "bottleneck_point", "bottleneck_cos_mean", "bottleneck_cos_std",
@@ -220,11 +235,11 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
         tr = mean_std(r.get("train_top1") for r in c.records)
         ev = mean_std(r.get("eval_top1") for r in c.records)
         bn = s.get(c.bottleneck_point, {})
-        md_rows.append([c.mode, c.init, str(c.size), fmt_counts(c.counts), flag.cell(),
+        md_rows.append([c.method, c.mode, c.init, str(c.size), fmt_counts(c.counts), flag.cell(),
                         fmt_pm(tr[0], tr[1], 2), fmt_pm(ev[0], ev[1], 2), label(c.bottleneck_point),
                         *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
                         *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg)])
-        csv_rows.append([c.mode, c.init, c.size, c.counts.get("done", 0), c.counts.get("diverged", 0),
+        csv_rows.append([c.method, c.mode, c.init, c.size, c.counts.get("done", 0), c.counts.get("diverged", 0),
                          len(c.records), len(flag.flagged), flag.unknown, c.eval_split,
                          fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4),
                          fmt(ev[1], 4), label(c.bottleneck_point), fmt(bn.get("cos"), 6),
@@ -246,7 +261,7 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
                              for c, s in zip(cells, stats)),
             *write_effects(effects, notes, folder / "effects.csv", folder / "effects.png",
                            name_header="cell", rule="size b vs the full width, 800 unless the config "
-                           "gives `width`, at the same mode and init",
+                           "gives `width`, at the same method, mode and init",
                            panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
                            title="Bottleneck sizes")]
     if warnings:
@@ -261,15 +276,15 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
 def bottleneck_effects(cells: Sequence[Cell], label: Callable[[int], str] = point_label,
                        split: str = "test") -> tuple[list[Effect], list[str]]:
     """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
-    same mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
+    same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
     cells name the same one) and ``cos_mean`` averaged over each run's points."""
-    by_key = {(c.mode, c.init, c.size): c for c in cells}
+    by_key = {(c.method, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:
         width = reference_width(run.config for run in c.runs)
         if c.size == width:
             continue
-        ref = by_key.get((c.mode, c.init, width))
+        ref = by_key.get((c.method, c.mode, c.init, width))
         if ref is None:
             missing.append(f"{c.name} (vs size {width})")
             continue
@@ -289,23 +304,30 @@ def bottleneck_metric(point: int, label: Callable[[int], str] = point_label) -> 
     return Metric("bottleneck_cos", f"cos {label(point)} (bottleneck)", lambda r: point_cos(r, point), 3)
 
 
-def _series(cells: Sequence[Cell]) -> dict[tuple[str, str], list[int]]:
-    """Indices of ``cells`` per (init, mode), standard init first, sizes ascending."""
-    series: dict[tuple[str, str], list[int]] = {}
+def _series(cells: Sequence[Cell]) -> dict[tuple[str, str, str], list[int]]:
+    """Indices of ``cells`` per curve (method, init, mode): methods in METHODS order, standard
+    init first, sizes ascending."""
+    series: dict[tuple[str, str, str], list[int]] = {}
     for i, c in enumerate(cells):
         if c.records:
-            series.setdefault((c.init, c.mode), []).append(i)
-    order = list(INIT_NAMES)
-    key = lambda k: (order.index(k[0]) if k[0] in order else len(order), k)  # noqa: E731
+            series.setdefault((c.method, c.init, c.mode), []).append(i)
+    rank = lambda name, order: (order.index(name) if name in order else len(order), name)  # noqa: E731
+    key = lambda k: (rank(k[0], list(METHODS)), rank(k[1], list(INIT_NAMES)), k[2])  # noqa: E731
     return {k: sorted(series[k], key=lambda i: cells[i].size) for k in sorted(series, key=key)}
 
 
-def _style(init: str, mode: str, inits: list[str]) -> dict:
-    """Colour by init, line and marker by mode, so the two plots read alike."""
-    dashed = mode == "width"
-    return {"color": f"C{inits.index(init) % 10}", "ls": "--" if dashed else "-",
+def _styles(series: dict[tuple[str, str, str], list[int]]) -> dict[tuple[str, str, str], dict]:
+    """One colour per (method, init), line and marker by mode, so the two plots read alike."""
+    colours = list(dict.fromkeys((method, init) for method, init, _ in series))
+    styles = {}
+    for method, init, mode in series:
+        dashed = mode == "width"
+        styles[method, init, mode] = {
+            "color": f"C{colours.index((method, init)) % 10}", "ls": "--" if dashed else "-",
             "marker": "s" if dashed else "o", "ms": 4, "capsize": 3, "lw": 1.5,
-            "label": f"{INIT_NAMES.get(init, init)}, {mode} bottleneck"}
+            "label": f"{METHOD_NAMES.get(method, method)}, {INIT_NAMES.get(init, init)}, "
+                     f"{mode} bottleneck"}
+    return styles
 
 
 def _size_axis(ax, sizes: Sequence[int]) -> None:
@@ -323,13 +345,13 @@ def plot_alignment(path: Path, cells: Sequence[Cell], stats: Sequence[dict], lab
     ax = fig.subplots()
     low, high = 0.0, 1.0
     series = _series(cells)
-    inits = list(dict.fromkeys(init for init, _ in series))
-    for (init, mode), idx in series.items():
+    styles = _styles(series)
+    for curve, idx in series.items():
         x = [cells[i].size for i in idx]
         y = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos", math.nan) for i in idx])
         e = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos_std", math.nan) for i in idx])
         e = np.nan_to_num(e)  # one seed: no error bar
-        ax.errorbar(x, y, yerr=e, **_style(init, mode, inits))
+        ax.errorbar(x, y, yerr=e, **styles[curve])
         if np.isfinite(y).any():
             # 0..1 as the paper plots it, widened only so that no point or error bar is cut off.
             lo, hi = float(np.nanmin(y - e)), float(np.nanmax(y + e))
@@ -348,14 +370,14 @@ def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) ->
     fig = new_figure(11.0, 4.4)
     axes = fig.subplots(1, 2, sharey=True)
     series = _series(cells)
-    inits = list(dict.fromkeys(init for init, _ in series))
-    for (init, mode), idx in series.items():
+    styles = _styles(series)
+    for curve, idx in series.items():
         x = [cells[i].size for i in idx]
         for ax, key in zip(axes, ("train_top1", "eval_top1")):
             ms = [mean_std(r.get(key) for r in cells[i].records) for i in idx]
             y = np.array([m for m, _, _ in ms])
             e = np.nan_to_num(np.array([s for _, s, _ in ms]))
-            ax.errorbar(x, y, yerr=e, **_style(init, mode, inits))
+            ax.errorbar(x, y, yerr=e, **styles[curve])
     sizes = [c.size for c in cells if c.records]
     for ax, title in zip(axes, ("train top-1", f"{eval_name} top-1")):
         _size_axis(ax, sizes)

@@ -160,6 +160,22 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs trained at once (processes, spread over CUDA devices)")
     parser.add_argument("--shard", type=shard, help="I/N: run every N-th run starting at the I-th")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files in each run folder "
+                             "(tensorboard --logdir RESULTS)")
+    slurm = parser.add_argument_group("cluster (submitit; README, Running the full study on a cluster)")
+    slurm.add_argument("--slurm", nargs="?", const="slurm", choices=["slurm", "local"],
+                       help="submit the sweep as a SLURM job array, one shard per task; "
+                            "'--slurm local': the same array with submitit's local executor")
+    slurm.add_argument("--slurm-array", type=positive_int, metavar="N",
+                       help="array tasks (shards); default one per run up to 64, 1 with local")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    slurm.add_argument("--slurm-gpus", type=non_negative_int, metavar="G",
+                       help="GPUs per task (default: the cluster's; none with local)")
+    slurm.add_argument("--slurm-cpus", type=positive_int, metavar="C", help="CPUs per task")
+    slurm.add_argument("--slurm-time", type=positive_int, default=240, metavar="MIN",
+                       help="time limit per task in minutes (default 240); a task that reaches "
+                            "it is requeued and resumes")
     parser.add_argument("--trust-checkpoints", action="store_true",
                         help="resume from checkpoints written before the safe format, which load "
                              "only with pickle and can run code: only for files you trust")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The learning-signal methods, as dfatools.METHODS names them (a test checks they agree).
+METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow")
+
 # name -> (short description, settings that differ from the FC tanh DFA default)
 EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "fc-bn": ("FC, batch norm", {"arch": "fc", "batch_norm": True}),

@@ -267,10 +267,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def acquire_lock(run_dir: Path) -> bool:
-    """Take ``run.lock`` (created exclusively). A lock left by a dead process on this host is
-    taken over. False when another live process holds it."""
+    """Take ``run.lock`` (created exclusively), which names the holder's pid, host and SLURM job
+    (``-`` outside SLURM). A lock left by a dead process on this host, or by this same SLURM job
+    before it was requeued (possibly on another node), is taken over. False when another live
+    process holds it."""
     path = Path(run_dir) / LOCK
-    me = f"{os.getpid()} {socket.gethostname()}\n"
+    me = f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')}\n"
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -290,7 +292,10 @@ def acquire_lock(run_dir: Path) -> bool:
 
 def _stale(path: Path) -> bool:
     try:
-        pid, host = path.read_text().split()
+        pid, host, *job = path.read_text().split()  # locks written before the job field: 2 fields
+        mine = os.environ.get("SLURM_JOB_ID")
+        if job and mine and job[0] == mine:
+            return True  # a SLURM job runs once at a time: its lock is from before its requeue
         return host == socket.gethostname() and not _pid_alive(int(pid))
     except FileNotFoundError:
         return True

@@ -1,16 +1,22 @@
 """Run many runs: skip finished ones, resume interrupted ones, split with ``--shard``, spread
-over processes and devices with ``--jobs``, and never train one run folder twice at once."""
+over processes and devices with ``--jobs``, show progress with an ETA, and never train one run
+folder twice at once. ``--slurm`` hands the shards to :mod:`mltools.slurm`."""
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import multiprocessing
 import os
+import queue
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import runlog
 from .cli import DiskFull, UsageError, disk_full, writable_dir, write_or_stop
+from .progress import SweepProgress
 from .train import RunConfig
 
 
@@ -54,8 +60,16 @@ def plan(spec: RunSpec) -> str:
     return "run"
 
 
+def epochs_left(spec: RunSpec) -> int:
+    """Epochs the run still has to train: ``epochs + 1`` when new (epoch 0 evaluates), fewer
+    after the last recorded one. An estimate for progress: the checkpoint decides."""
+    records, _ = runlog.read_json_lines(spec.run_dir / runlog.METRICS)
+    last = max((r["epoch"] for r in records if isinstance(r.get("epoch"), int)), default=-1)
+    return max(1, spec.config.epochs - last)
+
+
 def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
-            bars: bool = True) -> str:
+            bars: bool = True, on_epoch: Callable[[], None] | None = None) -> str:
     """Train one run under its lock; returns done, diverged, skipped, failed or busy.
 
     Raises DiskFull when the run failed because its folder could not be written: the sweep
@@ -65,7 +79,7 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
     if threads:
         torch.set_num_threads(threads)
     try:
-        return train_locked(spec, device, quiet, bars)
+        return train_locked(spec, device, quiet, bars, on_epoch)
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one broken run must not stop a sweep of hundreds
@@ -77,7 +91,8 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
         return "failed"
 
 
-def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool) -> str:
+def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool,
+                 on_epoch: Callable[[], None] | None = None) -> str:
     """Create the run folder, take its lock and train unless another process holds it."""
     import torch
 
@@ -93,7 +108,8 @@ def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool) -> str:
         resolved = resolve_device(device)
         if resolved.index is not None:
             torch.cuda.set_device(resolved)  # else CUDA also opens a context on cuda:0
-        return train_run(spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars)
+        return train_run(spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars,
+                         on_epoch=on_epoch)
     finally:
         runlog.release_lock(spec.run_dir)
 
@@ -121,6 +137,7 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
               quiet: bool = False) -> Counter:
     """Run every spec that is not finished; returns a count of outcomes (incl. ``skipped``).
 
+    Shows a progress bar on a terminal, else (``quiet`` too) a plain line every few runs.
     Raises SweepStopped once a run failed on a full disk: no further run starts (with ``jobs``,
     the runs already started finish).
     """
@@ -129,27 +146,55 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
     for spec in specs:
         if plan(spec) == "skip":
             outcomes["skipped"] += 1
+            export_board(spec)
         else:
             todo.append(spec)
     if specs and not quiet:
         print(f"{len(todo)} run(s) to train, {outcomes['skipped']} already finished", flush=True)
-    if jobs <= 1:
-        for spec in todo:
-            try:
-                outcomes[run_one(spec, device, quiet)] += 1
-            except DiskFull as stop:
-                outcomes["failed"] += 1
-                raise SweepStopped(str(stop), outcomes) from None
+    if not todo:
         return outcomes
-    return run_parallel(todo, device, jobs, quiet, outcomes)
+    terminal = not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    # One run has its own epoch lines and bar: sweep progress starts at two.
+    echo = functools.partial(print, flush=True) if len(todo) > 1 else (lambda _: None)
+    progress = SweepProgress([epochs_left(s) for s in todo], bar=terminal and len(todo) > 1,
+                             echo=echo)
+    try:
+        if jobs <= 1:
+            run_serial(todo, device, quiet, outcomes, progress)
+        else:
+            run_parallel(todo, device, jobs, quiet, outcomes, progress)
+    finally:
+        progress.close()
+    return outcomes
+
+
+def export_board(spec: RunSpec) -> None:
+    """With --tensorboard, event files for a finished run that has none (trained without it)."""
+    from .board import EVENTS_GLOB, export
+    if spec.config.tensorboard and not any(spec.run_dir.glob(EVENTS_GLOB)):
+        export(spec.run_dir, spec.config.settings())
+
+
+def run_serial(todo: list[RunSpec], device: str, quiet: bool, outcomes: Counter,
+               progress: SweepProgress) -> None:
+    """The runs one after the other in this process, adding to ``outcomes``."""
+    for k, spec in enumerate(todo):
+        try:
+            outcome = run_one(spec, device, quiet, on_epoch=functools.partial(progress.epoch, k))
+        except DiskFull as stop:
+            outcomes["failed"] += 1  # no progress line: the sweep stops, its summary follows
+            raise SweepStopped(str(stop), outcomes) from None
+        outcomes[outcome] += 1
+        progress.run_done(k, outcome)
 
 
 def run_parallel(todo: list[RunSpec], device: str, jobs: int, quiet: bool,
-                 outcomes: Counter) -> Counter:
+                 outcomes: Counter, progress: SweepProgress) -> None:
     """:func:`run_sweep` over ``jobs`` worker processes, adding to ``outcomes``.
 
     A run is handed to a worker only when one is free, so that after a full disk no further
-    run starts (a pool fed everything at once would have started queued runs already).
+    run starts (a pool fed everything at once would have started queued runs already). Workers
+    put the index of their run on a queue after each epoch; the parent moves the progress.
     """
     spread = devices_for(device, jobs)
     # CPU workers share the cores; on a GPU each worker's few CPU ops keep torch's default.
@@ -157,29 +202,43 @@ def run_parallel(todo: list[RunSpec], device: str, jobs: int, quiet: bool,
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     waiting = iter(enumerate(todo))
     stop: DiskFull | None = None
-    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        running: set = set()
+    with ctx.Manager() as manager, \
+            futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        epochs = manager.Queue()
+        running: dict = {}
         try:
             while True:
                 while len(running) < jobs and stop is None and (item := next(waiting, None)):
                     k, spec = item
-                    running.add(pool.submit(run_one, spec, spread[k % len(spread)], quiet,
-                                            threads, False))
+                    running[pool.submit(run_one, spec, spread[k % len(spread)], quiet, threads,
+                                        False, functools.partial(epochs.put, k))] = k
                 if not running:
                     break
-                done, running = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+                _drain(epochs, progress)
                 for future in done:
+                    k = running.pop(future)
                     try:
-                        outcomes[future.result()] += 1
+                        outcome = future.result()
                     except DiskFull as err:
-                        outcomes["failed"] += 1
+                        outcome = "failed"
                         stop = stop or err
+                    outcomes[outcome] += 1
+                    progress.run_done(k, outcome)
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     if stop is not None:
         raise SweepStopped(str(stop), outcomes)
-    return outcomes
+
+
+def _drain(epochs, progress: SweepProgress) -> None:
+    """Move the progress by every epoch the workers reported so far."""
+    while True:
+        try:
+            progress.epoch(epochs.get_nowait())
+        except queue.Empty:
+            return
 
 
 def check_inputs(device: str, cfg: RunConfig) -> None:
@@ -204,7 +263,7 @@ def shared_settings(settings: dict, args) -> dict:
     return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
                 eval_split=settings["eval_split"], train_samples=settings["train_samples"],
                 eval_samples=settings["eval_samples"], cnn_min_side=settings["cnn_min_side"],
-                trust_checkpoints=args.trust_checkpoints,
+                trust_checkpoints=args.trust_checkpoints, tensorboard=args.tensorboard,
                 epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
 
 
@@ -216,22 +275,33 @@ def describe(settings: dict) -> str:
             f"{samples}")
 
 
-def execute(specs: list[RunSpec], args, headline: str, write_report) -> int:
-    """What both experiment scripts do: check inputs, train the shard, write the report.
+def execute(specs: list[RunSpec], args, headline: str, write_report,
+            report_command: str) -> int:
+    """What both experiment scripts do: check inputs, train the shard (here, or as a submitit
+    array with ``--slurm``), write the report; ``report_command`` writes it again later.
 
     Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
     code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
     cfg = specs[0].config
+    if args.slurm:
+        from . import slurm
+        slurm.check(args)
     check_inputs(args.device, cfg)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
-    try:
-        outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
-    except SweepStopped as stop:
-        print(summarize(stop.outcomes), flush=True)
-        raise
-    print(summarize(outcomes), flush=True)
+    if args.slurm:
+        jobs, _ = slurm.submit(specs, args, Path(args.out).name or "sweep", report_command)
+        if args.slurm == "slurm":
+            return 0  # the cluster trains them; report_command reports them
+        outcomes = slurm.wait(jobs)
+    else:
+        try:
+            outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+        except SweepStopped as stop:
+            print(summarize(stop.outcomes), flush=True)
+            raise
+        print(summarize(outcomes), flush=True)
     try:
         write_or_stop(write_report, Path(args.out))
     except UsageError as err:  # e.g. every run diverged: nothing to tabulate, the runs are kept

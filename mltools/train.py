@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
-RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints")
+RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RunConfig:
     lr: float = 5e-4
     seed: int = 0
     trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
+    tensorboard: bool = False        # also write TensorBoard event files (mltools.board)
 
     def settings(self) -> dict:
         """What defines the result; a run folder holding other settings is another run."""
@@ -206,10 +208,11 @@ def record_line(cfg: RunConfig, record: dict, split: str) -> str:
 
 
 def train_run(cfg: RunConfig, run_dir: Path, device: torch.device, quiet: bool = False,
-              bars: bool = True) -> str:
+              bars: bool = True, on_epoch: Callable[[], None] | None = None) -> str:
     """Train (or resume) the run in ``run_dir``; returns its final status (done or diverged).
 
-    The caller holds the run's lock. Exceptions propagate after the status is set to failed.
+    ``on_epoch`` is called after each epoch is recorded (a sweep's progress). The caller holds
+    the run's lock. Exceptions propagate after the status is set to failed.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,8 @@ def train_run(cfg: RunConfig, run_dir: Path, device: torch.device, quiet: bool =
         config["bottleneck_point"] = 1  # the point right after the bottleneck layer
     runlog.write_config(run_dir, config)
     try:
-        status = _train(cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty())
+        status = _train(cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty(),
+                        on_epoch)
     except KeyboardInterrupt:
         log.write("interrupted; the same command resumes from the last finished epoch")
         raise
@@ -251,8 +255,18 @@ class Trainer:
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
         self.order = torch.Generator().manual_seed(cfg.seed)
+        self.board = None  # mltools.board.RunBoard with --tensorboard, from start()
 
     def start(self) -> int:
+        """The first epoch to run: after the checkpoint's, or 0 (PAI applied when asked)."""
+        first = self._start()
+        if self.cfg.tensorboard:
+            from .board import RunBoard
+            records, _ = runlog.read_json_lines(self.run_dir / runlog.METRICS)
+            self.board = RunBoard(self.run_dir, self.cfg.settings(), records)
+        return first
+
+    def _start(self) -> int:
         cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
         state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
@@ -298,6 +312,8 @@ class Trainer:
         record["time_s"] = time.perf_counter() - tic
         runlog.append_metrics(self.run_dir, record)
         log.epoch(record, cfg.epochs)
+        if self.board is not None:
+            self.board.add(record)
         save_checkpoint(self.run_dir, self.model, self.opt, self.order, epoch, self.device)
         self.say(record_line(cfg, record, data.eval_split))
         return record
@@ -306,13 +322,23 @@ class Trainer:
         write_torch(self.run_dir / runlog.MODEL, self.model.state_dict())
         self.log.write("done")
 
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
 
 def _train(cfg: RunConfig, run_dir: Path, device: torch.device, log: runlog.RunLog,
-           show: bool, bars: bool) -> tuple[str, int | None]:
+           show: bool, bars: bool,
+           on_epoch: Callable[[], None] | None = None) -> tuple[str, int | None]:
     trainer = Trainer(cfg, run_dir, device, log, show, bars)
-    for epoch in range(trainer.start(), cfg.epochs + 1):
-        record = trainer.epoch(epoch)
-        if not math.isfinite(record["train_loss"]):
-            return "diverged", epoch
-    trainer.finish()
-    return "done", None
+    try:
+        for epoch in range(trainer.start(), cfg.epochs + 1):
+            record = trainer.epoch(epoch)
+            if on_epoch is not None:
+                on_epoch()
+            if not math.isfinite(record["train_loss"]):
+                return "diverged", epoch
+        trainer.finish()
+        return "done", None
+    finally:
+        trainer.close()

@@ -27,18 +27,24 @@ def make_records(rng):
             for e in range(EPOCHS + 1)]
 
 
-def write_run(results, mode, init, size, seed, records, status="done"):
-    folder = results / "bottleneck" / f"{mode}-{init}-b{size}" / f"seed{seed}"
+def write_run(results, method, mode, init, size, seed, records, status="done"):
+    """A run folder as bottleneck.py names it; dfa runs get no ``method`` key, as the runs
+    written before other methods existed."""
+    name = f"{mode}-{init}-b{size}" if method == "dfa" else f"{method}-{mode}-{init}-b{size}"
+    folder = results / "bottleneck" / name / f"seed{seed}"
     folder.mkdir(parents=True)
-    config = {"arch": "bottleneck", "bottleneck_mode": mode, "init": init, "bottleneck_size": size,
+    config = {**({} if method == "dfa" else {"method": method}),
+              "arch": "bottleneck", "bottleneck_mode": mode, "init": init, "bottleneck_size": size,
               "bottleneck_point": 1, "epochs": EPOCHS, "seed": seed, "eval_split": "test",
               "status": status, "diverged_epoch": 1 if status == "diverged" else None}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-CELLS = [("mask", "std", 1), ("mask", "std", 28), ("mask", "std", 800), ("mask", "pai", 1),
-         ("mask", "pai", 800), ("width", "std", 5)]
+# (method, mode, init, size); sorted() gives the table's order (dfa before fa, as in METHODS)
+CELLS = [("dfa", "mask", "std", 1), ("dfa", "mask", "std", 28), ("dfa", "mask", "std", 800),
+         ("dfa", "mask", "pai", 1), ("dfa", "mask", "pai", 800), ("dfa", "width", "std", 5),
+         ("fa", "mask", "std", 1), ("fa", "mask", "std", 800)]
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +53,12 @@ def sweep(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     rng = np.random.default_rng(3)
     done = {}
-    # Written in shuffled order: the table must sort by mode, init, size on its own.
-    for mode, init, size in reversed(CELLS):
-        done[mode, init, size] = [make_records(rng) for _ in range(2)]
-        for seed, records in enumerate(done[mode, init, size]):
-            write_run(results, mode, init, size, seed, records)
-    write_run(results, "mask", "std", 28, 2, make_records(rng)[:2], status="diverged")
+    # Written in shuffled order: the table must sort by method, mode, init, size on its own.
+    for cell in reversed(CELLS):
+        done[cell] = [make_records(rng) for _ in range(2)]
+        for seed, records in enumerate(done[cell]):
+            write_run(results, *cell, seed, records)
+    write_run(results, "dfa", "mask", "std", 28, 2, make_records(rng)[:2], status="diverged")
     figures = write_bottleneck_report(results, echo=lambda _: None)
     return results, done, figures
 
@@ -63,9 +69,10 @@ def read_rows(path):
 
 
 def check_rows(rows, done, epoch):
-    assert [(r["mode"], r["init"], int(r["size"])) for r in rows] == sorted(CELLS)
+    cell_of = lambda r: (r["method"], r["mode"], r["init"], int(r["size"]))  # noqa: E731
+    assert [cell_of(r) for r in rows] == sorted(CELLS)
     for row in rows:
-        finals = [rec[epoch] for rec in done[row["mode"], row["init"], int(row["size"])]]
+        finals = [rec[epoch] for rec in done[cell_of(row)]]
         for key in ("train_top1", "eval_top1"):
             values = np.array([r[key] for r in finals])
             assert float(row[f"{key}_mean"]) == pytest.approx(values.mean(), abs=1e-4)
@@ -89,11 +96,25 @@ def test_table_matches_numpy(sweep):
     assert (b28["seeds_done"], b28["seeds_diverged"], b28["seeds_used"]) == ("2", "1", "2")
     md = (figures / "bottleneck_table.md").read_text()
     # Stable precision: top-1 with 2 decimals, cos with 3, degrees with 1.
-    cells = next(row for row in md_rows(md, "mode") if (row["init"], row["size"]) == ("std", "28"))
+    cells = next(row for row in md_rows(md, "method") if (row["init"], row["size"]) == ("std", "28"))
     assert cells["seeds"] == "2 done / 1 diverged"
     mean, std = (float(x) for x in cells["train top-1"].split(" ± "))
     assert cells["train top-1"] == f"{mean:.2f} ± {std:.2f}"
     assert len(cells["cos h1"].split(".")[1]) == 3 and len(cells["deg h3"].split(".")[1]) == 1
+
+
+def test_methods_compared_within_method(sweep):
+    """Each method's sizes are compared with that method's full width, never another method's."""
+    results, done, figures = sweep
+    effects = {(r["cell"], r["metric"]): r for r in read_rows(figures / "effects.csv")}
+    for method, prefix in (("dfa", ""), ("fa", "fa-")):
+        final = lambda size: [rec[EPOCHS] for rec in done[method, "mask", "std", size]]  # noqa: E731
+        cos = lambda size: np.array([r["alignment"][1]["cos_mean"] for r in final(size)])  # noqa: E731
+        row = effects[f"{prefix}mask-std-b1", "bottleneck_cos"]
+        assert row["reference"] == f"{prefix}mask-std-b800"
+        assert float(row["difference"]) == pytest.approx(cos(1).mean() - cos(800).mean(), abs=1e-6)
+    md = (figures / "bottleneck_table.md").read_text()
+    assert [r["method"] for r in md_rows(md, "method")] == [c[0] for c in sorted(CELLS)]
 
 
 def md_rows(md, first_header):
@@ -119,9 +140,9 @@ def test_pngs_written(sweep):
 def test_epoch_option(tmp_path):
     rng = np.random.default_rng(4)
     done = {cell: [make_records(rng) for _ in range(2)] for cell in CELLS}
-    for (mode, init, size), runs in done.items():
+    for cell, runs in done.items():
         for seed, records in enumerate(runs):
-            write_run(tmp_path, mode, init, size, seed, records)
+            write_run(tmp_path, *cell, seed, records)
     figures = write_bottleneck_report(tmp_path, epoch=1, echo=lambda _: None)
     check_rows(read_rows(figures / "bottleneck_table.csv"), done, 1)
     with pytest.raises(UsageError, match="epoch 7"):

@@ -1,4 +1,6 @@
 """The command lines as a user meets them: bad input is one line on stderr and exit code 2."""
+import csv
+import json
 import signal
 import subprocess
 import sys
@@ -35,6 +37,8 @@ def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     ("bottleneck.py", ["--mode", "thin"], "--mode"),
     ("bottleneck.py", ["--epochs", "-1"], "--epochs"),
     ("bottleneck.py", ["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "--download"),
+    ("bottleneck.py", ["--methods", "dfa", "nope"], "--methods"),
+    ("bottleneck.py", ["--methods", "fa", "--init", "pai"], "--init pai pairs with dfa only"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
     result = run(script, *args, "--out", str(tmp_path / "out")) if "--out" not in args else run(script, *args)
@@ -73,3 +77,21 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "run the same command again to resume" in err.lower()
     assert not (metrics.parent / "run.lock").exists()
+
+
+def test_bottleneck_methods_sweep(tmp_path):
+    """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
+    result = run("bottleneck.py", "--methods", "dfa", "fa", "shallow", "--width", "16",
+                 "--sizes", "2", "16", "--seeds", "1", "--epochs", "1", "--train-samples", "128",
+                 "--eval-samples", "128", "--device", "cpu", "--quiet", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
+    assert folders == ["fa-mask-std-b16", "fa-mask-std-b2", "mask-pai-b16", "mask-pai-b2",
+                       "mask-std-b16", "mask-std-b2", "shallow-mask-std-b16", "shallow-mask-std-b2"]
+    config = json.loads((tmp_path / "bottleneck" / "fa-mask-std-b2" / "seed0" / "config.json").read_text())
+    assert (config["method"], config["init"], config["bottleneck_size"]) == ("fa", "std", 2)
+    with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["init"], r["size"]) for r in rows] == [
+        ("dfa", "pai", "2"), ("dfa", "pai", "16"), ("dfa", "std", "2"), ("dfa", "std", "16"),
+        ("fa", "std", "2"), ("fa", "std", "16"), ("shallow", "std", "2"), ("shallow", "std", "16")]

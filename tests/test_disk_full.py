@@ -104,7 +104,8 @@ def test_after_a_full_disk_the_same_sweep_resumes(tmp_path, monkeypatch):
 
 def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, capsys):
     specs = [RunSpec(small(), tmp_path / "best_practices" / "fc-tanh" / "seed0")]
-    args = argparse.Namespace(device="cpu", out=str(tmp_path), shard=None, jobs=1, quiet=True)
+    args = argparse.Namespace(device="cpu", out=str(tmp_path), shard=None, jobs=1, quiet=True,
+                              slurm=None)
     write_text = Path.write_text
 
     def report_on_full_disk(path, *args, **kwargs):
@@ -113,7 +114,7 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, c
         return write_text(path, *args, **kwargs)
     monkeypatch.setattr(Path, "write_text", report_on_full_disk)
     with pytest.raises(cli.DiskFull) as stop:
-        execute(specs, args, "test", write_best_practices_report)
+        execute(specs, args, "test", write_best_practices_report, "python best_practices.py --report-only")
     assert "runs: 1 done" in capsys.readouterr().out
     message = str(stop.value)
     assert "\n" not in message and str(tmp_path / "best_practices") in message

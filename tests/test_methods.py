@@ -362,3 +362,9 @@ def test_method_experiments_are_listed_but_not_run_by_default():
     assert all(EXPERIMENTS[n][1]["method"] == n.split("-")[1] for n in new)
     assert not set(new) & set(DEFAULT_EXPERIMENTS) and len(DEFAULT_EXPERIMENTS) == 18
     assert set(GROUPS["methods"]) == {*new, "fc-tanh", "conv-tanh", "fc-bp", "conv-bp"}
+
+
+def test_mltools_names_the_same_methods():
+    """mltools keeps its own copy of the names (no torch for reports and argument parsing)."""
+    from mltools.experiments import METHODS
+    assert METHODS == dfatools.METHODS

@@ -150,6 +150,19 @@ def test_locks_live_busy_and_stale(tmp_path):
     assert run_sweep([RunSpec(small(epochs=1), run)], device="cpu", quiet=True)["busy"] == 1
 
 
+def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    """After pre-emption SLURM restarts the same job id, maybe on another node: its old lock
+    (from a process that cannot still run) is taken over; another job's lock is not."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242_7")
+    (run / "run.lock").write_text("12345 other-node 4242_8\n")
+    assert not runlog.acquire_lock(run)  # another array task, on a host we cannot check
+    (run / "run.lock").write_text("12345 other-node 4242_7\n")
+    assert runlog.acquire_lock(run)
+    assert (run / "run.lock").read_text().split() == [str(os.getpid()), os.uname().nodename, "4242_7"]
+
+
 def sweep_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh",
             "--seeds", "1", "--epochs", "3", "--batch-size", "8", "--lr", "0.01",
@@ -193,10 +206,15 @@ def test_two_sweeps_on_one_folder_never_train_a_run_twice(tmp_path):
         assert not (run_dir / "run.lock").exists()
 
 
-def test_jobs_run_in_parallel_processes(tmp_path):
+def test_jobs_run_in_parallel_processes(tmp_path, capsys):
     specs = [RunSpec(small(epochs=1, seed=s), tmp_path / f"seed{s}") for s in range(3)]
     outcomes = run_sweep(specs, device="cpu", jobs=2, quiet=True)
     assert outcomes["done"] == 3
+    # Progress, one plain line per run here: the workers' epochs reached the parent, so the
+    # first line already has an ETA.
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("sweep: ")]
+    assert [x.split(",")[0] for x in lines] == ["sweep: 1/3 runs", "sweep: 2/3 runs", "sweep: 3/3 runs"]
+    assert "left" in lines[0] and lines[-1].endswith("done")
     pids = {(tmp_path / f"seed{s}" / "log.txt").read_text().count("start") for s in range(3)}
     assert pids == {1}
     assert all(json.loads((tmp_path / f"seed{s}" / "config.json").read_text())["status"] == "done"

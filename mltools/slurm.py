@@ -1,0 +1,102 @@
+"""A sweep as a SLURM job array, through submitit (``--slurm``); ``--slurm local`` runs the same
+path with submitit's local executor (a laptop, the tests).
+
+Each array task trains one shard of the sweep, as ``--shard I/N`` would: the same run folders,
+locks and resume logic, so submitting again skips finished runs and resumes interrupted ones.
+A task that SLURM pre-empts or times out is requeued by submitit (:meth:`ShardTask.checkpoint`)
+and resumes its interrupted run from that run's last checkpoint. submitit is imported only here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import UsageError
+from .sweep import RunSpec, run_sweep, select_shard, summarize
+
+ROOT = Path(__file__).resolve().parents[1]  # so that array tasks can import mltools
+MAX_ARRAY = 64  # default array width on SLURM: one task per run up to this many
+
+
+@dataclass
+class ShardTask:
+    """The callable each array task runs: shard ``index`` of ``count`` of ``specs``."""
+    specs: list[RunSpec]
+    device: str
+    jobs: int
+
+    def __call__(self, index: int, count: int) -> dict[str, int]:
+        return dict(run_sweep(select_shard(self.specs, (index, count)), self.device, self.jobs,
+                              quiet=True))
+
+    def checkpoint(self, index: int, count: int):
+        """Called by submitit on pre-emption or time-out: requeue the same shard. The run folders
+        hold the state (finished runs are skipped, the interrupted one resumes)."""
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, index, count)
+
+
+def array_width(args, runs: int) -> int:
+    """``--slurm-array``, else one task per run up to MAX_ARRAY on SLURM and 1 locally (the local
+    executor starts every task at once)."""
+    wanted = args.slurm_array or (MAX_ARRAY if args.slurm == "slurm" else 1)
+    return max(1, min(wanted, runs))
+
+
+def executor_parameters(args, width: int, name: str) -> dict:
+    """submitit's AutoExecutor parameters from the --slurm-* flags."""
+    params = {"name": name, "timeout_min": args.slurm_time}
+    if args.slurm_gpus is not None:
+        params["gpus_per_node"] = args.slurm_gpus
+    if args.slurm_cpus is not None:
+        params["cpus_per_task"] = args.slurm_cpus
+    if args.slurm == "slurm":
+        params["slurm_array_parallelism"] = width
+        if args.slurm_partition:
+            params["slurm_partition"] = args.slurm_partition
+    return params
+
+
+def check(args) -> None:
+    """UsageError for a --slurm request that cannot be submitted, before anything is written."""
+    if args.shard is not None:
+        raise UsageError("--slurm splits the sweep into shards itself; drop --shard")
+    if args.slurm == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError("--slurm needs SLURM's sbatch, not found here; --slurm local runs the "
+                         "same array on this machine")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UsageError("--slurm needs submitit: pip install -r requirements.txt") from None
+
+
+def submit(specs: list[RunSpec], args, name: str, report_command: str) -> tuple[list, int]:
+    """Submit ``specs`` as an array of shards; returns the submitit jobs and the array width."""
+    import submitit
+    width = array_width(args, len(specs))
+    folder = Path(args.out) / "slurm"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=args.slurm)
+    executor.update_parameters(**executor_parameters(args, width, name))
+    # Tasks unpickle ShardTask by reference: they must find mltools wherever they start.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    jobs = executor.map_array(ShardTask(specs, args.device, args.jobs), range(width), [width] * width)
+    ids = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    where = "SLURM job array" if args.slurm == "slurm" else "local submitit jobs"
+    print(f"submitted {width} shard(s) of {len(specs)} runs as {where} {', '.join(ids)}; "
+          f"logs in {folder}", flush=True)
+    if args.slurm == "slurm":
+        print(f"when they have finished: {report_command}", flush=True)
+    return jobs, width
+
+
+def wait(jobs: list) -> Counter:
+    """Wait for local jobs; their outcomes added up. A task that raised re-raises here."""
+    outcomes: Counter = Counter()
+    for job in jobs:
+        outcomes.update(job.result())
+    print(summarize(outcomes), flush=True)
+    return outcomes
