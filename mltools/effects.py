@@ -30,8 +30,9 @@ from .runlog import Run
 LEVEL = 0.95               # confidence level of the effect intervals
 REFERENCES = {"fc": "fc-tanh", "conv": "conv-tanh"}  # experiment-name prefix -> its reference
 FULL_WIDTH = 800           # DESIGN.md 4: the bottleneck net's width when its config gives none
-RISE_LIMIT = 1.0           # convergence: eval top-1 gain (percentage points) that flags a run ...
-RISE_SPAN = 2              # ... over this many final epochs
+RISE_LIMIT = 1.0           # convergence: a gain of the best eval top-1 (percentage points) ...
+RISE_SPAN = 2              # ... within this many final epochs flags a run (early stopping's
+                           # min_delta and patience)
 UNDEFINED_LIMIT = 0.05     # report a point whose mean final undefined_frac exceeds this
 
 UNDEFINED_EXPLANATION = (
@@ -301,16 +302,24 @@ def unconverged(run: Run, record: dict) -> tuple[bool | None, float | None]:
     """The reports' convergence criterion: had ``run`` not converged at the epoch E of ``record``
     (its final record)?
 
-    It had not when its eval top-1 was still rising: ``eval_top1[E] - eval_top1[E - 2] > 1.0``
-    percentage point (RISE_LIMIT over RISE_SPAN epochs). Returns ``(flag, rise)``; ``(None, None)``
-    (unknown) when the run has fewer than 3 epoch records counting epoch 0 (E < 2), or either
-    value is missing.
+    Early stopping's rule (patience RISE_SPAN = 2 epochs, min_delta RISE_LIMIT = 1 point): it had
+    not when its best eval top-1 of epochs E-1 and E beats its best of the epochs before (epoch
+    0 included) by more than 1 percentage point. A run on its plateau whose accuracy dipped at
+    E-2 is not flagged (a plain difference ``top1[E] - top1[E-2]`` would be), a run still
+    setting new highs is. Returns ``(flag, gain)``; ``(None, None)`` (unknown) when the run has
+    no trained epoch before the last two (E < 3) or a value is missing.
     """
-    earlier = run.at_epoch(record["epoch"] - RISE_SPAN) if record["epoch"] >= RISE_SPAN else None
-    now, before = number(record.get("eval_top1")), number((earlier or {}).get("eval_top1"))
-    if now is None or before is None:
+    last = record["epoch"]
+    if last <= RISE_SPAN:
         return None, None
-    return now - before > RISE_LIMIT, now - before
+    top1 = {e: number((run.at_epoch(e) or {}).get("eval_top1")) for e in range(last)}
+    top1[last] = number(record.get("eval_top1"))
+    recent = [top1[e] for e in range(last - RISE_SPAN + 1, last + 1)]
+    before = [v for e, v in top1.items() if e <= last - RISE_SPAN and v is not None]
+    if None in recent or not before:
+        return None, None
+    gain = max(recent) - max(before)
+    return gain > RISE_LIMIT, gain
 
 
 @dataclass
@@ -335,8 +344,8 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
         flag, rise = unconverged(run, record)
         unknown += flag is None
         if flag:
-            flagged.append(f"{run.path.parent.name} {run.path.name}: {rise:+.2f} points over the "
-                           f"last {RISE_SPAN} epochs")
+            flagged.append(f"{run.path.parent.name} {run.path.name}: best of the last {RISE_SPAN} "
+                           f"epochs {rise:+.2f} points above the best before")
     seeds = len(used) if seeds is None else seeds
     return Flags(seeds, unknown + seeds - len(used), flagged)
 
@@ -346,10 +355,10 @@ def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
     flagged = [f for row in flags for f in row.flagged]
     lines = [f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
              f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was "
-             "still rising: "
-             f"top1[E] − top1[E−{RISE_SPAN}] > {RISE_LIMIT:.1f} percentage point; `unknown` when it "
-             f"has fewer than {RISE_SPAN + 1} epoch records (epoch 0 included) or they are not at "
-             "hand (recovered logs).", ""]
+             f"still setting new highs (early stopping's rule, patience {RISE_SPAN} epochs): "
+             f"max(top1[E−1], top1[E]) − max(top1[0..E−2]) > {RISE_LIMIT:.1f} percentage point; "
+             f"`unknown` when it has fewer than {RISE_SPAN + 2} epoch records (epoch 0 included) "
+             "or they are not at hand (recovered logs).", ""]
     if flagged:
         return lines + ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
     return lines + ["No run is flagged as not converged.", ""]

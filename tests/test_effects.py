@@ -175,7 +175,18 @@ def test_unconverged_criterion(tmp_path):
         return unconverged(r, r.last)
     assert run("rising", records(80.0, [0.5], step=0.75)) == (True, pytest.approx(1.5))
     assert run("flat", records(80.0, [0.5], step=0.5)) == (False, pytest.approx(1.0))  # > 1.0, strictly
-    assert run("short", records(80.0, [0.5], step=5.0)[:2]) == (None, None)  # epochs 0 and 1 only
+    assert run("short", records(80.0, [0.5], step=5.0)[:3]) == (None, None)  # epochs 0 to 2 only
+    # On a plateau with a dip two epochs before the end: not flagged (the plain difference
+    # top1[E] - top1[E-2] would be 3 points); a new high 1.5 points above the old one is.
+    assert run("dip", plateau([90.0, 96.0, 98.0, 95.0, 97.5, 98.0])) == (False, pytest.approx(0.0))
+    assert run("new high", plateau([90.0, 96.0, 98.0, 95.0, 99.5, 98.0])) == (True, pytest.approx(1.5))
+    assert run("early best", plateau([99.0, 96.0, 98.0, 95.0, 97.5, 98.0]))[0] is False
+
+
+def plateau(top1):
+    """Epoch records 0..len-1 with these eval top-1 values."""
+    out = records(0.0, [0.5])[:1] * len(top1)
+    return [{**out[0], "epoch": e, "eval_top1": v} for e, v in enumerate(top1)]
 
 
 def test_convergence_flags_in_report(tmp_path):
@@ -184,9 +195,9 @@ def test_convergence_flags_in_report(tmp_path):
     write_run(tmp_path / "best_practices" / "fc-relu" / "seed2", records(80.0, FC3(0.2, 0.3, 0.5))[:2],
               experiment="fc-relu", epochs=1)  # done after one epoch: unknown
     text = write_best_practices_report(tmp_path, echo=lambda _: None).read_text()
-    assert "fc-relu seed0: +3.40 points over the last 2 epochs" in text
-    assert "fc-relu seed1: +3.40 points over the last 2 epochs" in text
-    assert "top1[E] − top1[E−2] > 1.0" in text
+    assert "fc-relu seed0: best of the last 2 epochs +3.40 points above the best before" in text
+    assert "fc-relu seed1: best of the last 2 epochs +3.40 points above the best before" in text
+    assert "max(top1[E−1], top1[E]) − max(top1[0..E−2]) > 1.0" in text
     table = next(line for line in text.splitlines() if line.startswith("| fc-relu "))
     assert "2/3 (1 unknown)" in [cell.strip() for cell in table.split("|")]
     rows = {r["experiment"]: r for r in read_csv(tmp_path / "best_practices" / "summary.csv")}
