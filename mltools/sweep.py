@@ -291,7 +291,7 @@ def execute(specs: list[RunSpec], args, headline: str, write_report,
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
     if args.slurm:
-        jobs, _ = slurm.submit(specs, args, Path(args.out).name or "sweep", report_command)
+        jobs, _ = slurm.submit(specs, args, Path(sys.argv[0]).stem or "sweep", report_command)
         if args.slurm == "slurm":
             return 0  # the cluster trains them; report_command reports them
         outcomes = slurm.wait(jobs)

@@ -1,6 +1,7 @@
 """Sweep progress, TensorBoard event files and the submitit path (``--slurm local``)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,31 @@ def test_slurm_local_gives_the_plain_sweep(tmp_path):
     # Submitting again: every run is found finished, nothing is trained twice.
     again = sweep(tmp_path / "array", "--slurm", "local", "--slurm-array", "2")
     assert again.returncode == 0 and "runs: 4 skipped" in again.stdout
+
+
+def test_slurm_submission_script(tmp_path):
+    """The SLURM path up to sbatch, with stand-ins for srun and sbatch: the array's width, the
+    --slurm-* options as #SBATCH lines, the job id and the report command printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sbatch\necho "Submitted batch job 4321"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh", "fc-relu",
+           "--seeds", "2", "--epochs", "1", "--out", str(tmp_path / "out"), "--slurm",
+           "--slurm-partition", "gpu", "--slurm-gpus", "1", "--slurm-cpus", "4",
+           "--slurm-array", "3", "--slurm-time", "90"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "submitted 3 shard(s) of 4 runs as SLURM job array 4321" in result.stdout
+    assert f"python best_practices.py --report-only --out {tmp_path / 'out'}" in result.stdout
+    lines = set((tmp_path / "job.sbatch").read_text().splitlines())
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --job-name=best_practices"):
+        assert line in lines
+    assert not (tmp_path / "out" / "best_practices").exists()  # nothing trained here
 
 
 @pytest.mark.parametrize("extra, message", [
