@@ -12,6 +12,10 @@ python -m mltools.lr_grid results/lr-grid/fashion   # the fashion presets carry 
 # 2. The study: 18 experiments x 3 seeds, and the bottleneck sweep (14 sizes x std/PAI x 3 seeds).
 python best_practices.py --preset fashion --out results/fashion --quiet
 python bottleneck.py --preset fashion --out results/fashion --quiet
-# 3. Publish: reports, figures, and every run's config.json and metrics.jsonl.
+# 3. The other feedback-alignment methods: fc-/conv- fa, sign, drtp, shallow x 3 seeds, and the
+#    bottleneck sweep for each (standard init; the dfa runs of step 2 are found finished).
+python best_practices.py --preset fashion --group methods --out results/fashion --quiet
+python bottleneck.py --preset fashion --methods dfa fa sign drtp shallow --out results/fashion --quiet
+# 4. Publish: reports, figures, and every run's config.json and metrics.jsonl.
 python -m mltools.publish results/lr-grid/fashion docs/results/fashion-mnist/lr-grid --no-figures
 python -m mltools.publish results/fashion docs/results/fashion-mnist
