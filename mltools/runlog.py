@@ -269,7 +269,7 @@ def _pid_alive(pid: int) -> bool:
 def acquire_lock(run_dir: Path) -> bool:
     """Take ``run.lock`` (created exclusively), which names the holder's pid, host and SLURM job
     (``-`` outside SLURM). A lock left by a dead process on this host, or by this same SLURM job
-    before it was requeued (possibly on another node), is taken over. False when another live
+    on another node (before it was requeued there), is taken over. False when another live
     process holds it."""
     path = Path(run_dir) / LOCK
     me = f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')}\n"
@@ -293,10 +293,11 @@ def acquire_lock(run_dir: Path) -> bool:
 def _stale(path: Path) -> bool:
     try:
         pid, host, *job = path.read_text().split()  # locks written before the job field: 2 fields
+        here = host == socket.gethostname()
         mine = os.environ.get("SLURM_JOB_ID")
-        if job and mine and job[0] == mine:
-            return True  # a SLURM job runs once at a time: its lock is from before its requeue
-        return host == socket.gethostname() and not _pid_alive(int(pid))
+        if job and mine and job[0] == mine and not here:
+            return True  # this job, requeued onto another node: its earlier self is gone
+        return here and not _pid_alive(int(pid))
     except FileNotFoundError:
         return True
     except (OSError, ValueError):

@@ -9,6 +9,7 @@ and resumes its interrupted run from that run's last checkpoint. submitit is imp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -93,10 +94,23 @@ def submit(specs: list[RunSpec], args, name: str, report_command: str) -> tuple[
     return jobs, width
 
 
+def task_error(text: str) -> str:
+    """The last ``SomeError: message`` line of a traceback submitit reports, else its first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt):", line)]
+    return errors[-1] if errors else (lines[0] if lines else "unknown error")
+
+
 def wait(jobs: list) -> Counter:
-    """Wait for local jobs; their outcomes added up. A task that raised re-raises here."""
+    """Wait for local jobs; their outcomes added up. A task that failed as a whole (a full disk,
+    a crash) is one line and one ``failed`` count; the others' runs are still reported."""
     outcomes: Counter = Counter()
     for job in jobs:
-        outcomes.update(job.result())
+        try:
+            outcomes.update(job.result())
+        except Exception as err:  # submitit's error holds the task's traceback
+            print(f"task {job.job_id} failed: {task_error(str(err))} (see {job.paths.stderr})",
+                  flush=True)
+            outcomes["failed"] += 1
     print(summarize(outcomes), flush=True)
     return outcomes

@@ -169,9 +169,14 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
 
 
 def export_board(spec: RunSpec) -> None:
-    """With --tensorboard, event files for a finished run that has none (trained without it)."""
+    """With --tensorboard, the event file of a finished run that has none, or an older one than
+    its metrics (trained, or extended, without the flag)."""
+    if not spec.config.tensorboard:
+        return
     from .board import EVENTS_GLOB, export
-    if spec.config.tensorboard and not any(spec.run_dir.glob(EVENTS_GLOB)):
+    events = [p.stat().st_mtime for p in spec.run_dir.glob(EVENTS_GLOB)]
+    metrics = spec.run_dir / runlog.METRICS
+    if not events or (metrics.exists() and metrics.stat().st_mtime > max(events)):
         export(spec.run_dir, spec.config.settings())
 
 
@@ -253,6 +258,15 @@ def check_inputs(device: str, cfg: RunConfig) -> None:
         raise UsageError(str(err)) from None
 
 
+def check_tensorboard() -> None:
+    """UsageError when --tensorboard cannot be served: the package is missing."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: "
+                         "pip install -r requirements.txt") from None
+
+
 def summarize(outcomes: Counter) -> str:
     parts = [f"{n} {what}" for what, n in sorted(outcomes.items()) if n]
     return "runs: " + (", ".join(parts) if parts else "none selected")
@@ -284,10 +298,16 @@ def execute(specs: list[RunSpec], args, headline: str, write_report,
     code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
     cfg = specs[0].config
+    if args.tensorboard:
+        check_tensorboard()
     if args.slurm:
         from . import slurm
         slurm.check(args)
-    check_inputs(args.device, cfg)
+        for spec in specs:
+            plan(spec)  # a folder holding other settings: one line now, not a failure per task
+    # Under --slurm the tasks get their own devices (a login node may have no GPU): check the
+    # data only.
+    check_inputs("cpu" if args.slurm else args.device, cfg)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
     if args.slurm:

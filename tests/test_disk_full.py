@@ -105,7 +105,7 @@ def test_after_a_full_disk_the_same_sweep_resumes(tmp_path, monkeypatch):
 def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, capsys):
     specs = [RunSpec(small(), tmp_path / "best_practices" / "fc-tanh" / "seed0")]
     args = argparse.Namespace(device="cpu", out=str(tmp_path), shard=None, jobs=1, quiet=True,
-                              slurm=None)
+                              slurm=None, tensorboard=False)
     write_text = Path.write_text
 
     def report_on_full_disk(path, *args, **kwargs):

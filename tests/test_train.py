@@ -161,6 +161,8 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     (run / "run.lock").write_text("12345 other-node 4242_7\n")
     assert runlog.acquire_lock(run)
     assert (run / "run.lock").read_text().split() == [str(os.getpid()), os.uname().nodename, "4242_7"]
+    # The same job on this node with its process alive (two sweeps in one allocation): busy.
+    assert not runlog.acquire_lock(run)
 
 
 def sweep_cmd(out: Path, *extra: str) -> list[str]:

@@ -133,6 +133,11 @@ def test_a_finished_run_gets_its_events_when_asked_later(tmp_path):
     outcomes = run_sweep([RunSpec(small(epochs=1), run)], device="cpu", quiet=True)
     assert outcomes["skipped"] == 1
     check_events_match_metrics(run)
+    # Extended by a sweep without the flag: the next sweep with it brings the curves up to date.
+    run_sweep([RunSpec(small(epochs=2, tensorboard=False), run)], device="cpu", quiet=True)
+    assert run_sweep([RunSpec(small(epochs=2), run)], device="cpu", quiet=True)["skipped"] == 1
+    check_events_match_metrics(run)
+    assert [s for s, _ in read_events(run)["top1/eval"]] == [0, 1, 2]
 
 
 # -- submitit ---------------------------------------------------------------------------------------
@@ -203,9 +208,14 @@ def test_slurm_submission_script(tmp_path):
     (["--slurm", "local", "--shard", "0/2"], "drop --shard"),
 ])
 def test_slurm_errors_are_one_line(tmp_path, extra, message):
-    result = sweep(tmp_path, *extra)
+    # A PATH without sbatch, so that a cluster login node never submits a real job here.
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh",
+           "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "out"), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_a_plain_sweep_imports_neither_library(tmp_path):
@@ -219,3 +229,19 @@ def test_a_plain_sweep_imports_neither_library(tmp_path):
             "assert 'torch.utils.tensorboard' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_failed_local_task_is_one_line_and_counted(tmp_path, capsys):
+    import functools
+
+    import submitit
+
+    from mltools.slurm import wait
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
+    executor.update_parameters(timeout_min=2)
+    jobs = [executor.submit(functools.partial(os.mkdir, str(tmp_path / "no" / "such" / "dir"))),
+            executor.submit(functools.partial(dict, done=2))]
+    assert wait(jobs) == {"failed": 1, "done": 2}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"task {jobs[0].job_id} failed: FileNotFoundError: [Errno 2]")
+    assert out[1] == "runs: 2 done, 1 failed"
