@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 from . import runlog
+from .cli import UsageError
+from .report import point_label
 
 EVENTS_GLOB = "events.out.tfevents.*"
 # hparams metrics: the scalar tags the HParams tab shows next to each run's settings.
@@ -31,7 +33,7 @@ def scalars(record: dict) -> dict[str, float]:
               "time/epoch_s": record.get("time_s")}
     cos = []
     for a in record.get("alignment") or []:
-        label = f"h{a['point'] + 1}"  # as the reports name the points
+        label = point_label(a["point"])
         values[f"alignment/cos_mean/{label}"] = a.get("cos_mean")
         values[f"alignment/weight_cos/{label}"] = a.get("weight_cos")
         cos.append(a.get("cos_mean"))
@@ -47,17 +49,22 @@ def hparams(settings: dict) -> dict[str, int | float | str | bool]:
             for k, v in sorted(settings.items())}
 
 
+def require() -> None:
+    """UsageError, before any run starts, when the tensorboard package is missing."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: "
+                         "pip install -r requirements.txt") from None
+
+
 class RunBoard:
     """The event file of one run folder: opened with the epochs recorded so far, then one
     :meth:`add` per new epoch."""
 
     def __init__(self, run_dir: Path, settings: dict, records: Iterable[dict] = ()) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            from torch.utils.tensorboard.summary import hparams as hparams_summaries
-        except ImportError as err:
-            raise RuntimeError("--tensorboard needs the tensorboard package: "
-                               "pip install -r requirements.txt") from err
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
         run_dir = Path(run_dir)
         for old in run_dir.glob(EVENTS_GLOB):
             old.unlink()  # rewritten below from metrics.jsonl, the record

@@ -312,9 +312,11 @@ def unconverged(run: Run, record: dict) -> tuple[bool | None, float | None]:
     last = record["epoch"]
     if last <= RISE_SPAN:
         return None, None
-    top1 = {e: number((run.at_epoch(e) or {}).get("eval_top1")) for e in range(last)}
+    # reversed: where an epoch is recorded twice, the first record wins, as in Run.at_epoch
+    top1 = {r["epoch"]: number(r.get("eval_top1")) for r in reversed(run.records)
+            if r["epoch"] < last}
     top1[last] = number(record.get("eval_top1"))
-    recent = [top1[e] for e in range(last - RISE_SPAN + 1, last + 1)]
+    recent = [top1.get(e) for e in range(last - RISE_SPAN + 1, last + 1)]
     before = [v for e, v in top1.items() if e <= last - RISE_SPAN and v is not None]
     if None in recent or not before:
         return None, None

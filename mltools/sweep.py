@@ -258,15 +258,6 @@ def check_inputs(device: str, cfg: RunConfig) -> None:
         raise UsageError(str(err)) from None
 
 
-def check_tensorboard() -> None:
-    """UsageError when --tensorboard cannot be served: the package is missing."""
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package: "
-                         "pip install -r requirements.txt") from None
-
-
 def summarize(outcomes: Counter) -> str:
     parts = [f"{n} {what}" for what, n in sorted(outcomes.items()) if n]
     return "runs: " + (", ".join(parts) if parts else "none selected")
@@ -299,7 +290,8 @@ def execute(specs: list[RunSpec], args, headline: str, write_report,
     """
     cfg = specs[0].config
     if args.tensorboard:
-        check_tensorboard()
+        from .board import require
+        require()
     if args.slurm:
         from . import slurm
         slurm.check(args)

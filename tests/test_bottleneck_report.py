@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
+from fresh_interpreter import run_script
 from mltools.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,15 +203,9 @@ def script(*args, cwd=None):
 
 def test_script_runs_without_torch(sweep, tmp_path):
     results = sweep[0]
-    # runpy in a fresh interpreter: the exit code, and no torch among the imported modules.
-    code = ("import runpy, sys\n"
-            f"sys.argv = ['bottleneck_from_log.py', {str(results)!r}]\n"
-            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as e:\n    code = e.code\n"
-            "assert code == 0, code\n"
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    proc, code, modules = run_script("bottleneck_from_log.py", str(results), report=tmp_path / "run.json")
+    assert code == 0, proc.stderr
+    assert "torch" not in {m.split(".")[0] for m in modules}
     assert f"wrote {results / 'bottleneck' / 'figures'}" in proc.stdout
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fresh_interpreter import run_script
 from mltools import runlog
 from mltools.progress import SweepProgress, format_seconds
 from mltools.sweep import RunSpec, run_sweep
@@ -219,16 +220,13 @@ def test_slurm_errors_are_one_line(tmp_path, extra, message):
 
 
 def test_a_plain_sweep_imports_neither_library(tmp_path):
-    code = ("import runpy, sys\n"
-            "sys.argv = ['best_practices.py', '--experiments', 'fc-tanh', '--seeds', '1', '--epochs', '1',"
-            f" '--train-samples', '64', '--device', 'cpu', '--quiet', '--out', {str(tmp_path)!r}]\n"
-            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "loaded = {m.split('.')[0] for m in sys.modules}\n"
-            "assert not loaded & {'tensorboard', 'submitit', 'tensorboardX'}, loaded\n"
-            "assert 'torch.utils.tensorboard' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    proc, code, modules = run_script(
+        "best_practices.py", "--experiments", "fc-tanh", "--seeds", "1", "--epochs", "1",
+        "--train-samples", "64", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out"),
+        report=tmp_path / "run.json")
+    assert code == 0, proc.stderr
+    assert not {m.split(".")[0] for m in modules} & {"tensorboard", "submitit", "tensorboardX"}
+    assert "torch.utils.tensorboard" not in modules
 
 
 def test_a_failed_local_task_is_one_line_and_counted(tmp_path, capsys):

@@ -1,0 +1,29 @@
+"""Run one of the scripts in a new Python process, as a user would, and see what it imported."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_RUNNER = """import json, runpy, sys
+script, report, *args = sys.argv[1:]
+sys.argv = [script, *args]
+try:
+    runpy.run_path(script, run_name='__main__')
+    code = 0
+except SystemExit as e:
+    code = e.code
+with open(report, 'w') as f:
+    json.dump({'code': code, 'modules': sorted(sys.modules)}, f)
+"""
+
+
+def run_script(script: str, *args: str, report: Path) -> tuple[subprocess.CompletedProcess, int, set[str]]:
+    """``python ROOT/script args`` through runpy in a fresh interpreter (cwd ROOT); returns the
+    process, the script's exit code and the names of every module loaded by then."""
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(ROOT / script), str(report), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(Path(report).read_text())
+    return proc, result["code"], set(result["modules"])
