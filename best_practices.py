@@ -1,11 +1,12 @@
 """Sections 3 and 4 of the paper: DFA best practices, as one sweep of runs and one report.
 
-    python best_practices.py                       # quick preset on the embedded digits data
-    python best_practices.py --preset paper --data-dir data --download   # the paper, CIFAR-10
-    python best_practices.py --list                # experiments and their settings
-    python best_practices.py --group methods       # FA, sign, DRTP, shallow next to DFA and BP
-    python best_practices.py --report-only         # report and figures from saved runs
+python best_practices.py                       # quick preset on the embedded digits data
+python best_practices.py --preset paper --data-dir data --download   # the paper, CIFAR-10
+python best_practices.py --list                # experiments and their settings
+python best_practices.py --group methods       # FA, sign, DRTP, shallow next to DFA and BP
+python best_practices.py --report-only         # report and figures from saved runs
 """
+
 from __future__ import annotations
 
 import shlex
@@ -18,23 +19,39 @@ PROG = "best_practices.py"
 
 
 def parse_args():
-    parser = cli.ArgumentParser(prog=PROG, description="The paper's best-practices tables (DFA on FC and CNN).")
-    parser.add_argument("--experiments", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
-                        help="experiments to run (default: the paper's, marked * in --list); "
-                             "see --list")
-    parser.add_argument("--group", nargs="+", choices=list(GROUPS), default=[], metavar="GROUP",
-                        help=f"also run every experiment of these figure groups "
-                             f"({', '.join(GROUPS)}); 'methods' runs fc-/conv- fa, sign, drtp "
-                             "and shallow next to tanh DFA and BP")
+    parser = cli.ArgumentParser(
+        prog=PROG, description="The paper's best-practices tables (DFA on FC and CNN)."
+    )
+    parser.add_argument(
+        "--experiments",
+        nargs="+",
+        metavar="NAME",
+        choices=list(EXPERIMENTS),
+        help="experiments to run (default: the paper's, marked * in --list); see --list",
+    )
+    parser.add_argument(
+        "--group",
+        nargs="+",
+        choices=list(GROUPS),
+        default=[],
+        metavar="GROUP",
+        help=f"also run every experiment of these figure groups "
+        f"({', '.join(GROUPS)}); 'methods' runs fc-/conv- fa, sign, drtp "
+        "and shallow next to tanh DFA and BP",
+    )
     parser.add_argument("--list", action="store_true", help="list experiments and exit")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the report and figures from saved runs, no training")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report and figures from saved runs, no training",
+    )
     cli.add_sweep_arguments(parser)
     return parser.parse_args()
 
 
 def list_experiments() -> None:
     from mltools.train import RunConfig
+
     base = RunConfig()
     print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
     for name, (text, changes) in EXPERIMENTS.items():
@@ -44,10 +61,16 @@ def list_experiments() -> None:
     for group, names in GROUPS.items():
         print(f"group {group}: {' '.join(names)}")
     for preset, p in BEST_PRACTICES_PRESETS.items():
-        samples = f"first {p.train_samples} training samples" if p.train_samples else "all training samples"
-        print(f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
-              f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode, {samples}, "
-              f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}")
+        samples = (
+            f"first {p.train_samples} training samples"
+            if p.train_samples
+            else "all training samples"
+        )
+        print(
+            f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
+            f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode, {samples}, "
+            f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}"
+        )
 
 
 def chosen_experiments(args) -> list[str]:
@@ -64,6 +87,7 @@ def main() -> int:
         list_experiments()
         return 0
     from mltools.report import write_best_practices_report
+
     out = Path(args.out)
     if args.report_only:
         if not (out / "best_practices").is_dir():
@@ -73,13 +97,25 @@ def main() -> int:
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     from mltools import sweep
     from mltools.train import RunConfig
+
     shared = sweep.shared_settings(settings, args)
-    specs = [sweep.RunSpec(RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
-                           out / "best_practices" / name / f"seed{seed}")
-             for name in chosen_experiments(args) for seed in range(settings["seeds"])]
-    headline = (f"{sweep.describe(settings)} -> {out / 'best_practices'}")
-    return sweep.execute(specs, args, headline, write_best_practices_report,
-                         f"python {PROG} --report-only --out {shlex.quote(str(out))}")
+    specs = [
+        sweep.RunSpec(
+            RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
+            out / "best_practices" / name / f"seed{seed}",
+        )
+        for name in chosen_experiments(args)
+        for seed in range(settings["seeds"])
+    ]
+    headline = f"{sweep.describe(settings)} -> {out / 'best_practices'}"
+    return sweep.execute(
+        specs,
+        args,
+        headline,
+        write_best_practices_report,
+        f"python {PROG} --report-only --out {shlex.quote(str(out))}",
+    )
+
 
 if __name__ == "__main__":
     cli.run_main(main, PROG)

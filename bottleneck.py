@@ -5,6 +5,7 @@ standard initialization and with PAI, then the figures and table of bottleneck_f
     python bottleneck.py --methods dfa fa shallow   # one curve per learning-signal method
     python bottleneck.py --preset paper --data-dir data --download   # the paper, CIFAR-10
 """
+
 from __future__ import annotations
 
 import shlex
@@ -17,19 +18,41 @@ PROG = "bottleneck.py"
 
 
 def parse_args():
-    parser = cli.ArgumentParser(prog=PROG, description="The bottleneck effect: alignment vs layer size.")
-    parser.add_argument("--sizes", nargs="+", type=cli.positive_int, metavar="B",
-                        help="bottleneck sizes (default: the preset's)")
-    parser.add_argument("--init", nargs="+", choices=["std", "pai"], default=None,
-                        help="initializations (default: both; PAI only for dfa, the method it "
-                             "pre-aligns to)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["dfa"], metavar="METHOD",
-                        help=f"learning-signal methods, a sweep each ({', '.join(METHODS)}; "
-                             "default dfa)")
-    parser.add_argument("--mode", choices=["mask", "width"], default="mask",
-                        help="mask: a full-width layer with a fraction size/width of trainable "
-                             "entries (the paper); width: a genuinely narrow layer")
-    parser.add_argument("--width", type=cli.positive_int, default=800, help="network width (default 800)")
+    parser = cli.ArgumentParser(
+        prog=PROG, description="The bottleneck effect: alignment vs layer size."
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=cli.positive_int,
+        metavar="B",
+        help="bottleneck sizes (default: the preset's)",
+    )
+    parser.add_argument(
+        "--init",
+        nargs="+",
+        choices=["std", "pai"],
+        default=None,
+        help="initializations (default: both; PAI only for dfa, the method it pre-aligns to)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["dfa"],
+        metavar="METHOD",
+        help=f"learning-signal methods, a sweep each ({', '.join(METHODS)}; default dfa)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["mask", "width"],
+        default="mask",
+        help="mask: a full-width layer with a fraction size/width of trainable "
+        "entries (the paper); width: a genuinely narrow layer",
+    )
+    parser.add_argument(
+        "--width", type=cli.positive_int, default=800, help="network width (default 800)"
+    )
     cli.add_sweep_arguments(parser)
     return parser.parse_args()
 
@@ -37,8 +60,9 @@ def parse_args():
 def main() -> int:
     args = parse_args()
     settings = cli.resolve_preset(args, BOTTLENECK_PRESETS, PROG)
-    sizes = args.sizes or [b for b in BOTTLENECK_PRESETS[settings["preset"]].bottleneck_sizes
-                           if b <= args.width]
+    sizes = args.sizes or [
+        b for b in BOTTLENECK_PRESETS[settings["preset"]].bottleneck_sizes if b <= args.width
+    ]
     bad = [b for b in sizes if b > args.width]
     if bad:
         raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
@@ -47,20 +71,41 @@ def main() -> int:
     from mltools import sweep
     from mltools.bottleneck_report import write_bottleneck_report
     from mltools.train import RunConfig
+
     shared = sweep.shared_settings(settings, args)
     specs = []
     for method, init in cells:
         for size in sizes:
             name = run_name(method, args.mode, init, size)
-            specs += [sweep.RunSpec(RunConfig(experiment=name, arch="bottleneck", method=method,
-                                              bottleneck_size=size, bottleneck_mode=args.mode,
-                                              width=args.width, init=init, seed=seed, **shared),
-                                    out / "bottleneck" / name / f"seed{seed}")
-                      for seed in range(settings["seeds"])]
-    headline = (f"{sweep.describe(settings)}, sizes {sizes}, "
-                f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode -> {out / 'bottleneck'}")
-    return sweep.execute(specs, args, headline, write_bottleneck_report,
-                         f"python bottleneck_from_log.py {shlex.quote(str(out))}")
+            specs += [
+                sweep.RunSpec(
+                    RunConfig(
+                        experiment=name,
+                        arch="bottleneck",
+                        method=method,
+                        bottleneck_size=size,
+                        bottleneck_mode=args.mode,
+                        width=args.width,
+                        init=init,
+                        seed=seed,
+                        **shared,
+                    ),
+                    out / "bottleneck" / name / f"seed{seed}",
+                )
+                for seed in range(settings["seeds"])
+            ]
+    headline = (
+        f"{sweep.describe(settings)}, sizes {sizes}, "
+        f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode -> {out / 'bottleneck'}"
+    )
+    return sweep.execute(
+        specs,
+        args,
+        headline,
+        write_bottleneck_report,
+        f"python bottleneck_from_log.py {shlex.quote(str(out))}",
+    )
+
 
 def sweep_cells(methods: list[str], inits: list[str] | None) -> list[tuple[str, str]]:
     """(method, init) pairs to sweep. PAI pre-aligns the forward weights with DFA's feedback
@@ -71,8 +116,10 @@ def sweep_cells(methods: list[str], inits: list[str] | None) -> list[tuple[str, 
     cells = [(m, i) for m in methods for i in wanted if i == "std" or m == "dfa"]
     orphans = [m for m in methods if not any(cm == m for cm, _ in cells)]
     if orphans:
-        raise cli.UsageError(f"--init pai pairs with dfa only (PAI pre-aligns to DFA's feedback); "
-                             f"add --init std to run {' '.join(orphans)}")
+        raise cli.UsageError(
+            f"--init pai pairs with dfa only (PAI pre-aligns to DFA's feedback); "
+            f"add --init std to run {' '.join(orphans)}"
+        )
     return cells
 
 

@@ -8,32 +8,60 @@ Run folders whose metrics.jsonl is lost are read from metrics.recovered.jsonl (l
 Outputs go to RESULTS_DIR/bottleneck/figures/, or RESULTS_DIR/bottleneck/figures-recovered/ for
 --recovered (a 2019 log, JSON from log_retrieval.py; one run per size, in order).
 """
+
 from pathlib import Path
 
-from mltools.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
 from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
+from mltools.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
 
 
 def main() -> int:
     parser = ArgumentParser(description="Bottleneck figures and table from saved runs or logs.")
-    parser.add_argument("results", nargs="?", type=Path, default=Path("results"), metavar="RESULTS_DIR",
-                        help="results folder holding bottleneck/ (default: results)")
-    parser.add_argument("--epoch", type=non_negative_int, default=None,
-                        help="epoch to report (default: each run's last)")
-    parser.add_argument("--recovered", type=Path, default=None, metavar="FILE",
-                        help="JSON written by log_retrieval.py from a 2019-code log")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None, metavar="B",
-                        help="bottleneck size of each recovered run, in order")
-    parser.add_argument("--module", type=non_negative_int, default=None, metavar="INDEX",
-                        help="index of the bottleneck module in the 2019 log "
-                             "(default: the second Linear module)")
+    parser.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        default=Path("results"),
+        metavar="RESULTS_DIR",
+        help="results folder holding bottleneck/ (default: results)",
+    )
+    parser.add_argument(
+        "--epoch",
+        type=non_negative_int,
+        default=None,
+        help="epoch to report (default: each run's last)",
+    )
+    parser.add_argument(
+        "--recovered",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON written by log_retrieval.py from a 2019-code log",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        metavar="B",
+        help="bottleneck size of each recovered run, in order",
+    )
+    parser.add_argument(
+        "--module",
+        type=non_negative_int,
+        default=None,
+        metavar="INDEX",
+        help="index of the bottleneck module in the 2019 log (default: the second Linear module)",
+    )
     args = parser.parse_args()
     try:
         folder = report(args)
     except OSError as err:  # e.g. a read-only results folder
         raise UsageError(f"cannot write {err.filename}: {err.strerror}") from None
-    print(f"wrote {folder}/: bottleneck_table.md, bottleneck_table.csv, alignment_vs_size.png, "
-          "accuracy_vs_size.png")
+    print(
+        f"wrote {folder}/: bottleneck_table.md, bottleneck_table.csv, alignment_vs_size.png, "
+        "accuracy_vs_size.png"
+    )
     return 0
 
 
@@ -50,8 +78,12 @@ def report(args) -> Path:
     if not args.recovered.is_file():
         raise UsageError(f"recovered log {args.recovered} does not exist")
     return write_recovered_bottleneck_report(
-        args.recovered, args.sizes, args.results / "bottleneck" / "figures-recovered",
-        args.epoch, args.module)
+        args.recovered,
+        args.sizes,
+        args.results / "bottleneck" / "figures-recovered",
+        args.epoch,
+        args.module,
+    )
 
 
 if __name__ == "__main__":

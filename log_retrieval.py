@@ -10,6 +10,7 @@ stderr. The 2019 code's progress and set-up lines are known and skipped silently
 that are no record are summarised (the first few and a count), in full with ``--verbose``.
 Exit code 1 when a path gave no epoch, 2 on bad arguments. No torch needed.
 """
+
 from pathlib import Path
 
 from mltools.cli import ArgumentParser, run_main
@@ -17,14 +18,30 @@ from mltools.retrieval import retrieve
 
 
 def main() -> int:
-    parser = ArgumentParser(description="Rebuild per-epoch metrics from run logs (ours or 2019-format).")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="run folder holding log.txt, a log.txt, or a 2019-code log file")
-    parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output file (one PATH only); default metrics.recovered.jsonl beside "
-                             "our log, <file>.recovered.json for a 2019 log")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="list every unrecognised line (default: the first few and a count)")
+    parser = ArgumentParser(
+        description="Rebuild per-epoch metrics from run logs (ours or 2019-format)."
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="run folder holding log.txt, a log.txt, or a 2019-code log file",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (one PATH only); default metrics.recovered.jsonl beside "
+        "our log, <file>.recovered.json for a 2019 log",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="list every unrecognised line (default: the first few and a count)",
+    )
     args = parser.parse_args()
     return retrieve(args.paths, args.out, verbose=args.verbose)
 

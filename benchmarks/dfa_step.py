@@ -9,6 +9,7 @@ data.
     python benchmarks/dfa_step.py --device cpu
     python benchmarks/dfa_step.py --device cpu --methods dfa bp --models fc --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def step_time(model, opt, x, y, device) -> float:
     return time.perf_counter() - start
 
 
-def bench(name: str, net, methods: list[str], device, batch: int, steps: int,
-          warmup: int) -> dict[str, float]:
+def bench(
+    name: str, net, methods: list[str], device, batch: int, steps: int, warmup: int
+) -> dict[str, float]:
     """Median step time of each method, seconds; prints a table row per method."""
     trained = {m: dfatools.to_method(net, m, 10).to(device) for m in methods}
     opts = {m: torch.optim.SGD(model.parameters(), lr=5e-4) for m, model in trained.items()}
@@ -69,25 +71,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["fc", "cnn"], choices=["fc", "cnn"])
-    parser.add_argument("--methods", nargs="+", default=list(dfatools.METHODS),
-                        choices=dfatools.METHODS, help="methods to time (default: all; the "
-                        "ratio column needs bp)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: torch's); 1 is steadier on a busy machine, "
-                             "where every multi-threaded op can wait a time slice for a thread")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(dfatools.METHODS),
+        choices=dfatools.METHODS,
+        help="methods to time (default: all; the ratio column needs bp)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: torch's); 1 is steadier on a busy machine, "
+        "where every multi-threaded op can wait a time slice for a thread",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch_size}, median of {args.steps} interleaved steps per method\n")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch_size}, median of {args.steps} interleaved steps per method\n"
+    )
     print("| model | method | step (ms) | ratio to BP |\n|---|---|---|---|")
     shape = (3, 32, 32)
     builders = {"fc": lambda: models.fc(shape, 10), "cnn": lambda: models.cnn(shape, 10)}
     for name in args.models:
-        bench(name, builders[name](), args.methods, device, args.batch_size, args.steps,
-              args.warmup)
+        bench(
+            name, builders[name](), args.methods, device, args.batch_size, args.steps, args.warmup
+        )
 
 
 if __name__ == "__main__":

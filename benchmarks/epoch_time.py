@@ -11,6 +11,7 @@ Rows are repeated interleaved and the medians reported, with each row's ratio to
 
     python benchmarks/epoch_time.py --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def plain_epoch(net, opt, x, y, xe, device, gen) -> None:
     net.eval()
     with torch.no_grad():
         for start in range(0, len(xe), EVAL_BATCH):
-            net(xe[start:start + EVAL_BATCH])
+            net(xe[start : start + EVAL_BATCH])
 
 
 def loader_epoch(net, opt, train_loader, eval_loader, device) -> None:
@@ -88,10 +89,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_arch(arch: str, device: torch.device, samples: int, eval_samples: int | None,
-               repeats: int, warmup: int, workdir: Path) -> list[dict]:
-    base = RunConfig(experiment=f"bench-{arch}", dataset="synthetic", arch=arch, epochs=warmup + repeats,
-                     batch_size=BATCH, lr=5e-4, train_samples=samples, eval_samples=eval_samples)
+def bench_arch(
+    arch: str,
+    device: torch.device,
+    samples: int,
+    eval_samples: int | None,
+    repeats: int,
+    warmup: int,
+    workdir: Path,
+) -> list[dict]:
+    base = RunConfig(
+        experiment=f"bench-{arch}",
+        dataset="synthetic",
+        arch=arch,
+        epochs=warmup + repeats,
+        batch_size=BATCH,
+        lr=5e-4,
+        train_samples=samples,
+        eval_samples=eval_samples,
+    )
     data = get_data(base, device)
     shape, k = data.input_shape, data.num_classes
     build = (lambda: models.fc(shape, k)) if arch == "fc" else (lambda: models.cnn(shape, k))
@@ -102,13 +118,21 @@ def bench_arch(arch: str, device: torch.device, samples: int, eval_samples: int 
 
     # The 2019 data path starts from the same images as uint8, unnormalized.
     mean, std = NORMALIZATION["cifar10"]
-    to_uint8 = lambda x: (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-                          ).clamp(0, 1).mul(255).byte().permute(0, 2, 3, 1).numpy()
+    to_uint8 = lambda x: (
+        (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1))
+        .clamp(0, 1)
+        .mul(255)
+        .byte()
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     train_set = UInt8Images(to_uint8(data.x_train), data.y_train.cpu().numpy(), tf)
     eval_set = UInt8Images(to_uint8(data.x_eval), data.y_eval.cpu().numpy(), tf)
-    loaders = (DataLoader(train_set, batch_size=BATCH, shuffle=True),
-               DataLoader(eval_set, batch_size=EVAL_BATCH))
+    loaders = (
+        DataLoader(train_set, batch_size=BATCH, shuffle=True),
+        DataLoader(eval_set, batch_size=EVAL_BATCH),
+    )
     torch.manual_seed(0)
     legacy = build().to(device)
     legacy_opt = torch.optim.SGD(legacy.parameters(), lr=5e-4)
@@ -122,9 +146,12 @@ def bench_arch(arch: str, device: torch.device, samples: int, eval_samples: int 
         trainers[method].start()
 
     rows = {
-        "1. plain PyTorch loop (BP)": lambda e: plain_epoch(plain, plain_opt, data.x_train, data.y_train,
-                                                           data.x_eval, device, gen),
-        "2. 2019-style DataLoader (BP)": lambda e: loader_epoch(legacy, legacy_opt, *loaders, device),
+        "1. plain PyTorch loop (BP)": lambda e: plain_epoch(
+            plain, plain_opt, data.x_train, data.y_train, data.x_eval, device, gen
+        ),
+        "2. 2019-style DataLoader (BP)": lambda e: loader_epoch(
+            legacy, legacy_opt, *loaders, device
+        ),
         "3. our trainer, BP": lambda e: trainers["bp"].epoch(e),
         "4. our trainer, DFA + alignment": lambda e: trainers["dfa"].epoch(e),
     }
@@ -146,9 +173,17 @@ def bench_arch(arch: str, device: torch.device, samples: int, eval_samples: int 
             peaks[name] = max(peaks[name], peak_memory_mb(device))
             print(f"  {arch} repeat {rep}: {name}: {times[name][-1]:.2f}s", flush=True)
     floor = statistics.median(times[next(iter(rows))])
-    return [{"arch": arch, "row": name, "median_s": statistics.median(t), "times_s": t,
-             "ratio": statistics.median(t) / floor, "peak_mb": peaks[name]}
-            for name, t in times.items()]
+    return [
+        {
+            "arch": arch,
+            "row": name,
+            "median_s": statistics.median(t),
+            "times_s": t,
+            "ratio": statistics.median(t) / floor,
+            "peak_mb": peaks[name],
+        }
+        for name, t in times.items()
+    ]
 
 
 def main() -> None:
@@ -157,30 +192,48 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="interleaved repeats of each row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each row first")
     parser.add_argument("--samples", type=int, default=50000, help="training samples per epoch")
-    parser.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES,
-                        help="evaluation samples per epoch (at most 10000)")
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        default=EVAL_SAMPLES,
+        help="evaluation samples per epoch (at most 10000)",
+    )
     parser.add_argument("--archs", nargs="+", default=["fc", "cnn"], choices=["fc", "cnn"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{args.samples} train + {args.eval_samples} eval samples, batch {BATCH}, median of {args.epochs}",
-          flush=True)
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.samples} train + {args.eval_samples} eval samples, batch {BATCH}, median of {args.epochs}",
+        flush=True,
+    )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
-            results += bench_arch(arch, device, args.samples, args.eval_samples, args.epochs,
-                                  args.warmup, Path(tmp))
+            results += bench_arch(
+                arch, device, args.samples, args.eval_samples, args.epochs, args.warmup, Path(tmp)
+            )
     peak_label = "peak GPU MiB" if device.type == "cuda" else "process peak RSS MiB"
     print(f"\n| model | row | epoch (s) | ratio to row 1 | {peak_label} |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['arch']} | {r['row']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {r['peak_mb']:.0f} |")
+        print(
+            f"| {r['arch']} | {r['row']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {r['peak_mb']:.0f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "device_name": name,
-                                         "torch": torch.__version__, "samples": args.samples,
-                                         "eval_samples": args.eval_samples, "results": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": str(device),
+                    "device_name": name,
+                    "torch": torch.__version__,
+                    "samples": args.samples,
+                    "eval_samples": args.eval_samples,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ ones scaled as the FC ones scale. No torch here.
     python benchmarks/study_estimate.py --fixed 9.1 --slice 1 DIR1 40.2 --slice 4 DIR4 25.3 \\
         --bottleneck DIRB --markdown estimate.md --json estimate.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mltools import runlog
-from mltools.experiments import (BEST_PRACTICES_PRESETS, BOTTLENECK_PRESETS, DEFAULT_EXPERIMENTS,
-                                 EXPERIMENTS)
+from mltools.experiments import (
+    BEST_PRACTICES_PRESETS,
+    BOTTLENECK_PRESETS,
+    DEFAULT_EXPERIMENTS,
+    EXPERIMENTS,
+)
 
 NOT_PAPER_ROWS = ("conv-tanh-2019",)  # the 2019 code's CNN placement, not a row of the paper
-BOTTLENECK_INITS = ("std", "pai")     # bottleneck.py's default --init
+BOTTLENECK_INITS = ("std", "pai")  # bottleneck.py's default --init
 FULL_TRAIN_SET, FULL_EVAL_SET = 50_000, 10_000  # synthetic and CIFAR-10 alike
 
 
 @dataclass
 class Slice:
     """One timed sweep: its ``--jobs``, wall time and runs as read back."""
+
     jobs: int
     wall_s: float
     runs: list[runlog.Run]
@@ -63,6 +69,7 @@ class Slice:
 @dataclass
 class Sweep:
     """A sweep of the study: how many runs of each architecture, and their epochs."""
+
     label: str
     runs: dict[str, int]
     epochs: int
@@ -82,8 +89,11 @@ def epoch_times(runs: list[runlog.Run]) -> dict[str, tuple[float, float]]:
         arch = run.config["arch"]
         for r in run.records:
             (first if r["epoch"] == 0 else later).setdefault(arch, []).append(r["time_s"])
-    return {arch: (statistics.median(first[arch]), statistics.median(later[arch]))
-            for arch in later if arch in first}
+    return {
+        arch: (statistics.median(first[arch]), statistics.median(later[arch]))
+        for arch in later
+        if arch in first
+    }
 
 
 def overhead_per_epoch(serial: Slice, fixed_s: float) -> float:
@@ -117,15 +127,22 @@ def study() -> list[Sweep]:
     paper_rows = [name for name in DEFAULT_EXPERIMENTS if name not in NOT_PAPER_ROWS]
     bottleneck_runs = len(bn.bottleneck_sizes) * len(BOTTLENECK_INITS) * bn.seeds
     return [
-        Sweep(f"best_practices.py, the paper's {len(paper_rows)} rows", count(paper_rows), bp.epochs),
-        Sweep(f"best_practices.py, its default {len(DEFAULT_EXPERIMENTS)} experiments",
-              count(DEFAULT_EXPERIMENTS), bp.epochs),
+        Sweep(
+            f"best_practices.py, the paper's {len(paper_rows)} rows", count(paper_rows), bp.epochs
+        ),
+        Sweep(
+            f"best_practices.py, its default {len(DEFAULT_EXPERIMENTS)} experiments",
+            count(DEFAULT_EXPERIMENTS),
+            bp.epochs,
+        ),
         Sweep("bottleneck.py", {"bottleneck": bottleneck_runs}, bn.epochs),
     ]
 
 
 def estimate_s(sweep: Sweep, times: dict, k: float, fixed_s: float, jobs: int) -> float:
-    per_run = {arch: t0 + sweep.epochs * t + (sweep.epochs + 1) * k for arch, (t0, t) in times.items()}
+    per_run = {
+        arch: t0 + sweep.epochs * t + (sweep.epochs + 1) * k for arch, (t0, t) in times.items()
+    }
     return fixed_s + sum(n * per_run[arch] for arch, n in sweep.runs.items()) / jobs
 
 
@@ -136,10 +153,14 @@ def hours(seconds: float) -> str:
 def describe(runs: list[runlog.Run]) -> dict:
     """Where and at what size the slices ran, from a run's config.json."""
     config = runs[0].config
-    return {"device": config.get("device"), "device_name": config.get("device_name"),
-            "torch": config.get("versions", {}).get("torch"), "dataset": config.get("dataset"),
-            "train_samples": config.get("train_samples") or FULL_TRAIN_SET,
-            "eval_samples": config.get("eval_samples") or FULL_EVAL_SET}
+    return {
+        "device": config.get("device"),
+        "device_name": config.get("device_name"),
+        "torch": config.get("versions", {}).get("torch"),
+        "dataset": config.get("dataset"),
+        "train_samples": config.get("train_samples") or FULL_TRAIN_SET,
+        "eval_samples": config.get("eval_samples") or FULL_EVAL_SET,
+    }
 
 
 def compute(slices: list[Slice], fixed_s: float, bottleneck: list[runlog.Run]) -> dict:
@@ -152,7 +173,9 @@ def compute(slices: list[Slice], fixed_s: float, bottleneck: list[runlog.Run]) -
     bottleneck_times = epoch_times(bottleneck).get("bottleneck")
     missing = [a for a in ("fc", "cnn") if a not in serial_times]
     if missing or bottleneck_times is None:
-        raise ValueError(f"no finished epochs for {missing or ['bottleneck']}: see the slices' logs")
+        raise ValueError(
+            f"no finished epochs for {missing or ['bottleneck']}: see the slices' logs"
+        )
     per_jobs, incomplete = {}, []
     for part in slices:
         times = epoch_times(part.runs)
@@ -162,12 +185,19 @@ def compute(slices: list[Slice], fixed_s: float, bottleneck: list[runlog.Run]) -
         times = with_bottleneck(times, serial_times, bottleneck_times)
         fixed = fixed_cost(part, fixed_s, k)
         per_jobs[part.jobs] = {
-            "wall_s": part.wall_s, "fixed_s": fixed,
+            "wall_s": part.wall_s,
+            "fixed_s": fixed,
             "epoch_s": {arch: {"epoch0": t0, "epoch": t} for arch, (t0, t) in times.items()},
             "estimate_s": {sw.label: estimate_s(sw, times, k, fixed, part.jobs) for sw in study()},
         }
-    return {"setup": describe(serial.runs), "fixed_s": fixed_s, "overhead_per_epoch_s": k,
-            "sweeps": [vars(sw) for sw in study()], "jobs": per_jobs, "incomplete_jobs": incomplete}
+    return {
+        "setup": describe(serial.runs),
+        "fixed_s": fixed_s,
+        "overhead_per_epoch_s": k,
+        "sweeps": [vars(sw) for sw in study()],
+        "jobs": per_jobs,
+        "incomplete_jobs": incomplete,
+    }
 
 
 def markdown(result: dict) -> str:
@@ -182,33 +212,57 @@ def markdown(result: dict) -> str:
         f"{setup['eval_samples']} evaluated, batch 128.",
     ]
     if (setup["train_samples"], setup["eval_samples"]) != (FULL_TRAIN_SET, FULL_EVAL_SET):
-        lines.append(f"**Shrunk sizes (`--small`): the figures below are for those epochs, not the "
-                     f"paper's {FULL_TRAIN_SET} + {FULL_EVAL_SET} samples; they check the pipeline, "
-                     "they do not estimate the paper study.**")
+        lines.append(
+            f"**Shrunk sizes (`--small`): the figures below are for those epochs, not the "
+            f"paper's {FULL_TRAIN_SET} + {FULL_EVAL_SET} samples; they check the pipeline, "
+            "they do not estimate the paper study.**"
+        )
     lines += ["", "| --jobs | net | epoch 0 (s) | training epoch (s) |", "|---|---|---|---|"]
     for n in jobs:
         for arch, t in result["jobs"][n]["epoch_s"].items():
             lines.append(f"| {n} | {arch} | {t['epoch0']:.2f} | {t['epoch']:.2f} |")
-    lines += ["", f"Per sweep: fixed cost F = {result['fixed_s']:.1f} s (a sweep with nothing to "
-              f"train); with workers: " + ", ".join(f"--jobs {n}: {result['jobs'][n]['fixed_s']:.1f} s"
-                                                    for n in jobs)
-              + f". Per epoch outside its timed part (checkpoint, logs): k = "
-              f"{result['overhead_per_epoch_s']:.3f} s.", ""]
-    lines += ["| sweep | runs x epochs | " + " | ".join(f"--jobs {n}" for n in jobs) + " | best |",
-              "|---|---|" + "---|" * (len(jobs) + 1)]
+    lines += [
+        "",
+        f"Per sweep: fixed cost F = {result['fixed_s']:.1f} s (a sweep with nothing to "
+        f"train); with workers: "
+        + ", ".join(f"--jobs {n}: {result['jobs'][n]['fixed_s']:.1f} s" for n in jobs)
+        + f". Per epoch outside its timed part (checkpoint, logs): k = "
+        f"{result['overhead_per_epoch_s']:.3f} s.",
+        "",
+    ]
+    lines += [
+        "| sweep | runs x epochs | " + " | ".join(f"--jobs {n}" for n in jobs) + " | best |",
+        "|---|---|" + "---|" * (len(jobs) + 1),
+    ]
     for sweep in sweeps:
-        lines.append(row(sweep["label"], f"{sum(sweep['runs'].values())} x {sweep['epochs']}",
-                         [result["jobs"][n]["estimate_s"][sweep["label"]] for n in jobs], jobs))
+        lines.append(
+            row(
+                sweep["label"],
+                f"{sum(sweep['runs'].values())} x {sweep['epochs']}",
+                [result["jobs"][n]["estimate_s"][sweep["label"]] for n in jobs],
+                jobs,
+            )
+        )
     paper, bottleneck = sweeps[0], sweeps[2]
-    totals = [sum(result["jobs"][n]["estimate_s"][s["label"]] for s in (paper, bottleneck)) for n in jobs]
-    lines.append(row("the paper study: the paper's rows, then the bottleneck sweep",
-                     f"{sum(paper['runs'].values())} + {sum(bottleneck['runs'].values())} runs",
-                     totals, jobs))
-    lines += ["", "How: wall(sweep, N) = F_N + sum over runs (t0[net] + E x t[net] + (E + 1) x k) / N, "
-              "with t0 and t the median epoch-0 and training-epoch `time_s` of the --jobs N slice "
-              "(measured under that contention), E the preset's epochs, and the bottleneck net's "
-              "--jobs N times scaled from --jobs 1 as the FC net's. Only the --jobs values measured "
-              "are compared."]
+    totals = [
+        sum(result["jobs"][n]["estimate_s"][s["label"]] for s in (paper, bottleneck)) for n in jobs
+    ]
+    lines.append(
+        row(
+            "the paper study: the paper's rows, then the bottleneck sweep",
+            f"{sum(paper['runs'].values())} + {sum(bottleneck['runs'].values())} runs",
+            totals,
+            jobs,
+        )
+    )
+    lines += [
+        "",
+        "How: wall(sweep, N) = F_N + sum over runs (t0[net] + E x t[net] + (E + 1) x k) / N, "
+        "with t0 and t the median epoch-0 and training-epoch `time_s` of the --jobs N slice "
+        "(measured under that contention), E the preset's epochs, and the bottleneck net's "
+        "--jobs N times scaled from --jobs 1 as the FC net's. Only the --jobs values measured "
+        "are compared.",
+    ]
     if result["incomplete_jobs"]:
         lines.append(f"Left out, their slices did not finish: --jobs {result['incomplete_jobs']}.")
     lines.append("")
@@ -227,17 +281,33 @@ def parse_slice(values: list[str]) -> tuple[int, Path, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slice", nargs=3, action="append", required=True,
-                        metavar=("JOBS", "OUT", "WALL_S"),
-                        help="a best_practices.py slice: its --jobs, --out folder and wall time")
-    parser.add_argument("--bottleneck", type=Path, required=True, metavar="OUT",
-                        help="the --out folder of the bottleneck.py slice (--jobs 1)")
-    parser.add_argument("--fixed", type=float, required=True,
-                        help="wall time of a sweep with nothing left to train (seconds)")
+    parser.add_argument(
+        "--slice",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("JOBS", "OUT", "WALL_S"),
+        help="a best_practices.py slice: its --jobs, --out folder and wall time",
+    )
+    parser.add_argument(
+        "--bottleneck",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="the --out folder of the bottleneck.py slice (--jobs 1)",
+    )
+    parser.add_argument(
+        "--fixed",
+        type=float,
+        required=True,
+        help="wall time of a sweep with nothing left to train (seconds)",
+    )
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    slices = [Slice(jobs, wall, read_runs(folder)) for jobs, folder, wall in map(parse_slice, args.slice)]
+    slices = [
+        Slice(jobs, wall, read_runs(folder)) for jobs, folder, wall in map(parse_slice, args.slice)
+    ]
     try:
         result = compute(slices, args.fixed, read_runs(args.bottleneck))
     except ValueError as err:

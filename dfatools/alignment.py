@@ -1,4 +1,5 @@
 """Alignment between a method's learning signals and true gradients (DESIGN.md 3 and 7)."""
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ class Alignment:
     of the samples whose cosine is undefined (a zero norm, e.g. an output error of exactly 0
     once the softmax saturates) and therefore counted as 0 in ``cos_mean``.
     """
+
     point: int
     name: str
     cos_mean: float
@@ -46,7 +48,9 @@ def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, t
     denom = a.norm(dim=1) * b.norm(dim=1)
     dot = (a * b).sum(dim=1)
     defined = denom > 0
-    cos = torch.where(defined, dot / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(dot))
+    cos = torch.where(
+        defined, dot / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(dot)
+    )
     return cos, ~defined
 
 
@@ -58,8 +62,9 @@ def _flat_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float((va @ vb) / denom) if denom > 0 else 0.0
 
 
-def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      loss_fn: LossFn = F.cross_entropy) -> list[Alignment]:
+def measure_alignment(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy
+) -> list[Alignment]:
     """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in forward order.
 
     The signal compared with the true gradient is the one the model's method delivers at
@@ -87,33 +92,44 @@ def measure_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             weights = [[layer.weight for layer in t.below] for t in traces]
             flat_w = [w for ws in weights for w in ws]
             grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
-            grad_y, grad_h, grad_w = grads[0], grads[1:1 + len(hs)], list(grads[1 + len(hs):])
+            grad_y, grad_h, grad_w = grads[0], grads[1 : 1 + len(hs)], list(grads[1 + len(hs) :])
             n = out.shape[0]
             if not through_layers:
                 signals = node.learning_signals(grad_y, y, shapes)
-                method_w = [list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True))
-                            if ws else [] for h, s, ws in zip(hs, signals, weights)]
+                method_w = [
+                    list(torch.autograd.grad(h, ws, grad_outputs=s, retain_graph=True))
+                    if ws
+                    else []
+                    for h, s, ws in zip(hs, signals, weights)
+                ]
         if through_layers:  # outside exact_layers: the model's own backward
             signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
         results = []
         for l, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
             cos, undefined = per_sample_cosine(g * n, s)
             bp_w = [grad_w.pop(0) for _ in ws]
-            results.append(Alignment(
-                point=l,
-                name=f"h{l + 1} ({', '.join(type(m).__name__ for m in traces[l].below) or 'input'})",
-                cos_mean=float(cos.mean()),
-                cos_std=float(cos.std(correction=0)),
-                angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
-                weight_cos=_flat_cosine(m_w, bp_w),
-                undefined_frac=float(undefined.float().mean()),
-            ))
+            results.append(
+                Alignment(
+                    point=l,
+                    name=f"h{l + 1} ({', '.join(type(m).__name__ for m in traces[l].below) or 'input'})",
+                    cos_mean=float(cos.mean()),
+                    cos_std=float(cos.std(correction=0)),
+                    angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
+                    weight_cos=_flat_cosine(m_w, bp_w),
+                    undefined_frac=float(undefined.float().mean()),
+                )
+            )
     return results
 
 
-def _layer_signals(model: nn.Module, node: DFA, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                   weights: list[list[torch.Tensor]]
-                   ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+def _layer_signals(
+    model: nn.Module,
+    node: DFA,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    weights: list[list[torch.Tensor]],
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """``N * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
     model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
     with trace_points(model, node) as traces:
@@ -122,6 +138,6 @@ def _layer_signals(model: nn.Module, node: DFA, x: torch.Tensor, y: torch.Tensor
         flat_w = [w for ws in weights for w in ws]
         grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
     n = out.shape[0]
-    signals = [g * n for g in grads[:len(hs)]]
-    rest = grads[len(hs):]
+    signals = [g * n for g in grads[: len(hs)]]
+    rest = grads[len(hs) :]
     return signals, [[rest.pop(0) for _ in ws] for ws in weights]

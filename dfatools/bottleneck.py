@@ -1,4 +1,5 @@
 """A Linear layer whose trainable entries are a fixed random subset (DESIGN.md 5)."""
+
 from __future__ import annotations
 
 import torch
@@ -19,11 +20,20 @@ class Bottleneck(nn.Linear):
     Shape: ``(N, in_features)`` in, ``(N, out_features)`` out.
     """
 
-    def __init__(self, in_features: int, out_features: int, size: int, bias: bool = True,
-                 seed: int = 0, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        size: int,
+        bias: bool = True,
+        seed: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
         if not isinstance(size, int) or not 1 <= size <= out_features:
-            raise ValueError(f"bottleneck size must be an int in 1..{out_features} "
-                             f"(out_features), got {size!r}")
+            raise ValueError(
+                f"bottleneck size must be an int in 1..{out_features} (out_features), got {size!r}"
+            )
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.size = size
         self.seed = seed

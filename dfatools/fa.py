@@ -17,12 +17,13 @@ through ``B_l``. A step does the same products as BP, with ``B_l`` in place of `
 The hooks live on the layers, so the converters work on any ``nn.Module``. Weight and bias
 gradients, and every other layer (batch norm, pooling, activations), are exact.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -69,8 +70,9 @@ def backward_weight(layer: nn.Module) -> torch.Tensor:
 def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
     """The layer's zero padding per side; a ValueError for a padding this module cannot invert."""
     if layer.padding_mode != "zeros":
-        raise ValueError(f"fa/sign support zero-padded Conv2d only, got padding_mode="
-                         f"{layer.padding_mode!r}")
+        raise ValueError(
+            f"fa/sign support zero-padded Conv2d only, got padding_mode={layer.padding_mode!r}"
+        )
     if layer.padding == "valid":
         return (0, 0)
     if isinstance(layer.padding, str):
@@ -78,8 +80,9 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
     return tuple(layer.padding)
 
 
-def input_gradient(layer: nn.Module, grad_out: torch.Tensor,
-                   input_shape: torch.Size) -> torch.Tensor:
+def input_gradient(
+    layer: nn.Module, grad_out: torch.Tensor, input_shape: torch.Size
+) -> torch.Tensor:
     """``dL/dx`` of shape ``input_shape`` from ``dL/dout`` with ``B_l`` in place of ``W_l``.
 
     Linear: ``(N, *, out) @ (out, in)``. Conv2d: the transposed convolution of BP, with ``B_l``.
@@ -89,8 +92,15 @@ def input_gradient(layer: nn.Module, grad_out: torch.Tensor,
     if scale is not None and B.numel() <= math.prod(input_shape):
         B, scale = B * scale, None  # scale the smaller of B and the result
     if isinstance(layer, nn.Conv2d):
-        grad = torch.nn.grad.conv2d_input(input_shape, B, grad_out, layer.stride,
-                                          _conv_padding(layer), layer.dilation, layer.groups)
+        grad = torch.nn.grad.conv2d_input(
+            input_shape,
+            B,
+            grad_out,
+            layer.stride,
+            _conv_padding(layer),
+            layer.dilation,
+            layer.groups,
+        )
     else:
         grad = grad_out @ B
     return grad if scale is None else grad * scale

@@ -10,11 +10,12 @@ How one ``loss.backward()`` trains every layer:
   gradient) and returns the DFA signal ``s_l`` as the gradient of each ``h_l``, so autograd
   back-propagates ``s_l`` through block ``l`` only.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ class _DFAFunction(torch.autograd.Function):
     """Identity on ``y``; in backward, DFA signals for the recorded hidden outputs."""
 
     @staticmethod
-    def forward(ctx, node: "DFA", y: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, node: DFA, y: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
         ctx.node = node
         ctx.shapes = [h.shape for h in hidden]
         return y.clone()
@@ -89,14 +90,23 @@ class DFA(nn.Module):
     known) on the device of the activations, and restored by ``load_state_dict``.
     """
 
-    def __init__(self, points: Sequence[FeedbackPoint], num_classes: int, normalize: bool = True,
-                 feedback: str = "shared", error: str = "sum", seed: int = 0,
-                 signal: str = "error") -> None:
+    def __init__(
+        self,
+        points: Sequence[FeedbackPoint],
+        num_classes: int,
+        normalize: bool = True,
+        feedback: str = "shared",
+        error: str = "sum",
+        seed: int = 0,
+        signal: str = "error",
+    ) -> None:
         super().__init__()
         points = list(points)
         if not points:
-            raise ValueError("DFA needs at least one FeedbackPoint; a network with a single "
-                             "weight layer has nothing to train with DFA")
+            raise ValueError(
+                "DFA needs at least one FeedbackPoint; a network with a single "
+                "weight layer has nothing to train with DFA"
+            )
         if not all(isinstance(p, FeedbackPoint) for p in points):
             raise TypeError("DFA points must be dfatools.FeedbackPoint modules")
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -136,8 +146,10 @@ class DFA(nn.Module):
     def matrices(self) -> list[torch.Tensor]:
         """The stored matrices ``M``: ``[(K, D)]`` when shared, ``[(K, d_l) per point]`` otherwise."""
         if not self.materialized:
-            raise RuntimeError("feedback matrices are created at the first forward pass; "
-                               "run the model once (or load a state_dict) first")
+            raise RuntimeError(
+                "feedback matrices are created at the first forward pass; "
+                "run the model once (or load a state_dict) first"
+            )
         return [getattr(self, n) for n in self._matrix_names()]
 
     def _materialize(self, sizes: list[int], like: torch.Tensor) -> None:
@@ -163,29 +175,36 @@ class DFA(nn.Module):
         mats = self.matrices
         if self.feedback == "shared":
             if max(sizes) != mats[0].shape[1]:
-                raise ValueError(f"feedback point sizes {sizes} do not match the stored (K, D) "
-                                 f"matrix of shape {tuple(mats[0].shape)}")
+                raise ValueError(
+                    f"feedback point sizes {sizes} do not match the stored (K, D) "
+                    f"matrix of shape {tuple(mats[0].shape)}"
+                )
         elif [m.shape[1] for m in mats] != sizes:
-            raise ValueError(f"feedback point sizes {sizes} do not match the stored matrices "
-                             f"{[tuple(m.shape) for m in mats]}")
+            raise ValueError(
+                f"feedback point sizes {sizes} do not match the stored matrices "
+                f"{[tuple(m.shape) for m in mats]}"
+            )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Matrices may not exist yet in a fresh model: create them with the stored shapes.
         for name in self._matrix_names():
             key = prefix + name
             if key in state_dict and getattr(self, name) is None:
                 setattr(self, name, torch.empty_like(state_dict[key]))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -- signals -------------------------------------------------------------------------------
     def error_from_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
         """``e`` of shape ``(N, K)`` from ``dL/dy`` of shape ``(N, K)``."""
         return grad_y * grad_y.shape[0] if self.error == "sum" else grad_y
 
-    def learning_signals(self, grad_y: torch.Tensor, target: torch.Tensor | None,
-                         shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    def learning_signals(
+        self, grad_y: torch.Tensor, target: torch.Tensor | None, shapes: Sequence[torch.Size]
+    ) -> list[torch.Tensor]:
         """What this node sends to points of these shapes ``(N, *)``: DFA signals from
         ``dL/dy`` ``(N, K)``, DRTP signals from the class targets ``(N,)``, or zeros (shallow)."""
         if self.signal == "none":
@@ -198,8 +217,9 @@ class DFA(nn.Module):
         """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *)``, from ``e`` ``(N, K)``."""
         return self._spread(lambda M: error @ M, shapes)
 
-    def target_signals(self, target: torch.Tensor,
-                       shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    def target_signals(
+        self, target: torch.Tensor, shapes: Sequence[torch.Size]
+    ) -> list[torch.Tensor]:
         """DRTP signals, each of shape ``shapes[l]`` ``(N, *)``, from class targets ``(N,)``.
 
         DFA's projection with ``-onehot(target)`` in place of the error ``e`` (times ``1/N``
@@ -241,8 +261,10 @@ class DFA(nn.Module):
         if self.signal != "target":
             return
         if target.dim() != 1 or target.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"DRTP targets are class indices of shape (N,), got "
-                             f"{tuple(target.shape)} {target.dtype}")
+            raise ValueError(
+                f"DRTP targets are class indices of shape (N,), got "
+                f"{tuple(target.shape)} {target.dtype}"
+            )
         self._target = target
 
     def take_target(self, n: int) -> torch.Tensor:
@@ -250,24 +272,30 @@ class DFA(nn.Module):
         target, self._target = self._target, None
         if target is None or target.shape[0] != n:
             got = "none" if target is None else f"{target.shape[0]} targets"
-            raise RuntimeError(f"signal='target' (DRTP) needs the batch's class targets: call "
-                               f"set_target(y) on the DFA node before backward (batch of {n}, "
-                               f"got {got})")
+            raise RuntimeError(
+                f"signal='target' (DRTP) needs the batch's class targets: call "
+                f"set_target(y) on the DFA node before backward (batch of {n}, "
+                f"got {got})"
+            )
         return target.long()
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` of shape ``(N, K)`` in, the same ``y`` out."""
         if y.dim() != 2 or y.shape[1] != self.num_classes:
-            raise ValueError(f"DFA expects the network output of shape (N, {self.num_classes}), "
-                             f"got {tuple(y.shape)}; check num_classes")
+            raise ValueError(
+                f"DFA expects the network output of shape (N, {self.num_classes}), "
+                f"got {tuple(y.shape)}; check num_classes"
+            )
         if not (self.dfa_enabled and torch.is_grad_enabled()):
             return y
         hidden = [p.pop() for p in self.points]
         missing = [i for i, h in enumerate(hidden) if h is None]
         if missing:
-            raise RuntimeError(f"feedback points {missing} were not reached in this forward "
-                               "pass; every point passed to DFA must be used before the output")
+            raise RuntimeError(
+                f"feedback points {missing} were not reached in this forward "
+                "pass; every point passed to DFA must be used before the output"
+            )
         if self.signal == "none":
             # The points handed on detached copies: only the output layer is in the graph.
             return y
@@ -306,6 +334,8 @@ class DFA(nn.Module):
                 p.dfa_enabled = flag
 
     def extra_repr(self) -> str:
-        return (f"points={len(self.points)}, num_classes={self.num_classes}, "
-                f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
-                f"seed={self.seed}, signal={self.signal!r}")
+        return (
+            f"points={len(self.points)}, num_classes={self.num_classes}, "
+            f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
+            f"seed={self.seed}, signal={self.signal!r}"
+        )

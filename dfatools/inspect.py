@@ -1,9 +1,10 @@
 """Finding the DFA node, and the weight layers around each feedback point, in any model."""
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -15,18 +16,21 @@ def find_dfa(model: nn.Module) -> DFA:
     """The single :class:`DFA` node inside ``model``."""
     nodes = [m for m in model.modules() if isinstance(m, DFA)]
     if len(nodes) != 1:
-        raise ValueError(f"expected exactly one dfatools.DFA node in the model, found {len(nodes)}; "
-                         "build it with dfatools.to_dfa or pass the output through dfatools.DFA")
+        raise ValueError(
+            f"expected exactly one dfatools.DFA node in the model, found {len(nodes)}; "
+            "build it with dfatools.to_dfa or pass the output through dfatools.DFA"
+        )
     return nodes[0]
 
 
 @dataclass
 class PointTrace:
     """What one forward pass showed around feedback point ``l``."""
-    h: torch.Tensor                                         # h_l, (N, *), still in the graph
-    below: list[nn.Module] = field(default_factory=list)    # weight layers producing block l
-    above: nn.Module | None = None                          # first weight layer reading h_l
-    above_out: torch.Tensor | None = None                   # its output, (N, out)
+
+    h: torch.Tensor  # h_l, (N, *), still in the graph
+    below: list[nn.Module] = field(default_factory=list)  # weight layers producing block l
+    above: nn.Module | None = None  # first weight layer reading h_l
+    above_out: torch.Tensor | None = None  # its output, (N, out)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@
 
 In every method the output layer gets its true gradient.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,8 +23,9 @@ METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow")
 _SIGNALS = {"drtp": "target", "shallow": "none"}
 
 
-def to_method(model: nn.Sequential, method: str, num_classes: int, seed: int = 0,
-              **options) -> DFASequential:
+def to_method(
+    model: nn.Sequential, method: str, num_classes: int, seed: int = 0, **options
+) -> DFASequential:
     """A deep copy of ``model`` trained by ``method`` with a plain ``loss.backward()``.
 
     ``options`` go to :func:`~dfatools.to_dfa` (``normalize``, ``feedback``, ``error``,

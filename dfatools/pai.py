@@ -1,4 +1,5 @@
 """Pre-alignment initialization, PAI (DESIGN.md section 5)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ def _solve(delta: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
     return (w / w.norm()).to(signal.dtype)
 
 
-def prealign(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             loss_fn: LossFn = F.cross_entropy) -> nn.Module:
+def prealign(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy
+) -> nn.Module:
     """Pre-align ``model`` in place on the batch ``(x, y)`` and return it.
 
     From the top feedback point down, the weight of the Linear layer reading ``h_l`` is set so
@@ -43,13 +45,22 @@ def prealign(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     node = find_dfa(model)
     for l in reversed(range(len(node.points))):
         # A fresh pass per point: the layers above were just changed.
-        with eval_mode(model), node.backprop(), torch.enable_grad(), trace_points(model, node) as traces:
+        with (
+            eval_mode(model),
+            node.backprop(),
+            torch.enable_grad(),
+            trace_points(model, node) as traces,
+        ):
             out = model(x)
             trace = traces[l]
             layer = trace.above
             if not isinstance(layer, nn.Linear) or trace.h[0].numel() != layer.in_features:
-                log.warning("PAI leaves point %d as it is: the layer reading it is %s, not a "
-                            "Linear layer on the flat point", l, type(layer).__name__)
+                log.warning(
+                    "PAI leaves point %d as it is: the layer reading it is %s, not a "
+                    "Linear layer on the flat point",
+                    l,
+                    type(layer).__name__,
+                )
                 continue
             loss = loss_fn(out, y)
             grad_y, grad_a = torch.autograd.grad(loss, [out, trace.above_out])

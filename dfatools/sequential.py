@@ -1,9 +1,10 @@
 """``to_dfa``: turn a plain ``nn.Sequential`` into a DFA-trained one."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -47,9 +48,16 @@ class DFASequential(nn.Sequential):
             yield
 
 
-def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
-           feedback: str = "shared", error: str = "sum", seed: int = 0,
-           exact_top: int = 1, signal: str = "error") -> DFASequential:
+def to_dfa(
+    model: nn.Sequential,
+    num_classes: int,
+    normalize: bool = True,
+    feedback: str = "shared",
+    error: str = "sum",
+    seed: int = 0,
+    exact_top: int = 1,
+    signal: str = "error",
+) -> DFASequential:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
     Nested ``nn.Sequential`` containers are flattened. A feedback point goes before every
@@ -60,25 +68,35 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
     ``error``, ``seed`` and ``signal`` (``"target"``: DRTP, ``"none"``: shallow training).
     """
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"to_dfa takes an nn.Sequential, got {type(model).__name__}; for other "
-                        "models place dfatools.FeedbackPoint modules yourself and pass the "
-                        "output through dfatools.DFA (see the README)")
+        raise TypeError(
+            f"to_dfa takes an nn.Sequential, got {type(model).__name__}; for other "
+            "models place dfatools.FeedbackPoint modules yourself and pass the "
+            "output through dfatools.DFA (see the README)"
+        )
     layers = _flatten(copy.deepcopy(model))
     for layer in layers:
         if not isinstance(layer, WEIGHT_LAYERS) and _has_hidden_weights(layer):
-            raise TypeError(f"to_dfa cannot see inside {type(layer).__name__}, which holds "
-                            "weight layers; place dfatools.FeedbackPoint modules yourself")
+            raise TypeError(
+                f"to_dfa cannot see inside {type(layer).__name__}, which holds "
+                "weight layers; place dfatools.FeedbackPoint modules yourself"
+            )
     n_weight = sum(isinstance(m, WEIGHT_LAYERS) for m in layers)
     if n_weight < 2:
-        raise ValueError(f"a DFA network needs at least two weight layers (Linear, Conv2d or "
-                         f"Bottleneck), this one has {n_weight}")
+        raise ValueError(
+            f"a DFA network needs at least two weight layers (Linear, Conv2d or "
+            f"Bottleneck), this one has {n_weight}"
+        )
     if not (isinstance(exact_top, int) and 1 <= exact_top < n_weight):
-        raise ValueError(f"exact_top must be an int in 1..{n_weight - 1} (this network has "
-                         f"{n_weight} weight layers and needs one feedback point), got {exact_top!r}")
+        raise ValueError(
+            f"exact_top must be an int in 1..{n_weight - 1} (this network has "
+            f"{n_weight} weight layers and needs one feedback point), got {exact_top!r}"
+        )
     last = [m for m in layers if isinstance(m, WEIGHT_LAYERS)][-1]
     if isinstance(last, nn.Linear) and last.out_features != num_classes:
-        raise ValueError(f"num_classes={num_classes} does not match the output layer "
-                         f"({last.out_features} outputs)")
+        raise ValueError(
+            f"num_classes={num_classes} does not match the output layer "
+            f"({last.out_features} outputs)"
+        )
     modules, points, seen = [], [], 0
     for layer in layers:
         if isinstance(layer, WEIGHT_LAYERS):
@@ -87,6 +105,15 @@ def to_dfa(model: nn.Sequential, num_classes: int, normalize: bool = True,
                 modules.append(points[-1])
             seen += 1
         modules.append(layer)
-    modules.append(DFA(points, num_classes, normalize=normalize, feedback=feedback,
-                       error=error, seed=seed, signal=signal))
+    modules.append(
+        DFA(
+            points,
+            num_classes,
+            normalize=normalize,
+            feedback=feedback,
+            error=error,
+            seed=seed,
+            signal=signal,
+        )
+    )
     return DFASequential(*modules)

@@ -11,11 +11,12 @@ after the last checkpoint and then re-run after a crash would otherwise appear t
 sweep run before ``--tensorboard`` was given gets its curves too. The tensorboard package is
 imported only here, when the flag is used.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from . import runlog
 from .cli import UsageError
@@ -28,9 +29,13 @@ HPARAM_METRICS = ("top1/eval", "top1/train", "alignment/cos_mean/mean")
 
 def scalars(record: dict) -> dict[str, float]:
     """The scalars of one epoch record (metrics.jsonl), by tag; missing and non-finite left out."""
-    values = {"loss/train": record.get("train_loss"), "top1/train": record.get("train_top1"),
-              "loss/eval": record.get("eval_loss"), "top1/eval": record.get("eval_top1"),
-              "time/epoch_s": record.get("time_s")}
+    values = {
+        "loss/train": record.get("train_loss"),
+        "top1/train": record.get("train_top1"),
+        "loss/eval": record.get("eval_loss"),
+        "top1/eval": record.get("eval_top1"),
+        "time/epoch_s": record.get("time_s"),
+    }
     cos = []
     for a in record.get("alignment") or []:
         label = point_label(a["point"])
@@ -39,14 +44,19 @@ def scalars(record: dict) -> dict[str, float]:
         cos.append(a.get("cos_mean"))
     if cos and all(isinstance(c, (int, float)) for c in cos):
         values["alignment/cos_mean/mean"] = sum(cos) / len(cos)
-    return {tag: float(v) for tag, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        tag: float(v)
+        for tag, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def hparams(settings: dict) -> dict[str, int | float | str | bool]:
     """A run's settings as TensorBoard takes them (None becomes the string ``none``)."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v).lower())
-            for k, v in sorted(settings.items())}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool)) else str(v).lower())
+        for k, v in sorted(settings.items())
+    }
 
 
 def require() -> None:
@@ -54,8 +64,9 @@ def require() -> None:
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package: "
-                         "pip install -r requirements.txt") from None
+        raise UsageError(
+            "--tensorboard needs the tensorboard package: pip install -r requirements.txt"
+        ) from None
 
 
 class RunBoard:
@@ -65,6 +76,7 @@ class RunBoard:
     def __init__(self, run_dir: Path, settings: dict, records: Iterable[dict] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
         run_dir = Path(run_dir)
         for old in run_dir.glob(EVENTS_GLOB):
             old.unlink()  # rewritten below from metrics.jsonl, the record

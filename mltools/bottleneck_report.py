@@ -15,36 +15,71 @@ Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1
 seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
 No torch, no pyplot.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from .cli import UsageError
+from .effects import (
+    MEAN_COS,
+    Effect,
+    Metric,
+    compare,
+    convergence_flags,
+    convergence_lines,
+    no_reference_note,
+    point_cos,
+    reference_width,
+    top1_metric,
+    undefined_lines,
+    undefined_note,
+    write_effects,
+)
 from .experiments import METHODS
-from .effects import (MEAN_COS, Effect, Metric, compare, convergence_flags, convergence_lines,
-                      no_reference_note, point_cos, reference_width, top1_metric, undefined_lines,
-                      undefined_note, write_effects)
-from .report import (Echo, alignment_of, final_records, fmt, fmt_counts, fmt_pm, load_seeds,
-                     markdown_table, mean_std, new_figure, point_label, point_stats, status_counts,
-                     well_formed, write_csv)
+from .report import (
+    Echo,
+    alignment_of,
+    final_records,
+    fmt,
+    fmt_counts,
+    fmt_pm,
+    load_seeds,
+    markdown_table,
+    mean_std,
+    new_figure,
+    point_label,
+    point_stats,
+    status_counts,
+    well_formed,
+    write_csv,
+)
 from .runlog import Run, parse_json
 
 _FOLDER = re.compile(r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
-METHOD_NAMES = {"dfa": "DFA", "bp": "BP", "fa": "FA", "sign": "sign symmetry", "drtp": "DRTP",
-                "shallow": "shallow"}
+METHOD_NAMES = {
+    "dfa": "DFA",
+    "bp": "BP",
+    "fa": "FA",
+    "sign": "sign symmetry",
+    "drtp": "DRTP",
+    "shallow": "shallow",
+}
 
 
 @dataclass
 class Cell:
     """One (method, mode, init, size) of the sweep: its runs' counts and the records that enter
     means."""
+
     method: str
     mode: str
     init: str
@@ -64,8 +99,13 @@ class Cell:
     @property
     def sort_key(self) -> tuple:
         known = self.method in METHODS
-        return (not known, METHODS.index(self.method) if known else self.method,
-                self.mode, self.init, self.size)
+        return (
+            not known,
+            METHODS.index(self.method) if known else self.method,
+            self.mode,
+            self.init,
+            self.size,
+        )
 
 
 def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
@@ -98,13 +138,27 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         init = str(config.get("init") or (m and m["init"]) or "")
         size = config.get("bottleneck_size") or (m and int(m["size"]))
         if not (mode and init and isinstance(size, int)):
-            warnings.append(f"{folder}: neither config nor folder name gives mode, init and size; skipped")
+            warnings.append(
+                f"{folder}: neither config nor folder name gives mode, init and size; skipped"
+            )
             continue
         used, missing = final_records(runs, epoch)
         warnings += missing
         records = [r for _, r in used]
-        cells.append(Cell(method, mode, init, size, status_counts(runs), records,
-                          _bottleneck_point(runs, records), config.get("eval_split", "test"), runs, used))
+        cells.append(
+            Cell(
+                method,
+                mode,
+                init,
+                size,
+                status_counts(runs),
+                records,
+                _bottleneck_point(runs, records),
+                config.get("eval_split", "test"),
+                runs,
+                used,
+            )
+        )
     cells.sort(key=lambda c: c.sort_key)
     return cells, warnings
 
@@ -115,8 +169,10 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
     nothing to report."""
     results = Path(results)
     if not (results / "bottleneck").is_dir():
-        raise UsageError(f"no bottleneck runs in {results} "
-                         f"(expected {results / 'bottleneck'}/<mode>-<init>-b<size>/seed<k>/)")
+        raise UsageError(
+            f"no bottleneck runs in {results} "
+            f"(expected {results / 'bottleneck'}/<mode>-<init>-b<size>/seed<k>/)"
+        )
     cells, warnings = collect_bottleneck(results, epoch)
     if not cells:
         raise UsageError(f"no bottleneck runs in {results / 'bottleneck'}")
@@ -135,11 +191,15 @@ def read_recovered(path: Path) -> list[list[dict]]:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise UsageError(f"cannot read recovered log {path}: {err}") from None
     ok = isinstance(runs, list) and all(
-        isinstance(run, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in run)
-        for run in runs)
+        isinstance(run, list)
+        and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in run)
+        for run in runs
+    )
     if not ok:
-        raise UsageError(f"{path}: not a recovered 2019 log (expected a list of runs, each a list "
-                         "of epoch objects, as log_retrieval.py writes)")
+        raise UsageError(
+            f"{path}: not a recovered 2019 log (expected a list of runs, each a list "
+            "of epoch objects, as log_retrieval.py writes)"
+        )
     return runs
 
 
@@ -153,8 +213,12 @@ def _default_module(epoch: dict) -> int | None:
     return linear[1] if len(linear) > 1 else None
 
 
-def recovered_cells(runs: Sequence[Sequence[dict]], sizes: Sequence[int], epoch: int | None = None,
-                    module: int | None = None) -> tuple[list[Cell], list[str]]:
+def recovered_cells(
+    runs: Sequence[Sequence[dict]],
+    sizes: Sequence[int],
+    epoch: int | None = None,
+    module: int | None = None,
+) -> tuple[list[Cell], list[str]]:
     """Cells from recovered 2019 runs, one run per size in order (a repeated size is a second seed).
 
     A module's ``mean`` stands in for ``cos_mean`` (the 2019 logs hold no per-sample angles, so
@@ -162,7 +226,9 @@ def recovered_cells(runs: Sequence[Sequence[dict]], sizes: Sequence[int], epoch:
     module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered".
     """
     if len(sizes) != len(runs):
-        raise UsageError(f"{len(sizes)} sizes given for {len(runs)} recovered runs; give one size per run")
+        raise UsageError(
+            f"{len(sizes)} sizes given for {len(runs)} recovered runs; give one size per run"
+        )
     grouped: dict[int, list[dict]] = {}
     warnings = []
     for i, (run, size) in enumerate(zip(runs, sizes)):
@@ -176,39 +242,83 @@ def recovered_cells(runs: Sequence[Sequence[dict]], sizes: Sequence[int], epoch:
             continue
         point = module if module is not None else _default_module(record)
         if point is None:
-            raise UsageError(f"recovered run {i}: fewer than two Linear modules in epoch "
-                             f"{record['epoch']}; name the bottleneck module with --module")
+            raise UsageError(
+                f"recovered run {i}: fewer than two Linear modules in epoch "
+                f"{record['epoch']}; name the bottleneck module with --module"
+            )
         if not any(m["index"] == point for m in _modules(record)):
-            warnings.append(f"recovered run {i} (size {size}): no module {point} in epoch {record['epoch']}")
-        grouped.setdefault(size, []).append({
-            "epoch": record["epoch"], "train_top1": record.get("train_top1"),
-            "eval_top1": record.get("test_top1"), "bottleneck_point": point,
-            "alignment": [{"point": m["index"], "name": m.get("name", ""), "cos_mean": m.get("mean"),
-                           "cos_std": m.get("std"), "angle_deg": None}
-                          for m in _modules(record)]})
-    cells = [Cell("dfa", "mask", "recovered", size, {"done": len(recs)}, recs,
-                  recs[0]["bottleneck_point"] if recs else (module or 0))
-             for size, recs in sorted(grouped.items())]
+            warnings.append(
+                f"recovered run {i} (size {size}): no module {point} in epoch {record['epoch']}"
+            )
+        grouped.setdefault(size, []).append(
+            {
+                "epoch": record["epoch"],
+                "train_top1": record.get("train_top1"),
+                "eval_top1": record.get("test_top1"),
+                "bottleneck_point": point,
+                "alignment": [
+                    {
+                        "point": m["index"],
+                        "name": m.get("name", ""),
+                        "cos_mean": m.get("mean"),
+                        "cos_std": m.get("std"),
+                        "angle_deg": None,
+                    }
+                    for m in _modules(record)
+                ],
+            }
+        )
+    cells = [
+        Cell(
+            "dfa",
+            "mask",
+            "recovered",
+            size,
+            {"done": len(recs)},
+            recs,
+            recs[0]["bottleneck_point"] if recs else (module or 0),
+        )
+        for size, recs in sorted(grouped.items())
+    ]
     return cells, warnings
 
 
-def write_recovered_bottleneck_report(recovered: Path, sizes: Sequence[int], out_dir: Path,
-                                      epoch: int | None = None, module: int | None = None,
-                                      echo: Echo = print) -> Path:
+def write_recovered_bottleneck_report(
+    recovered: Path,
+    sizes: Sequence[int],
+    out_dir: Path,
+    epoch: int | None = None,
+    module: int | None = None,
+    echo: Echo = print,
+) -> Path:
     """The bottleneck figures and table from a recovered 2019 JSON, written to ``out_dir``."""
     runs = read_recovered(recovered)
     cells, warnings = recovered_cells(runs, sizes, epoch, module)
     if not any(c.records for c in cells):
         raise UsageError(f"no recovered run has epoch {epoch}")
     at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
-    return write_outputs(cells, Path(out_dir), warnings, at, lambda p: f"m{p}", echo,
-                         source=f"recovered 2019 log {recovered}; cos = the module's logged mean, "
-                                "no angles in those logs")
+    return write_outputs(
+        cells,
+        Path(out_dir),
+        warnings,
+        at,
+        lambda p: f"m{p}",
+        echo,
+        source=f"recovered 2019 log {recovered}; cos = the module's logged mean, "
+        "no angles in those logs",
+    )
 
 
 # -- outputs --------------------------------------------------------------------------------------
-def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], at: str,
-                  label: Callable[[int], str], echo: Echo = print, source: str = "") -> Path:
+def write_outputs(
+    cells: Sequence[Cell],
+    folder: Path,
+    warnings: Sequence[str],
+    at: str,
+    label: Callable[[int], str],
+    echo: Echo = print,
+    source: str = "",
+) -> Path:
     """Table (md, csv) and both figures for ``cells`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     for w in warnings:
@@ -216,54 +326,124 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
     stats = [point_stats(c.records) for c in cells]
     flags = [convergence_flags(c.used, len(c.records)) for c in cells]
     points = sorted({p for s in stats for p in s})
-    with_deg = [p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)]
-    undefined = [s.get(c.bottleneck_point, {}).get("undefined", math.nan) for c, s in zip(cells, stats)]
+    with_deg = [
+        p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)
+    ]
+    undefined = [
+        s.get(c.bottleneck_point, {}).get("undefined", math.nan) for c, s in zip(cells, stats)
+    ]
     with_undefined = any(math.isfinite(u) for u in undefined)
     splits = sorted({c.eval_split for c in cells})
     eval_name = "/".join(splits)
-    md_head = ["method", "mode", "init", "size", "seeds", "unconverged", "train top-1", f"{eval_name} top-1",
-               "bottleneck point", *(f"cos {label(p)}" for p in points),
-               *(f"deg {label(p)}" for p in with_deg)]
-    csv_head = ["method", "mode", "init", "size", "seeds_done", "seeds_diverged", "seeds_used",
-                "seeds_unconverged", "seeds_convergence_unknown", "eval_split",
-                "train_top1_mean", "train_top1_std", "eval_top1_mean", "eval_top1_std",
-                "bottleneck_point", "bottleneck_cos_mean", "bottleneck_cos_std",
-                *(f"cos_{label(p)}" for p in points), *(f"deg_{label(p)}" for p in with_deg),
-                *(["bottleneck_undefined_frac"] if with_undefined else [])]
+    md_head = [
+        "method",
+        "mode",
+        "init",
+        "size",
+        "seeds",
+        "unconverged",
+        "train top-1",
+        f"{eval_name} top-1",
+        "bottleneck point",
+        *(f"cos {label(p)}" for p in points),
+        *(f"deg {label(p)}" for p in with_deg),
+    ]
+    csv_head = [
+        "method",
+        "mode",
+        "init",
+        "size",
+        "seeds_done",
+        "seeds_diverged",
+        "seeds_used",
+        "seeds_unconverged",
+        "seeds_convergence_unknown",
+        "eval_split",
+        "train_top1_mean",
+        "train_top1_std",
+        "eval_top1_mean",
+        "eval_top1_std",
+        "bottleneck_point",
+        "bottleneck_cos_mean",
+        "bottleneck_cos_std",
+        *(f"cos_{label(p)}" for p in points),
+        *(f"deg_{label(p)}" for p in with_deg),
+        *(["bottleneck_undefined_frac"] if with_undefined else []),
+    ]
     md_rows, csv_rows = [], []
     for c, s, flag, u in zip(cells, stats, flags, undefined):
         tr = mean_std(r.get("train_top1") for r in c.records)
         ev = mean_std(r.get("eval_top1") for r in c.records)
         bn = s.get(c.bottleneck_point, {})
-        md_rows.append([c.method, c.mode, c.init, str(c.size), fmt_counts(c.counts), flag.cell(),
-                        fmt_pm(tr[0], tr[1], 2), fmt_pm(ev[0], ev[1], 2), label(c.bottleneck_point),
-                        *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
-                        *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg)])
-        csv_rows.append([c.method, c.mode, c.init, c.size, c.counts.get("done", 0), c.counts.get("diverged", 0),
-                         len(c.records), len(flag.flagged), flag.unknown, c.eval_split,
-                         fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4),
-                         fmt(ev[1], 4), label(c.bottleneck_point), fmt(bn.get("cos"), 6),
-                         fmt(bn.get("cos_std"), 6),
-                         *(fmt(s.get(p, {}).get("cos"), 6) for p in points),
-                         *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg),
-                         *([fmt(u, 6)] if with_undefined else [])])
+        md_rows.append(
+            [
+                c.method,
+                c.mode,
+                c.init,
+                str(c.size),
+                fmt_counts(c.counts),
+                flag.cell(),
+                fmt_pm(tr[0], tr[1], 2),
+                fmt_pm(ev[0], ev[1], 2),
+                label(c.bottleneck_point),
+                *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
+                *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg),
+            ]
+        )
+        csv_rows.append(
+            [
+                c.method,
+                c.mode,
+                c.init,
+                c.size,
+                c.counts.get("done", 0),
+                c.counts.get("diverged", 0),
+                len(c.records),
+                len(flag.flagged),
+                flag.unknown,
+                c.eval_split,
+                fmt(tr[0], 4),
+                fmt(tr[1], 4),
+                fmt(ev[0], 4),
+                fmt(ev[1], 4),
+                label(c.bottleneck_point),
+                fmt(bn.get("cos"), 6),
+                fmt(bn.get("cos_std"), 6),
+                *(fmt(s.get(p, {}).get("cos"), 6) for p in points),
+                *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg),
+                *([fmt(u, 6)] if with_undefined else []),
+            ]
+        )
     table = markdown_table(md_head, md_rows)
     write_csv(folder / "bottleneck_table.csv", csv_head, csv_rows)
     effects, notes = bottleneck_effects(cells, label, eval_name)
-    text = ["# Bottleneck sweep", "",
-            f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
-            "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
-            "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
-            "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
-            "bottleneck layer, plotted in alignment_vs_size.png.", "", table, "",
-            *convergence_lines(flags, eval_name),
-            *undefined_lines(undefined_note(c.name, s, [c.bottleneck_point], label)
-                             for c, s in zip(cells, stats)),
-            *write_effects(effects, notes, folder / "effects.csv", folder / "effects.png",
-                           name_header="cell", rule="size b vs the full width, 800 unless the config "
-                           "gives `width`, at the same method, mode and init",
-                           panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
-                           title="Bottleneck sizes")]
+    text = [
+        "# Bottleneck sweep",
+        "",
+        f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
+        "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
+        "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
+        "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
+        "bottleneck layer, plotted in alignment_vs_size.png.",
+        "",
+        table,
+        "",
+        *convergence_lines(flags, eval_name),
+        *undefined_lines(
+            undefined_note(c.name, s, [c.bottleneck_point], label) for c, s in zip(cells, stats)
+        ),
+        *write_effects(
+            effects,
+            notes,
+            folder / "effects.csv",
+            folder / "effects.png",
+            name_header="cell",
+            rule="size b vs the full width, 800 unless the config "
+            "gives `width`, at the same method, mode and init",
+            panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
+            title="Bottleneck sizes",
+        ),
+    ]
     if warnings:
         text += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     (folder / "bottleneck_table.md").write_text("\n".join(text))
@@ -273,8 +453,9 @@ def write_outputs(cells: Sequence[Cell], folder: Path, warnings: Sequence[str], 
     return folder
 
 
-def bottleneck_effects(cells: Sequence[Cell], label: Callable[[int], str] = point_label,
-                       split: str = "test") -> tuple[list[Effect], list[str]]:
+def bottleneck_effects(
+    cells: Sequence[Cell], label: Callable[[int], str] = point_label, split: str = "test"
+) -> tuple[list[Effect], list[str]]:
     """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
     same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
     cells name the same one) and ``cos_mean`` averaged over each run's points."""
@@ -292,16 +473,21 @@ def bottleneck_effects(cells: Sequence[Cell], label: Callable[[int], str] = poin
         if ref.bottleneck_point == c.bottleneck_point:
             at_point = [bottleneck_metric(c.bottleneck_point, label)]
         else:
-            notes.append(f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
-                         f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}.")
-        effects += compare(c.name, c.records, ref.name, ref.records,
-                           [top1_metric(split), *at_point, MEAN_COS])
+            notes.append(
+                f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
+                f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}."
+            )
+        effects += compare(
+            c.name, c.records, ref.name, ref.records, [top1_metric(split), *at_point, MEAN_COS]
+        )
     return effects, notes + no_reference_note(missing)
 
 
 def bottleneck_metric(point: int, label: Callable[[int], str] = point_label) -> Metric:
     """``cos_mean`` at the bottleneck point, keyed ``bottleneck_cos`` whatever the point."""
-    return Metric("bottleneck_cos", f"cos {label(point)} (bottleneck)", lambda r: point_cos(r, point), 3)
+    return Metric(
+        "bottleneck_cos", f"cos {label(point)} (bottleneck)", lambda r: point_cos(r, point), 3
+    )
 
 
 def _series(cells: Sequence[Cell]) -> dict[tuple[str, str, str], list[int]]:
@@ -323,15 +509,21 @@ def _styles(series: dict[tuple[str, str, str], list[int]]) -> dict[tuple[str, st
     for method, init, mode in series:
         dashed = mode == "width"
         styles[method, init, mode] = {
-            "color": f"C{colours.index((method, init)) % 10}", "ls": "--" if dashed else "-",
-            "marker": "s" if dashed else "o", "ms": 4, "capsize": 3, "lw": 1.5,
+            "color": f"C{colours.index((method, init)) % 10}",
+            "ls": "--" if dashed else "-",
+            "marker": "s" if dashed else "o",
+            "ms": 4,
+            "capsize": 3,
+            "lw": 1.5,
             "label": f"{METHOD_NAMES.get(method, method)}, {INIT_NAMES.get(init, init)}, "
-                     f"{mode} bottleneck"}
+            f"{mode} bottleneck",
+        }
     return styles
 
 
 def _size_axis(ax, sizes: Sequence[int]) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(sorted(set(sizes))))
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -340,7 +532,9 @@ def _size_axis(ax, sizes: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_alignment(path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str) -> None:
+def plot_alignment(
+    path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str
+) -> None:
     fig = new_figure(7.0, 4.6)
     ax = fig.subplots()
     low, high = 0.0, 1.0
@@ -348,8 +542,12 @@ def plot_alignment(path: Path, cells: Sequence[Cell], stats: Sequence[dict], lab
     styles = _styles(series)
     for curve, idx in series.items():
         x = [cells[i].size for i in idx]
-        y = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos", math.nan) for i in idx])
-        e = np.array([stats[i].get(cells[i].bottleneck_point, {}).get("cos_std", math.nan) for i in idx])
+        y = np.array(
+            [stats[i].get(cells[i].bottleneck_point, {}).get("cos", math.nan) for i in idx]
+        )
+        e = np.array(
+            [stats[i].get(cells[i].bottleneck_point, {}).get("cos_std", math.nan) for i in idx]
+        )
         e = np.nan_to_num(e)  # one seed: no error bar
         ax.errorbar(x, y, yerr=e, **styles[curve])
         if np.isfinite(y).any():

@@ -11,6 +11,7 @@ Checkpoints written before this format hold those tuples and load only with pick
 whatever code the file asks for. They are refused with one line that says how to proceed, unless
 the user trusts them explicitly (``--trust-checkpoints``).
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,13 @@ def numpy_rng_to_plain(state: tuple) -> dict:
     """``np.random.get_state()`` as types the safe loader accepts (the 624 keys as a tensor)."""
     name, keys, pos, has_gauss, cached_gaussian = state
     # int64 holds every uint32 key exactly; torch has no uint32 tensors to serialize everywhere.
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    return {
+        "name": str(name),
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
 
 
 def numpy_rng_from_plain(plain: dict) -> tuple:
@@ -48,7 +54,11 @@ def numpy_rng_from_plain(plain: dict) -> tuple:
 def python_rng_to_plain(state: tuple) -> dict:
     """``random.getstate()`` (version, 625 ints, gauss_next) as a dict of plain types."""
     version, internal, gauss_next = state
-    return {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}
+    return {
+        "version": int(version),
+        "internal": [int(x) for x in internal],
+        "gauss_next": gauss_next,
+    }
 
 
 def python_rng_from_plain(plain: dict) -> tuple:
@@ -65,8 +75,9 @@ def write_torch(path: Path, obj: object) -> None:
     runlog.fsync_write(path, buffer.getvalue())
 
 
-def save_checkpoint(run_dir: Path, model, opt, order: torch.Generator, epoch: int,
-                    device: torch.device) -> None:
+def save_checkpoint(
+    run_dir: Path, model, opt, order: torch.Generator, epoch: int, device: torch.device
+) -> None:
     """Atomic, and the previous checkpoint is kept until the new one is in place.
 
     The CUDA RNG state saved is the run's own device's: a run draws from no other, and a
@@ -101,9 +112,11 @@ def unsafe_globals(path: Path) -> list[str]:
 def refusal(path: Path, found: list[str]) -> str:
     """The one line that refuses an unsafe checkpoint and says how to proceed."""
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    return (f"{path} loads only with pickle, which can run code (it asks for {shown}): written by "
-            f"an older version, or planted. Delete it and {runlog.PREVIOUS_CHECKPOINT} to restart "
-            f"this run from scratch, or pass {TRUST_FLAG} to load it if you trust it")
+    return (
+        f"{path} loads only with pickle, which can run code (it asks for {shown}): written by "
+        f"an older version, or planted. Delete it and {runlog.PREVIOUS_CHECKPOINT} to restart "
+        f"this run from scratch, or pass {TRUST_FLAG} to load it if you trust it"
+    )
 
 
 def upgraded(state: dict) -> dict:
@@ -136,8 +149,9 @@ def read_checkpoint(path: Path, device: torch.device, trust: bool = False) -> tu
     return (upgraded(state) if unsafe else state), unsafe
 
 
-def load_checkpoint(run_dir: Path, device: torch.device, log: runlog.RunLog,
-                    trust: bool = False) -> dict | None:
+def load_checkpoint(
+    run_dir: Path, device: torch.device, log: runlog.RunLog, trust: bool = False
+) -> dict | None:
     """The newest readable checkpoint, or None; damaged ones are reported in the log and the
     previous one is tried. An unsafe one is refused (UnsafeCheckpoint), never skipped: falling
     back would silently lose its epochs, and the user has to decide."""
@@ -154,8 +168,10 @@ def load_checkpoint(run_dir: Path, device: torch.device, log: runlog.RunLog,
             log.write(f"warning: {path} is damaged ({type(err).__name__}); trying an older state")
             continue
         if unsafe:
-            log.write(f"warning: {path} was loaded with pickle ({TRUST_FLAG}); the next "
-                      "checkpoint is written in the safe format")
+            log.write(
+                f"warning: {path} was loaded with pickle ({TRUST_FLAG}); the next "
+                "checkpoint is written in the safe format"
+            )
         return state
     return None
 

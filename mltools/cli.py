@@ -2,6 +2,7 @@
 
 No torch here: bottleneck_from_log.py and log_retrieval.py run without it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def disk_full(err: BaseException, where: str | Path) -> DiskFull | None:
         return None
     path = err.filename or where
     reason = err.strerror or os.strerror(err.errno)
-    return DiskFull(f"cannot write {path}: {reason}. {DISK_HINTS[err.errno]} (or change --out), "
-                    "then run the same command again to resume: finished runs are skipped")
+    return DiskFull(
+        f"cannot write {path}: {reason}. {DISK_HINTS[err.errno]} (or change --out), "
+        "then run the same command again to resume: finished runs are skipped"
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -54,6 +57,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _int_at_least(low: int, what: str) -> Callable[[str], int]:
     """An argparse type: an int >= ``low``, else an error saying ``expected <what>``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -62,6 +66,7 @@ def _int_at_least(low: int, what: str) -> Callable[[str], int]:
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     return parse
 
 
@@ -128,65 +133,119 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
         sys.stderr.close()
         os._exit(0)
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; finished epochs are saved. Run the same command again "
-              "to resume.", file=sys.stderr)
+        print(
+            f"\n{prog}: interrupted; finished epochs are saved. Run the same command again "
+            "to resume.",
+            file=sys.stderr,
+        )
         sys.exit(130)
     sys.exit(code or 0)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both experiment scripts share; None means "take it from the preset"."""
-    parser.add_argument("--preset", choices=["paper", "quick", "fashion"],
-                        help="paper: the paper's settings (default whenever --dataset is given); "
-                             "quick: digits, a few epochs (the default otherwise); fashion: the "
-                             "published Fashion-MNIST study (README, Results)")
+    parser.add_argument(
+        "--preset",
+        choices=["paper", "quick", "fashion"],
+        help="paper: the paper's settings (default whenever --dataset is given); "
+        "quick: digits, a few epochs (the default otherwise); fashion: the "
+        "published Fashion-MNIST study (README, Results)",
+    )
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=positive_float, help="SGD learning rate")
-    parser.add_argument("--dataset", help="cifar10, cifar100, mnist, fashion-mnist, digits, synthetic")
+    parser.add_argument(
+        "--dataset", help="cifar10, cifar100, mnist, fashion-mnist, digits, synthetic"
+    )
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: data)")
-    parser.add_argument("--download", action="store_true",
-                        help="download a missing dataset with torchvision (needs the network)")
-    parser.add_argument("--eval-split", choices=["test", "val"],
-                        help="test: train on the whole training set; val: seeded 85/15 split")
-    parser.add_argument("--train-samples", type=positive_int,
-                        help="keep only the first N training samples (smoke runs)")
-    parser.add_argument("--eval-samples", type=positive_int,
-                        help="keep only the first N evaluation samples (smoke runs, benchmarks)")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download a missing dataset with torchvision (needs the network)",
+    )
+    parser.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        help="test: train on the whole training set; val: seeded 85/15 split",
+    )
+    parser.add_argument(
+        "--train-samples",
+        type=positive_int,
+        help="keep only the first N training samples (smoke runs)",
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=positive_int,
+        help="keep only the first N evaluation samples (smoke runs, benchmarks)",
+    )
     parser.add_argument("--out", default="results", help="results folder (default: results)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--jobs", type=positive_int, default=1,
-                        help="runs trained at once (processes, spread over CUDA devices)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="runs trained at once (processes, spread over CUDA devices)",
+    )
     parser.add_argument("--shard", type=shard, help="I/N: run every N-th run starting at the I-th")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    parser.add_argument("--tensorboard", action="store_true",
-                        help="also write TensorBoard event files in each run folder "
-                             "(tensorboard --logdir RESULTS)")
-    slurm = parser.add_argument_group("cluster (submitit; README, Running the full study on a cluster)")
-    slurm.add_argument("--slurm", nargs="?", const="slurm", choices=["slurm", "local"],
-                       help="submit the sweep as a SLURM job array, one shard per task; "
-                            "'--slurm local': the same array with submitit's local executor")
-    slurm.add_argument("--slurm-array", type=positive_int, metavar="N",
-                       help="array tasks (shards); default one per run up to 64, 1 with local")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files in each run folder (tensorboard --logdir RESULTS)",
+    )
+    slurm = parser.add_argument_group(
+        "cluster (submitit; README, Running the full study on a cluster)"
+    )
+    slurm.add_argument(
+        "--slurm",
+        nargs="?",
+        const="slurm",
+        choices=["slurm", "local"],
+        help="submit the sweep as a SLURM job array, one shard per task; "
+        "'--slurm local': the same array with submitit's local executor",
+    )
+    slurm.add_argument(
+        "--slurm-array",
+        type=positive_int,
+        metavar="N",
+        help="array tasks (shards); default one per run up to 64, 1 with local",
+    )
     slurm.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
-    slurm.add_argument("--slurm-gpus", type=non_negative_int, metavar="G",
-                       help="GPUs per task (default: the cluster's; none with local)")
+    slurm.add_argument(
+        "--slurm-gpus",
+        type=non_negative_int,
+        metavar="G",
+        help="GPUs per task (default: the cluster's; none with local)",
+    )
     slurm.add_argument("--slurm-cpus", type=positive_int, metavar="C", help="CPUs per task")
-    slurm.add_argument("--slurm-time", type=positive_int, default=240, metavar="MIN",
-                       help="time limit per task in minutes (default 240); a task that reaches "
-                            "it is requeued and resumes")
-    parser.add_argument("--trust-checkpoints", action="store_true",
-                        help="resume from checkpoints written before the safe format, which load "
-                             "only with pickle and can run code: only for files you trust")
+    slurm.add_argument(
+        "--slurm-time",
+        type=positive_int,
+        default=240,
+        metavar="MIN",
+        help="time limit per task in minutes (default 240); a task that reaches "
+        "it is requeued and resumes",
+    )
+    parser.add_argument(
+        "--trust-checkpoints",
+        action="store_true",
+        help="resume from checkpoints written before the safe format, which load "
+        "only with pickle and can run code: only for files you trust",
+    )
 
 
 def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict:
     """Sweep settings: the preset's, overridden by every flag given. Announces the quick default."""
     name = args.preset or ("paper" if args.dataset else "quick")
     if args.preset is None and args.dataset is None:
-        print(f"Quick preset on the embedded digits dataset (a smoke-size reproduction). "
-              f"For the paper run: python {script} --preset paper --data-dir DIR", flush=True)
+        print(
+            f"Quick preset on the embedded digits dataset (a smoke-size reproduction). "
+            f"For the paper run: python {script} --preset paper --data-dir DIR",
+            flush=True,
+        )
     p = presets[name]
     chosen = {
         "preset": name,

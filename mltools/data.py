@@ -18,17 +18,20 @@ import math
 import os
 import pickle
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 try:  # numpy >= 1.26 (numpy 2 moved numpy.core to numpy._core; 1.26 has both)
-    from numpy._core import multiarray as _multiarray, numeric as _numeric
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:
-    from numpy.core import multiarray as _multiarray, numeric as _numeric
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 NUMPY_CORES = ("numpy.core", "numpy._core")  # the module names arrays are pickled under
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "synthetic")
@@ -81,8 +84,8 @@ class Dataset:
     name: str
     x_train: torch.Tensor = field(repr=False)  # (N, C, H, W) float32, normalized
     y_train: torch.Tensor = field(repr=False)  # (N,) int64
-    x_eval: torch.Tensor = field(repr=False)   # (M, C, H, W) float32, normalized
-    y_eval: torch.Tensor = field(repr=False)   # (M,) int64
+    x_eval: torch.Tensor = field(repr=False)  # (M, C, H, W) float32, normalized
+    y_eval: torch.Tensor = field(repr=False)  # (M,) int64
     num_classes: int
     eval_split: str  # "test" or "val"
 
@@ -103,7 +106,11 @@ class RefusedGlobal(pickle.UnpicklingError):
 def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as pickles use it: Python 3 writes bytes at protocols < 3 as
     ``_codecs.encode(text, "latin1")``. Other codecs (compression among them) are refused."""
-    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1" or errors != "strict":
+    if (
+        not isinstance(text, str)
+        or encoding.replace("-", "").lower() != "latin1"
+        or errors != "strict"
+    ):
         raise RefusedGlobal(f"_codecs.encode with codec {encoding!r}")
     return text.encode("latin-1")
 
@@ -146,9 +153,11 @@ def unpickle_cifar(path: Path) -> dict:
         # of asking the file object for gigabytes.
         batch = CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except RefusedGlobal as e:
-        raise DataError(f"{path}: refused: the pickle asks for {e}, which a CIFAR batch never "
-                        "holds and which could run code; replace the file with the original "
-                        "CIFAR download") from None
+        raise DataError(
+            f"{path}: refused: the pickle asks for {e}, which a CIFAR batch never "
+            "holds and which could run code; replace the file with the original "
+            "CIFAR download"
+        ) from None
     except Exception as e:  # damaged pickles raise almost any type (EOFError, KeyError, ...)
         raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict):
@@ -186,7 +195,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
     found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if found != magic:
-        raise DataError(f"{path}: bad magic number {found}, expected {magic}; not an IDX file of this kind")
+        raise DataError(
+            f"{path}: bad magic number {found}, expected {magic}; not an IDX file of this kind"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -194,20 +205,26 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = math.prod(dims)  # exact: np.prod would wrap around for absurd headers
     if len(raw) - header != expected:
-        raise DataError(f"{path}: size mismatch: header dims {dims} need {expected} bytes, file has {len(raw) - header}")
+        raise DataError(
+            f"{path}: size mismatch: header dims {dims} need {expected} bytes, file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     """Raise DataError if any label is outside [0, num_classes): catches wrong or mixed-up files."""
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{where}: labels outside [0, {num_classes}): min {labels.min()}, max {labels.max()}")
+        raise DataError(
+            f"{where}: labels outside [0, {num_classes}): min {labels.min()}, max {labels.max()}"
+        )
 
 
 # ----------------------------------------------------------------------------- finding files
 
 
-def find_dir(candidates: Sequence[Path], names: Sequence[str], allow_gz: bool) -> Optional[dict[str, Path]]:
+def find_dir(
+    candidates: Sequence[Path], names: Sequence[str], allow_gz: bool
+) -> Optional[dict[str, Path]]:
     """First candidate folder holding every file of `names` (raw, else .gz), as name -> path."""
     for folder in candidates:
         found = {}
@@ -239,11 +256,18 @@ def fetch(name: str, data_dir: Path) -> None:
     try:
         import torchvision.datasets as tvd  # imported here: only downloads need torchvision
 
-        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
+        cls = {
+            "cifar10": tvd.CIFAR10,
+            "cifar100": tvd.CIFAR100,
+            "mnist": tvd.MNIST,
+            "fashion-mnist": tvd.FashionMNIST,
+        }[name]
         # CIFAR archives hold both splits; for (Fashion-)MNIST each call fetches all four files.
         cls(root=str(data_dir), train=True, download=True)
     except Exception as e:  # network, disk, checksum: all end the run the same way
-        raise DataError(f"download of {name} into {data_dir} failed: {type(e).__name__}: {e}") from None
+        raise DataError(
+            f"download of {name} into {data_dir} failed: {type(e).__name__}: {e}"
+        ) from None
 
 
 def locate(name: str, data_dir: Path, allow_download: bool) -> dict[str, Path]:
@@ -299,7 +323,9 @@ def load_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_mnist_like(name: str, data_dir: Path, allow_download: bool, need_test: bool):
     """MNIST or Fashion-MNIST from IDX files as uint8 arrays."""
     files = locate(name, data_dir, allow_download)
-    x_train, y_train = load_idx_pair(files[IDX_FILES["train_images"]], files[IDX_FILES["train_labels"]])
+    x_train, y_train = load_idx_pair(
+        files[IDX_FILES["train_images"]], files[IDX_FILES["train_labels"]]
+    )
     if not need_test:
         return x_train, y_train, None, None
     x_test, y_test = load_idx_pair(files[IDX_FILES["test_images"]], files[IDX_FILES["test_labels"]])
@@ -315,7 +341,9 @@ def load_digits_arrays():
     x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # raw values are 0..16
     y = digits.target.astype(np.int64)
     # random_state fixes the split, so no global RNG state can change the test set.
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=SPLIT_SEED)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, stratify=y, random_state=SPLIT_SEED
+    )
     return x_train, y_train, x_test, y_test
 
 
@@ -360,7 +388,9 @@ def to_tensor(x: np.ndarray, stats, device: torch.device) -> torch.Tensor:
     if x.dtype == np.uint8:
         t.div_(255.0)
     if stats is not None:
-        mean, std = (torch.tensor(s, dtype=torch.float32, device=device).view(1, -1, 1, 1) for s in stats)
+        mean, std = (
+            torch.tensor(s, dtype=torch.float32, device=device).view(1, -1, 1, 1) for s in stats
+        )
         t.sub_(mean).div_(std)
     return t
 
@@ -418,14 +448,25 @@ def load_dataset(
         stats = ((float(x_train.mean()),), (float(x_train.std()),))
         num_classes = NUM_CLASSES[name]
     else:  # synthetic: already standard normal, nothing to normalize
-        x_train, y_train, x_test, y_test = synthetic_arrays(synthetic_shape, synthetic_classes, synthetic_sizes)
+        x_train, y_train, x_test, y_test = synthetic_arrays(
+            synthetic_shape, synthetic_classes, synthetic_sizes
+        )
         stats, num_classes = None, int(synthetic_classes)
 
     if eval_split == "val":
         train_idx, val_idx = val_split(len(y_train))
-        x_train, y_train, x_test, y_test = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
-    x_train, y_train = keep_first(x_train, y_train, train_samples, "train_samples", f"training samples of {name}")
-    x_test, y_test = keep_first(x_test, y_test, eval_samples, "eval_samples", f"{eval_split} samples of {name}")
+        x_train, y_train, x_test, y_test = (
+            x_train[train_idx],
+            y_train[train_idx],
+            x_train[val_idx],
+            y_train[val_idx],
+        )
+    x_train, y_train = keep_first(
+        x_train, y_train, train_samples, "train_samples", f"training samples of {name}"
+    )
+    x_test, y_test = keep_first(
+        x_test, y_test, eval_samples, "eval_samples", f"{eval_split} samples of {name}"
+    )
 
     return Dataset(
         name=name,
@@ -438,7 +479,9 @@ def load_dataset(
     )
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator, device) -> Iterator[torch.Tensor]:
+def iterate_batches(
+    n: int, batch_size: int, generator: torch.Generator, device
+) -> Iterator[torch.Tensor]:
     """Yield index tensors (on device) of a seeded random permutation of range(n), in batches of batch_size (last one smaller)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,4 +1,5 @@
 """Choosing the training device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,10 @@ def resolve_device(name: str) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = device.index or 0
         if index >= count:
-            raise ValueError(f"device {name!r} does not exist: this machine has {count} CUDA "
-                             "device(s); use --device cpu or auto")
+            raise ValueError(
+                f"device {name!r} does not exist: this machine has {count} CUDA "
+                "device(s); use --device cpu or auto"
+            )
     return device
 
 

@@ -15,30 +15,33 @@ Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
 Final metrics are the records of :func:`mltools.report.final_records` (done seeds, each run's
 last epoch). No torch and no pyplot; scipy is imported only when an interval is computed.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from .report import alignment_of, fmt, markdown_table, new_figure, number, point_label, write_csv
 from .runlog import Run
 
-LEVEL = 0.95               # confidence level of the effect intervals
+LEVEL = 0.95  # confidence level of the effect intervals
 REFERENCES = {"fc": "fc-tanh", "conv": "conv-tanh"}  # experiment-name prefix -> its reference
-FULL_WIDTH = 800           # DESIGN.md 4: the bottleneck net's width when its config gives none
-RISE_LIMIT = 1.0           # convergence: a gain of the best eval top-1 (percentage points) ...
-RISE_SPAN = 2              # ... within this many final epochs flags a run (early stopping's
-                           # min_delta and patience)
-UNDEFINED_LIMIT = 0.05     # report a point whose mean final undefined_frac exceeds this
+FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config gives none
+RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
+RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's
+# min_delta and patience)
+UNDEFINED_LIMIT = 0.05  # report a point whose mean final undefined_frac exceeds this
 
 UNDEFINED_EXPLANATION = (
     "An undefined cosine has a zero norm: for those alignment samples the output error was "
     "exactly zero (a saturated softmax), so their cosine is counted as 0, and a low `cos_mean` "
-    "at such a point may reflect saturation rather than misalignment.")
+    "at such a point may reflect saturation rather than misalignment."
+)
 
 
 # -- references -----------------------------------------------------------------------------------
@@ -65,6 +68,7 @@ def reference_width(configs: Iterable[dict | None]) -> int:
 class Metric:
     """A final metric that effects are taken of. ``key`` names it in effects.csv, ``label`` in
     report.md and figures; ``value`` reads it from a run's final record (None when absent)."""
+
     key: str
     label: str
     value: Callable[[dict], float | None]
@@ -78,7 +82,9 @@ def points_of(records: Iterable[dict]) -> set[int]:
 
 def point_cos(record: dict, point: int) -> float | None:
     """``cos_mean`` at ``point`` in ``record``, None when absent or not a finite number."""
-    return next((number(a.get("cos_mean")) for a in alignment_of(record) if a["point"] == point), None)
+    return next(
+        (number(a.get("cos_mean")) for a in alignment_of(record) if a["point"] == point), None
+    )
 
 
 def mean_cos(record: dict) -> float | None:
@@ -102,6 +108,7 @@ MEAN_COS = Metric("cos_mean_points", "mean cos over points", mean_cos, 3)
 @dataclass(frozen=True)
 class Interval:
     """A difference of means and its confidence interval; low, high and df are nan without one."""
+
     diff: float
     low: float
     high: float
@@ -122,8 +129,9 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     if va + vb == 0:
         return Interval(diff, diff, diff, math.nan)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     from scipy.stats import t  # imported here: importing this module stays light
+
     half = float(t.ppf((1 + level) / 2, df)) * math.sqrt(va + vb)
     return Interval(diff, diff - half, diff + half, float(df))
 
@@ -131,6 +139,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
 @dataclass(frozen=True)
 class Effect:
     """``metric`` of ``name`` minus that of ``reference``; ``n``, ``n_ref``: the seeds that count."""
+
     name: str
     reference: str
     metric: Metric
@@ -147,12 +156,20 @@ class Effect:
 
     @property
     def verdict(self) -> str:
-        return {True: "clear effect", False: "within noise",
-                None: "no interval (fewer than 2 done seeds)"}[self.clear]
+        return {
+            True: "clear effect",
+            False: "within noise",
+            None: "no interval (fewer than 2 done seeds)",
+        }[self.clear]
 
 
-def compare(name: str, records: Sequence[dict], reference: str, ref_records: Sequence[dict],
-            metrics: Sequence[Metric]) -> list[Effect]:
+def compare(
+    name: str,
+    records: Sequence[dict],
+    reference: str,
+    ref_records: Sequence[dict],
+    metrics: Sequence[Metric],
+) -> list[Effect]:
     """One effect per metric, from the final records of the done seeds of both sides."""
     effects = []
     for metric in metrics:
@@ -162,7 +179,9 @@ def compare(name: str, records: Sequence[dict], reference: str, ref_records: Seq
     return effects
 
 
-def experiment_effects(finals: dict[str, list[dict]], split: str = "test") -> tuple[list[Effect], list[str]]:
+def experiment_effects(
+    finals: dict[str, list[dict]], split: str = "test"
+) -> tuple[list[Effect], list[str]]:
     """Effects of each experiment of ``finals`` (name -> final records of its done seeds, in table
     order) against its reference, and notes on what could not be compared.
 
@@ -184,16 +203,23 @@ def experiment_effects(finals: dict[str, list[dict]], split: str = "test") -> tu
         if points == ref_points:
             per_point = [point_metric(p) for p in sorted(points)]
         elif points and ref_points:
-            notes.append(f"{name}: no per-point effects, since it has {len(points)} feedback points "
-                         f"and {reference} has {len(ref_points)}, so the same index is a different "
-                         "layer; the mean over points is compared.")
-        effects += compare(name, records, reference, ref_records,
-                           [top1_metric(split), *per_point, MEAN_COS])
+            notes.append(
+                f"{name}: no per-point effects, since it has {len(points)} feedback points "
+                f"and {reference} has {len(ref_points)}, so the same index is a different "
+                "layer; the mean over points is compared."
+            )
+        effects += compare(
+            name, records, reference, ref_records, [top1_metric(split), *per_point, MEAN_COS]
+        )
     return effects, notes + no_reference_note(missing)
 
 
 def no_reference_note(missing: Sequence[str]) -> list[str]:
-    return [f"No effects for {', '.join(missing)}: no done runs of the reference here."] if missing else []
+    return (
+        [f"No effects for {', '.join(missing)}: no done runs of the reference here."]
+        if missing
+        else []
+    )
 
 
 # -- effects: outputs -----------------------------------------------------------------------------
@@ -206,27 +232,50 @@ def effect_cells(e: Effect) -> list[str]:
     d, iv = e.metric.decimals, e.interval
     diff = fmt_signed(iv.diff, d) or "-"
     ci = f"[{fmt_signed(iv.low, d)}, {fmt_signed(iv.high, d)}]" if e.clear is not None else "-"
-    return [f"**{diff}**" if e.clear else diff, ci, f"{e.n} vs {e.n_ref}", fmt(iv.df, 1) or "-",
-            f"**{e.verdict}**" if e.clear else e.verdict]
+    return [
+        f"**{diff}**" if e.clear else diff,
+        ci,
+        f"{e.n} vs {e.n_ref}",
+        fmt(iv.df, 1) or "-",
+        f"**{e.verdict}**" if e.clear else e.verdict,
+    ]
 
 
-def effects_section(effects: Sequence[Effect], notes: Sequence[str], name_header: str, rule: str,
-                    figure: str | None) -> list[str]:
+def effects_section(
+    effects: Sequence[Effect], notes: Sequence[str], name_header: str, rule: str, figure: str | None
+) -> list[str]:
     """The ``## Effects`` section of a markdown report; ``rule`` says what is compared with what,
     ``figure`` is the relative link to effects.png (None when none was drawn)."""
     pct = f"{LEVEL:.0%}"
-    lines = ["## Effects", "",
-             "Effect = mean over the done seeds of the value at the table's epoch minus that of the "
-             f"reference ({rule}). "
-             f"{pct} Welch confidence interval: difference ± t(0.975, df) · sqrt(s1²/n1 + s2²/n2), "
-             "sample variances (ddof = 1), Welch–Satterthwaite df; `seeds` gives n1 vs n2. An "
-             "interval that excludes 0 is a **clear effect** (bold); otherwise the effect is within "
-             "noise. With fewer than 2 done seeds on a side there is no interval. Top-1 differences "
-             "are in percentage points; cos differences in cosine units.", ""]
+    lines = [
+        "## Effects",
+        "",
+        "Effect = mean over the done seeds of the value at the table's epoch minus that of the "
+        f"reference ({rule}). "
+        f"{pct} Welch confidence interval: difference ± t(0.975, df) · sqrt(s1²/n1 + s2²/n2), "
+        "sample variances (ddof = 1), Welch–Satterthwaite df; `seeds` gives n1 vs n2. An "
+        "interval that excludes 0 is a **clear effect** (bold); otherwise the effect is within "
+        "noise. With fewer than 2 done seeds on a side there is no interval. Top-1 differences "
+        "are in percentage points; cos differences in cosine units.",
+        "",
+    ]
     if effects:
-        head = [name_header, "reference", "metric", "difference", f"{pct} CI", "seeds", "df", "verdict"]
-        lines += [markdown_table(head, [[e.name, e.reference, e.metric.label, *effect_cells(e)]
-                                        for e in effects]), ""]
+        head = [
+            name_header,
+            "reference",
+            "metric",
+            "difference",
+            f"{pct} CI",
+            "seeds",
+            "df",
+            "verdict",
+        ]
+        lines += [
+            markdown_table(
+                head, [[e.name, e.reference, e.metric.label, *effect_cells(e)] for e in effects]
+            ),
+            "",
+        ]
     else:
         lines += ["No effect to show: no row has its reference among these runs.", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
@@ -237,16 +286,49 @@ def effects_section(effects: Sequence[Effect], notes: Sequence[str], name_header
 
 def write_effects_csv(path: Path, effects: Sequence[Effect], name_header: str) -> None:
     """One row per effect; ``clear`` is True/False, empty without an interval."""
-    head = [name_header, "reference", "metric", "difference", "ci_low", "ci_high", "df", "seeds",
-            "seeds_reference", "clear", "verdict"]
-    rows = [[e.name, e.reference, e.metric.key, fmt(e.interval.diff, 6), fmt(e.interval.low, 6),
-             fmt(e.interval.high, 6), fmt(e.interval.df, 3), e.n, e.n_ref,
-             "" if e.clear is None else e.clear, e.verdict] for e in effects]
+    head = [
+        name_header,
+        "reference",
+        "metric",
+        "difference",
+        "ci_low",
+        "ci_high",
+        "df",
+        "seeds",
+        "seeds_reference",
+        "clear",
+        "verdict",
+    ]
+    rows = [
+        [
+            e.name,
+            e.reference,
+            e.metric.key,
+            fmt(e.interval.diff, 6),
+            fmt(e.interval.low, 6),
+            fmt(e.interval.high, 6),
+            fmt(e.interval.df, 3),
+            e.n,
+            e.n_ref,
+            "" if e.clear is None else e.clear,
+            e.verdict,
+        ]
+        for e in effects
+    ]
     write_csv(path, head, rows)
 
 
-def write_effects(effects: Sequence[Effect], notes: Sequence[str], csv_path: Path, png_path: Path, *,
-                  name_header: str, rule: str, panels: Sequence[str], title: str) -> list[str]:
+def write_effects(
+    effects: Sequence[Effect],
+    notes: Sequence[str],
+    csv_path: Path,
+    png_path: Path,
+    *,
+    name_header: str,
+    rule: str,
+    panels: Sequence[str],
+    title: str,
+) -> list[str]:
     """Write ``effects.csv`` and the figure (when there is a difference to draw) and return the
     markdown section, for a report that sits beside ``csv_path``."""
     write_effects_csv(csv_path, effects, name_header)
@@ -260,14 +342,23 @@ def _marker(clear: bool | None) -> dict:
     if clear is None:
         return {"marker": "x", "ls": "none", "color": "0.45", "ms": 6}
     color = "C3" if clear else "C0"
-    return {"marker": "o", "ls": "none", "color": color, "mfc": color if clear else "white", "ms": 6}
+    return {
+        "marker": "o",
+        "ls": "none",
+        "color": color,
+        "mfc": color if clear else "white",
+        "ms": 6,
+    }
 
 
 def plot_effects(path: Path, effects: Sequence[Effect], keys: Sequence[str], title: str) -> bool:
     """One panel per metric key in ``keys``, one row per compared name: the difference as a dot
     with its CI bar and a vertical line at 0. Returns False (nothing written) when no panel has
     a difference."""
-    panels = [[e for e in effects if e.metric.key == key and math.isfinite(e.interval.diff)] for key in keys]
+    panels = [
+        [e for e in effects if e.metric.key == key and math.isfinite(e.interval.diff)]
+        for key in keys
+    ]
     panels = [p for p in panels if p]
     if not panels:
         return False
@@ -278,8 +369,14 @@ def plot_effects(path: Path, effects: Sequence[Effect], keys: Sequence[str], tit
         for e in panel:
             iv = e.interval
             xerr = [[iv.diff - iv.low], [iv.high - iv.diff]] if e.clear is not None else None
-            ax.errorbar(iv.diff, rows.index((e.name, e.reference)), xerr=xerr, capsize=3, lw=1.4,
-                        **_marker(e.clear))
+            ax.errorbar(
+                iv.diff,
+                rows.index((e.name, e.reference)),
+                xerr=xerr,
+                capsize=3,
+                lw=1.4,
+                **_marker(e.clear),
+            )
         ax.axvline(0.0, color="0.3", lw=1.0, zorder=0)
         unit = "percentage points" if panel[0].metric.key == "eval_top1" else "cosine"
         ax.set_title(panel[0].metric.label)
@@ -288,9 +385,15 @@ def plot_effects(path: Path, effects: Sequence[Effect], keys: Sequence[str], tit
     axes[0].set_yticks(range(len(rows)), [f"{name} − {ref}" for name, ref in rows])
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], **_marker(clear)) for clear in (True, False, None)]
-    fig.legend(handles, ["clear effect (CI excludes 0)", "within noise", "no interval (< 2 seeds)"],
-               loc="outside lower center", ncol=3, frameon=False)
+    fig.legend(
+        handles,
+        ["clear effect (CI excludes 0)", "within noise", "no interval (< 2 seeds)"],
+        loc="outside lower center",
+        ncol=3,
+        frameon=False,
+    )
     fig.suptitle(f"{title}: difference of seed means, bar = {LEVEL:.0%} Welch CI")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -313,8 +416,9 @@ def unconverged(run: Run, record: dict) -> tuple[bool | None, float | None]:
     if last <= RISE_SPAN:
         return None, None
     # reversed: where an epoch is recorded twice, the first record wins, as in Run.at_epoch
-    top1 = {r["epoch"]: number(r.get("eval_top1")) for r in reversed(run.records)
-            if r["epoch"] < last}
+    top1 = {
+        r["epoch"]: number(r.get("eval_top1")) for r in reversed(run.records) if r["epoch"] < last
+    }
     top1[last] = number(record.get("eval_top1"))
     recent = [top1.get(e) for e in range(last - RISE_SPAN + 1, last + 1)]
     before = [v for e, v in top1.items() if e <= last - RISE_SPAN and v is not None]
@@ -327,6 +431,7 @@ def unconverged(run: Run, record: dict) -> tuple[bool | None, float | None]:
 @dataclass
 class Flags:
     """Convergence of one table row: seeds in its means, how many are unknown, the flagged runs."""
+
     seeds: int
     unknown: int
     flagged: list[str]
@@ -335,7 +440,9 @@ class Flags:
         """``flagged/seeds``, e.g. ``2/3``, plus ``(k unknown)``; '' for a row without seeds."""
         if not self.seeds:
             return ""
-        return f"{len(self.flagged)}/{self.seeds}" + (f" ({self.unknown} unknown)" if self.unknown else "")
+        return f"{len(self.flagged)}/{self.seeds}" + (
+            f" ({self.unknown} unknown)" if self.unknown else ""
+        )
 
 
 def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None) -> Flags:
@@ -346,8 +453,10 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
         flag, rise = unconverged(run, record)
         unknown += flag is None
         if flag:
-            flagged.append(f"{run.path.parent.name} {run.path.name}: best of the last {RISE_SPAN} "
-                           f"epochs {rise:+.2f} points above the best before")
+            flagged.append(
+                f"{run.path.parent.name} {run.path.name}: best of the last {RISE_SPAN} "
+                f"epochs {rise:+.2f} points above the best before"
+            )
     seeds = len(used) if seeds is None else seeds
     return Flags(seeds, unknown + seeds - len(used), flagged)
 
@@ -355,24 +464,34 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
     """The criterion, stated under a table, and the list of every flagged run."""
     flagged = [f for row in flags for f in row.flagged]
-    lines = [f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
-             f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was "
-             f"still setting new highs (early stopping's rule, patience {RISE_SPAN} epochs): "
-             f"max(top1[E−1], top1[E]) − max(top1[0..E−2]) > {RISE_LIMIT:.1f} percentage point; "
-             f"`unknown` when it has fewer than {RISE_SPAN + 2} epoch records (epoch 0 included) "
-             "or they are not at hand (recovered logs).", ""]
+    lines = [
+        f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
+        f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was "
+        f"still setting new highs (early stopping's rule, patience {RISE_SPAN} epochs): "
+        f"max(top1[E−1], top1[E]) − max(top1[0..E−2]) > {RISE_LIMIT:.1f} percentage point; "
+        f"`unknown` when it has fewer than {RISE_SPAN + 2} epoch records (epoch 0 included) "
+        "or they are not at hand (recovered logs).",
+        "",
+    ]
     if flagged:
         return lines + ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
     return lines + ["No run is flagged as not converged.", ""]
 
 
 # -- undefined cosines ----------------------------------------------------------------------------
-def undefined_note(name: str, stats: dict[int, dict], points: Iterable[int],
-                   label: Callable[[int], str] = point_label) -> str | None:
+def undefined_note(
+    name: str,
+    stats: dict[int, dict],
+    points: Iterable[int],
+    label: Callable[[int], str] = point_label,
+) -> str | None:
     """``fc-relu: h2 61.0% undefined`` for the ``points`` whose mean final ``undefined_frac``
     (``stats[p]["undefined"]``, from point_stats) exceeds 5%; None when there are none."""
-    parts = [f"{label(p)} {100 * u:.1f}% undefined" for p in points
-             if (u := stats.get(p, {}).get("undefined", math.nan)) > UNDEFINED_LIMIT]
+    parts = [
+        f"{label(p)} {100 * u:.1f}% undefined"
+        for p in points
+        if (u := stats.get(p, {}).get("undefined", math.nan)) > UNDEFINED_LIMIT
+    ]
     return f"{name}: {', '.join(parts)}" if parts else None
 
 
@@ -381,5 +500,12 @@ def undefined_lines(notes: Iterable[str | None]) -> list[str]:
     notes = [n for n in notes if n]
     if not notes:
         return []
-    return ([f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} at a point, "
-             "done seeds):", ""] + [f"- {n}" for n in notes] + ["", UNDEFINED_EXPLANATION, ""])
+    return (
+        [
+            f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} at a point, "
+            "done seeds):",
+            "",
+        ]
+        + [f"- {n}" for n in notes]
+        + ["", UNDEFINED_EXPLANATION, ""]
+    )

@@ -3,6 +3,7 @@ presets and figure groups.
 
 No torch here, so reports can name and group experiments on machines without torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,14 +21,22 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "fc-leaky0.01": ("FC, LeakyReLU 0.01", {"arch": "fc", "act": "leaky0.01"}),
     "fc-nonorm": ("FC, no feedback normalization", {"arch": "fc", "normalize": False}),
     "conv-nonorm": ("CNN, no feedback normalization", {"arch": "cnn", "normalize": False}),
-    "fc-drop0.1-0.5": ("FC, dropout input 0.1, hidden 0.5",
-                       {"arch": "fc", "input_dropout": 0.1, "dropout": 0.5}),
-    "fc-drop0.1-0.1": ("FC, dropout input 0.1, hidden 0.1",
-                       {"arch": "fc", "input_dropout": 0.1, "dropout": 0.1}),
-    "conv-drop0.1-0.5": ("CNN, dropout input 0.1, FC 0.5, conv 0",
-                         {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.5}),
-    "conv-drop0.1-0.1": ("CNN, dropout input 0.1, FC 0.1, conv 0",
-                         {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.1}),
+    "fc-drop0.1-0.5": (
+        "FC, dropout input 0.1, hidden 0.5",
+        {"arch": "fc", "input_dropout": 0.1, "dropout": 0.5},
+    ),
+    "fc-drop0.1-0.1": (
+        "FC, dropout input 0.1, hidden 0.1",
+        {"arch": "fc", "input_dropout": 0.1, "dropout": 0.1},
+    ),
+    "conv-drop0.1-0.5": (
+        "CNN, dropout input 0.1, FC 0.5, conv 0",
+        {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.5},
+    ),
+    "conv-drop0.1-0.1": (
+        "CNN, dropout input 0.1, FC 0.1, conv 0",
+        {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.1},
+    ),
     "conv-bn": ("CNN, batch norm", {"arch": "cnn", "batch_norm": True}),
     "conv-tanh": ("CNN, tanh", {"arch": "cnn"}),
     "fc-bp": ("FC, tanh, backprop", {"arch": "fc", "method": "bp"}),
@@ -35,17 +44,22 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "fc-pai": ("FC, tanh, PAI", {"arch": "fc", "init": "pai"}),
     # Not a row of the paper: the 2019 code's CNN had no feedback point before its output layer,
     # so its Linear(576, 128) was trained by BP (README, deviations).
-    "conv-tanh-2019": ("CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
-                       {"arch": "cnn", "cnn_points": "2019"}),
+    "conv-tanh-2019": (
+        "CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
+        {"arch": "cnn", "cnn_points": "2019"},
+    ),
 }
 # The rest of the feedback-alignment family (DESIGN.md 7), on the paper's FC and CNN. Not in the
 # default set: they run when named, or with best_practices.py --group methods.
 METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, tanh, {text}", {"arch": arch_key, "method": method})
     for arch, arch_key, label in (("fc", "fc", "FC"), ("conv", "cnn", "CNN"))
-    for method, text in (("fa", "feedback alignment"), ("sign", "sign symmetry"),
-                         ("drtp", "DRTP (target projection)"),
-                         ("shallow", "shallow (hidden layers fixed)"))
+    for method, text in (
+        ("fa", "feedback alignment"),
+        ("sign", "sign symmetry"),
+        ("drtp", "DRTP (target projection)"),
+        ("shallow", "shallow (hidden layers fixed)"),
+    )
 }
 DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
 EXPERIMENTS.update(METHOD_EXPERIMENTS)
@@ -54,19 +68,32 @@ EXPERIMENTS.update(METHOD_EXPERIMENTS)
 GROUPS: dict[str, list[str]] = {
     "activations": ["fc-tanh", "fc-relu", "fc-leaky0.5", "fc-leaky0.1", "fc-leaky0.01"],
     "normalization": ["fc-tanh", "fc-nonorm", "conv-tanh", "conv-nonorm"],
-    "dropout": ["fc-tanh", "fc-drop0.1-0.5", "fc-drop0.1-0.1", "conv-tanh", "conv-drop0.1-0.5",
-                "conv-drop0.1-0.1"],
+    "dropout": [
+        "fc-tanh",
+        "fc-drop0.1-0.5",
+        "fc-drop0.1-0.1",
+        "conv-tanh",
+        "conv-drop0.1-0.5",
+        "conv-drop0.1-0.1",
+    ],
     "batch-norm": ["fc-tanh", "fc-bn", "conv-tanh", "conv-bn"],
     "bp-vs-dfa": ["fc-tanh", "fc-bp", "fc-pai", "conv-tanh", "conv-bp"],
     "cnn-points": ["conv-tanh", "conv-tanh-2019", "conv-bp"],
-    "methods": ["fc-tanh", "fc-bp", *(n for n in METHOD_EXPERIMENTS if n.startswith("fc-")),
-                "conv-tanh", "conv-bp", *(n for n in METHOD_EXPERIMENTS if n.startswith("conv-"))],
+    "methods": [
+        "fc-tanh",
+        "fc-bp",
+        *(n for n in METHOD_EXPERIMENTS if n.startswith("fc-")),
+        "conv-tanh",
+        "conv-bp",
+        *(n for n in METHOD_EXPERIMENTS if n.startswith("conv-")),
+    ],
 }
 
 
 @dataclass(frozen=True)
 class Preset:
     """Sweep-wide settings; explicit command-line flags override them."""
+
     dataset: str
     seeds: int
     epochs: int
@@ -74,7 +101,7 @@ class Preset:
     lr: float
     eval_split: str = "test"
     train_samples: int | None = None  # None: the whole training set
-    cnn_min_side: int = 32            # CNN inputs smaller than this are upsampled to it
+    cnn_min_side: int = 32  # CNN inputs smaller than this are upsampled to it
     bottleneck_sizes: tuple[int, ...] = field(default=())
 
 
@@ -90,15 +117,30 @@ BEST_PRACTICES_PRESETS = {
     # The published Fashion-MNIST study (README, Results): the paper's optimizer on 10,000
     # training images, so all 18 experiments x 3 seeds and the bottleneck sweep fit in about
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
-    "fashion": Preset("fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03,
-                      train_samples=10_000),
+    "fashion": Preset(
+        "fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03, train_samples=10_000
+    ),
 }
 
 BOTTLENECK_PRESETS = {
-    "paper": Preset("cifar10", seeds=1, epochs=50, batch_size=128, lr=5e-4,
-                    bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
-    "quick": Preset("digits", seeds=3, epochs=15, batch_size=64, lr=0.1,
-                    bottleneck_sizes=(1, 5, 28, 118, 800)),
-    "fashion": Preset("fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03,
-                      train_samples=10_000, bottleneck_sizes=PAPER_BOTTLENECK_SIZES),
+    "paper": Preset(
+        "cifar10",
+        seeds=1,
+        epochs=50,
+        batch_size=128,
+        lr=5e-4,
+        bottleneck_sizes=PAPER_BOTTLENECK_SIZES,
+    ),
+    "quick": Preset(
+        "digits", seeds=3, epochs=15, batch_size=64, lr=0.1, bottleneck_sizes=(1, 5, 28, 118, 800)
+    ),
+    "fashion": Preset(
+        "fashion-mnist",
+        seeds=3,
+        epochs=10,
+        batch_size=128,
+        lr=0.03,
+        train_samples=10_000,
+        bottleneck_sizes=PAPER_BOTTLENECK_SIZES,
+    ),
 }

@@ -63,9 +63,22 @@ _TIME_UNIT_RE = re.compile(
     r"(?<![\w.])(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b"
 )
 _TIME_CLOCK_RE = re.compile(r"(?<![\w.:])(\d+):(\d{2}):(\d{2}(?:\.\d+)?)(?![\d.]|:\d)")
-_UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-                 "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
-                 "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+_UNIT_SECONDS = {
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "mins": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+}
 
 # `<index>_<module repr> -- mean:<x>, std:<y>`.  Searched rather than anchored
 # so that any prefix (timestamp, tag, logger name) is tolerated; the look-behind
@@ -84,16 +97,23 @@ _LOSS_RE = re.compile(
 # trusted (``45.6`` may be the start of ``45.67``).
 _PARTIAL_LOSS_RES = (
     ("train_loss", "training loss", re.compile(r"Training loss:\s*([^\s(]+)(?=\s*\()")),
-    ("train_top1", "training top-1",
-     re.compile(r"Training loss:\s*[^\s(]*\s*\(top-1:\s*([^\s%)]+)\s*%?\s*\)")),
+    (
+        "train_top1",
+        "training top-1",
+        re.compile(r"Training loss:\s*[^\s(]*\s*\(top-1:\s*([^\s%)]+)\s*%?\s*\)"),
+    ),
     ("test_loss", "validation loss", re.compile(r"Validation loss:\s*([^\s(]+)(?=\s*\()")),
-    ("test_top1", "validation top-1",
-     re.compile(r"Validation loss:\s*[^\s(]*\s*\(top-1:\s*([^\s%)]+)\s*%?\s*\)")),
+    (
+        "test_top1",
+        "validation top-1",
+        re.compile(r"Validation loss:\s*[^\s(]*\s*\(top-1:\s*([^\s%)]+)\s*%?\s*\)"),
+    ),
 )
 
 # Strict number syntax: float() alone would also accept `1_000` or ` 1 `.
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)",
-                        re.IGNORECASE)
+_NUMBER_RE = re.compile(
+    r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE
+)
 
 # tqdm (`45%|####  | 176/391 [00:05<...]`) or keras-style (`[=====>...] 12/391`) bars.
 _PROGRESS_RE = re.compile(r"\d{1,3}%\s*\||\|\s*\d+/\d+\s*\[|\[[=#>.\- ]{5,}\]\s*\d+/\d+")
@@ -107,8 +127,10 @@ _RECORD_WORD_RE = re.compile(r"\bEPOCH\b|Training loss|Validation loss|top-1|mea
 # bottleneck.py of that code; "succesfully" is its spelling). A line may start with the file
 # log's timestamp (`2019-05-03 14:02:11 -- `) or the console's `[TAG] LEVEL` header.
 # Each run of spaces has one way to match (no `\s*x?\s*`): long lines stay linear-time.
-_LOG_PREFIX = (r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?\s*(?:--\s*)?)?"
-               r"(?:\[\w+\]\s*(?:(?:DEBUG\.|INFO\.|WARN!|ERROR!|HIGH\.)\s*)?)?")
+_LOG_PREFIX = (
+    r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?\s*(?:--\s*)?)?"
+    r"(?:\[\w+\]\s*(?:(?:DEBUG\.|INFO\.|WARN!|ERROR!|HIGH\.)\s*)?)?"
+)
 _KNOWN_MESSAGES = (
     r"Batch \d+/\d+ \(loaded in ",
     r"Will be writing a log of all messages in file ",
@@ -145,6 +167,7 @@ MAX_RECORD_CHARS = 1000
 
 
 # --- public data type --------------------------------------------------------
+
 
 @dataclass
 class LegacyEpoch:
@@ -186,6 +209,7 @@ class LegacyEpoch:
 
 
 # --- public functions --------------------------------------------------------
+
 
 def is_legacy_log(text: str) -> bool:
     """True when ``text`` looks like a 2019-code log.
@@ -229,6 +253,7 @@ def parse_legacy_log(text: str, source: str = "<log>") -> tuple[list[list[Legacy
 
 
 # --- internals ------------------------------------------------------------------
+
 
 def _visible(raw: str) -> tuple[str, bool]:
     """Text of a physical line as a terminal would show it, and whether it held junk.
@@ -276,7 +301,7 @@ class _Open:
     """Book-keeping for the epoch currently being filled."""
 
     epoch: LegacyEpoch
-    line: int                      # line number of its header
+    line: int  # line number of its header
     loss_seen: bool = False
     indices: set = field(default_factory=set)
 
@@ -287,7 +312,7 @@ class _Parser:
     def __init__(self, source: str):
         self.source = source
         self.runs: list[list[LegacyEpoch]] = []
-        self.run_meta: list[_Open] = []      # _Open of every epoch of the current run
+        self.run_meta: list[_Open] = []  # _Open of every epoch of the current run
         self.open: _Open | None = None
         self._warnings: list[tuple[int, int, str]] = []
 
@@ -348,9 +373,16 @@ class _Parser:
                 self._close_run()
             elif k > prev.epoch + 1:
                 self.warn(lineno, f"epoch counter jumps from {prev.epoch} to {k} (epochs missing)")
-        epoch = LegacyEpoch(epoch=k, epochs=n, time_s=_epoch_time(line[m.end():]),
-                            train_loss=None, train_top1=None, test_loss=None, test_top1=None,
-                            modules=[])
+        epoch = LegacyEpoch(
+            epoch=k,
+            epochs=n,
+            time_s=_epoch_time(line[m.end() :]),
+            train_loss=None,
+            train_top1=None,
+            test_loss=None,
+            test_top1=None,
+            modules=[],
+        )
         self.open = _Open(epoch, lineno)
         self.run_meta.append(self.open)
 
@@ -401,7 +433,8 @@ class _Parser:
                 self.warn(lineno, f"cannot parse module {index} {key} {token!r}")
         self.open.indices.add(index)
         self.open.epoch.modules.append(
-            {"index": index, "name": m.group(2).strip(), "mean": stats["mean"], "std": stats["std"]})
+            {"index": index, "name": m.group(2).strip(), "mean": stats["mean"], "std": stats["std"]}
+        )
 
     # -- block ends -------------------------------------------------------
 
@@ -419,7 +452,9 @@ class _Parser:
         for meta in self.run_meta:
             got = len(meta.epoch.modules)
             if got < expected:
-                self.warn(meta.line, f"epoch {meta.epoch.epoch} has {got} of {expected} module lines")
+                self.warn(
+                    meta.line, f"epoch {meta.epoch.epoch} has {got} of {expected} module lines"
+                )
         self.runs.append([meta.epoch for meta in self.run_meta])
         self.run_meta = []
 

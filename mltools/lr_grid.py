@@ -13,6 +13,7 @@ the experiments whose effects the study measures.
 
 No torch here.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,7 +25,9 @@ from .report import final_records, load_seeds, markdown_table, number
 REFERENCES = ("fc-tanh", "fc-bp", "conv-tanh", "conv-bp")
 
 
-def grid_scores(grid: Path, references: tuple[str, ...] = REFERENCES) -> dict[float, dict[str, float]]:
+def grid_scores(
+    grid: Path, references: tuple[str, ...] = REFERENCES
+) -> dict[float, dict[str, float]]:
     """``{lr: {reference: final val top-1}}`` for every ``lr<rate>`` folder under ``grid``."""
     scores: dict[float, dict[str, float]] = {}
     for folder in grid.glob("lr*"):
@@ -51,22 +54,31 @@ def grid_table(scores: dict[float, dict[str, float]]) -> str:
     """Markdown: one row per rate, the references' final val top-1 and their mean."""
     best = choose(scores)
     names = list(next(iter(scores.values())))
-    rows = [[f"{lr:g}" + (" (chosen)" if lr == best else ""),
-             *(f"{row[n]:.2f}" for n in names), f"{sum(row.values()) / len(row):.2f}"]
-            for lr, row in scores.items()]
+    rows = [
+        [
+            f"{lr:g}" + (" (chosen)" if lr == best else ""),
+            *(f"{row[n]:.2f}" for n in names),
+            f"{sum(row.values()) / len(row):.2f}",
+        ]
+        for lr, row in scores.items()
+    ]
     return markdown_table(["lr", *names, "mean"], rows)
 
 
 def main() -> None:
-    parser = ArgumentParser(prog="python -m mltools.lr_grid",
-                                     description="Pick the learning rate of a grid by the rule above.")
+    parser = ArgumentParser(
+        prog="python -m mltools.lr_grid",
+        description="Pick the learning rate of a grid by the rule above.",
+    )
     parser.add_argument("grid", type=Path, help="folder holding lr<rate>/best_practices/...")
     grid = parser.parse_args().grid
     scores = grid_scores(grid)
     if not scores:
         parser.error(f"no lr<rate> folders under {grid}")
-    text = (f"Final val top-1 (%) of the reference runs, seed 0, per learning rate. Chosen: the "
-            f"highest mean, lr = {choose(scores):g}.\n\n{grid_table(scores)}")
+    text = (
+        f"Final val top-1 (%) of the reference runs, seed 0, per learning rate. Chosen: the "
+        f"highest mean, lr = {choose(scores):g}.\n\n{grid_table(scores)}"
+    )
     (grid / "lr_grid.md").write_text(text)
     print(text, end="")
 

@@ -5,12 +5,14 @@ The ETA counts epochs, not runs: each run to train is expected to take ``epochs 
 mean measured so far over the whole sweep. On a terminal this is one tqdm bar; with ``--quiet``,
 or when stdout is a file (``nohup``, a cluster log), a plain line every few runs instead.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -33,9 +35,14 @@ class SweepProgress:
     ``clock`` is for tests.
     """
 
-    def __init__(self, expected: Sequence[int], bar: bool = True,
-                 echo: Callable[[str], None] = print, every: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        expected: Sequence[int],
+        bar: bool = True,
+        echo: Callable[[str], None] = print,
+        every: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.expected = list(expected)
         self.seen = [0] * len(self.expected)
         self.outcomes: Counter = Counter()
@@ -43,8 +50,18 @@ class SweepProgress:
         self.every = every or max(1, round(len(self.expected) / 10))
         self.start = clock()
         self.last_line = 0
-        self.bar = tqdm(total=sum(self.expected), unit="epoch", smoothing=0, file=sys.stderr,
-                        dynamic_ncols=True, desc=self._desc()) if bar else None
+        self.bar = (
+            tqdm(
+                total=sum(self.expected),
+                unit="epoch",
+                smoothing=0,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc=self._desc(),
+            )
+            if bar
+            else None
+        )
 
     # -- counts -----------------------------------------------------------------------------------
     @property
@@ -104,7 +121,12 @@ class SweepProgress:
     def line(self) -> str:
         """``sweep: 12/54 runs (1 diverged), 3m10s elapsed, about 9m40s left``."""
         eta = self.eta()
-        left = "done" if self.finished == len(self.expected) else (
-            f"about {format_seconds(eta)} left" if eta is not None else "no epoch timed yet")
-        return (f"sweep: {self.finished}/{len(self.expected)} runs{self._counts()}, "
-                f"{format_seconds(self.clock() - self.start)} elapsed, {left}")
+        left = (
+            "done"
+            if self.finished == len(self.expected)
+            else (f"about {format_seconds(eta)} left" if eta is not None else "no epoch timed yet")
+        )
+        return (
+            f"sweep: {self.finished}/{len(self.expected)} runs{self._counts()}, "
+            f"{format_seconds(self.clock() - self.start)} elapsed, {left}"
+        )

@@ -5,6 +5,7 @@
 
 No torch here.
 """
+
 from __future__ import annotations
 
 import shutil

@@ -15,15 +15,17 @@ with :mod:`mltools.bottleneck_report`:
 No torch here, and no pyplot: figures are drawn on ``matplotlib.figure.Figure`` with the Agg
 canvas, so the report runs headless and leaves the caller's matplotlib backend alone.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -34,8 +36,14 @@ Echo = Callable[[str], None]
 
 STATUS_ORDER = ("done", "diverged", "failed", "running", "unknown")
 ARCH_NAMES = {"fc": "FC", "cnn": "CNN", "bottleneck": "bottleneck"}
-METHOD_NAMES = {"dfa": "DFA", "bp": "BP", "fa": "FA", "sign": "sign", "drtp": "DRTP",
-                "shallow": "shallow"}
+METHOD_NAMES = {
+    "dfa": "DFA",
+    "bp": "BP",
+    "fa": "FA",
+    "sign": "sign",
+    "drtp": "DRTP",
+    "shallow": "shallow",
+}
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -102,12 +110,16 @@ def status_counts(runs: Sequence[Run]) -> dict[str, int]:
 def fmt_counts(counts: dict[str, int]) -> str:
     """``3 done / 1 diverged``, plus any other status that occurs (``, 1 running``)."""
     text = f"{counts.get('done', 0)} done / {counts.get('diverged', 0)} diverged"
-    others = sorted((s for s in counts if s not in ("done", "diverged")),
-                    key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
+    others = sorted(
+        (s for s in counts if s not in ("done", "diverged")),
+        key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s),
+    )
     return text + "".join(f", {counts[s]} {s}" for s in others)
 
 
-def final_records(runs: Sequence[Run], epoch: int | None = None) -> tuple[list[tuple[Run, dict]], list[str]]:
+def final_records(
+    runs: Sequence[Run], epoch: int | None = None
+) -> tuple[list[tuple[Run, dict]], list[str]]:
     """``(run, record)`` of each done run at ``epoch`` (its last epoch when None).
 
     The last epoch is ``config["epochs"]`` when given: a done run whose metrics lost the final
@@ -120,7 +132,9 @@ def final_records(runs: Sequence[Run], epoch: int | None = None) -> tuple[list[t
         want = epoch if epoch is not None else (run.config or {}).get("epochs")
         record = run.at_epoch(want) if isinstance(want, int) else run.last
         if record is None:
-            warnings.append(f"{run.path}: done but no record for epoch {want}; left out of the means")
+            warnings.append(
+                f"{run.path}: done but no record for epoch {want}; left out of the means"
+            )
             continue
         used.append((run, record))
     return used, warnings
@@ -138,12 +152,20 @@ def point_stats(records: Sequence[dict]) -> dict[int, dict]:
         cos, cos_std, n = mean_std(a.get("cos_mean") for a in items)
         deg, _, _ = mean_std(a.get("angle_deg") for a in items)
         undefined, _, _ = mean_std(a.get("undefined_frac") for a in items)
-        stats[point] = {"name": str(items[0].get("name", "")), "cos": cos, "cos_std": cos_std, "n": n,
-                        "deg": deg, "undefined": undefined}
+        stats[point] = {
+            "name": str(items[0].get("name", "")),
+            "cos": cos,
+            "cos_std": cos_std,
+            "n": n,
+            "deg": deg,
+            "undefined": undefined,
+        }
     return stats
 
 
-def epoch_curve(runs: Sequence[Run], value: Callable[[dict], float | None]) -> tuple[np.ndarray, ...]:
+def epoch_curve(
+    runs: Sequence[Run], value: Callable[[dict], float | None]
+) -> tuple[np.ndarray, ...]:
     """Epochs, mean and sample std (0 for one seed) of ``value(record)`` over ``runs``."""
     per_epoch: dict[int, list[float]] = {}
     for run in runs:
@@ -160,6 +182,7 @@ def epoch_curve(runs: Sequence[Run], value: Callable[[dict], float | None]) -> t
 def alignment_value(point: int, key: str = "cos_mean") -> Callable[[dict], float | None]:
     def value(record: dict) -> float | None:
         return next((a.get(key) for a in alignment_of(record) if a["point"] == point), None)
+
     return value
 
 
@@ -189,6 +212,7 @@ def point_label(point: int) -> str:
 # -- figures --------------------------------------------------------------------------------------
 def new_figure(width: float, height: float):
     from matplotlib.figure import Figure  # imported here: reading runs needs no matplotlib
+
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -205,8 +229,15 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
     ``curves``: experiment -> {"label", "runs", "eval_label", "arch"}; mean over the done runs,
     band = sample std over seeds.
     """
-    points = sorted({a["point"] for c in curves.values() for r in c["runs"] for rec in r.records
-                     for a in alignment_of(rec)})
+    points = sorted(
+        {
+            a["point"]
+            for c in curves.values()
+            for r in c["runs"]
+            for rec in r.records
+            for a in alignment_of(rec)
+        }
+    )
     fig = new_figure(3.6 * (len(points) + 1), 4.2)
     axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
     colors = [f"C{i}" for i in range(10)]
@@ -223,13 +254,14 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
             ax.fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
             lows.append(float(np.min(m - s)))
         x, m, s = epoch_curve(c["runs"], lambda r: r.get("eval_top1"))
-        line, = axes[-1].plot(x, m, **style)
+        (line,) = axes[-1].plot(x, m, **style)
         axes[-1].fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
         handles.append(line)
         labels.append(c["label"])
         c["lows"] = lows
     all_lows = [x for c in curves.values() for x in c["lows"]]
     from matplotlib.ticker import MaxNLocator
+
     for ax, point in zip(axes, points):
         ax.set_title(f"alignment at feedback point {point_label(point)}")
         alignment_ylim(ax, all_lows)
@@ -250,6 +282,7 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
 @dataclass
 class Row:
     """One experiment of the table."""
+
     name: str
     runs: list[Run]
     used: list[tuple[Run, dict]] = field(default_factory=list)
@@ -289,8 +322,15 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
     """Write ``report.md``, ``summary.csv``, ``effects.csv`` and ``figures/*.png`` under
     ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md."""
     # Imported here: mltools.effects builds on this module's helpers.
-    from .effects import (convergence_flags, convergence_lines, experiment_effects, undefined_lines,
-                          undefined_note, write_effects)
+    from .effects import (
+        convergence_flags,
+        convergence_lines,
+        experiment_effects,
+        undefined_lines,
+        undefined_note,
+        write_effects,
+    )
+
     root = Path(out) / "best_practices"
     if not root.is_dir():
         raise FileNotFoundError(f"no best_practices folder in {out}")
@@ -301,20 +341,50 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
     all_stats = [point_stats(row.records) for row in rows]
     flags = [convergence_flags(row.used) for row in rows]
     points = sorted({p for stats in all_stats for p in stats})
-    undefined = [p for p in points if any(math.isfinite(s.get(p, {}).get("undefined", math.nan))
-                                          for s in all_stats)]
+    undefined = [
+        p
+        for p in points
+        if any(math.isfinite(s.get(p, {}).get("undefined", math.nan)) for s in all_stats)
+    ]
     splits = sorted({row.eval_split for row in rows})
     split = splits[0] if len(splits) == 1 else "eval"
     eval_head = f"{splits[0]} top-1" if len(splits) == 1 else "eval top-1 (split)"
-    md_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds", "unconverged",
-               eval_head, "train top-1", *(f"cos {point_label(p)}" for p in points),
-               *(f"deg {point_label(p)}" for p in points)]
-    csv_head = ["experiment", "method", "architecture", "setting", "epochs", "seeds_done",
-                "seeds_diverged", "seeds_failed", "seeds_running", "seeds_other", "seeds_used",
-                "seeds_unconverged", "seeds_convergence_unknown",
-                "eval_split", "eval_top1_mean", "eval_top1_std", "train_top1_mean", "train_top1_std",
-                *(f"cos_{point_label(p)}" for p in points), *(f"deg_{point_label(p)}" for p in points),
-                *(f"undefined_{point_label(p)}" for p in undefined)]
+    md_head = [
+        "experiment",
+        "method",
+        "architecture",
+        "setting",
+        "epochs",
+        "seeds",
+        "unconverged",
+        eval_head,
+        "train top-1",
+        *(f"cos {point_label(p)}" for p in points),
+        *(f"deg {point_label(p)}" for p in points),
+    ]
+    csv_head = [
+        "experiment",
+        "method",
+        "architecture",
+        "setting",
+        "epochs",
+        "seeds_done",
+        "seeds_diverged",
+        "seeds_failed",
+        "seeds_running",
+        "seeds_other",
+        "seeds_used",
+        "seeds_unconverged",
+        "seeds_convergence_unknown",
+        "eval_split",
+        "eval_top1_mean",
+        "eval_top1_std",
+        "train_top1_mean",
+        "train_top1_std",
+        *(f"cos_{point_label(p)}" for p in points),
+        *(f"deg_{point_label(p)}" for p in points),
+        *(f"undefined_{point_label(p)}" for p in undefined),
+    ]
     md_rows, csv_rows, diverged = [], [], []
     for row, stats, flag in zip(rows, all_stats, flags):
         config, records = row.config, row.records
@@ -329,49 +399,98 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         seeds = fmt_counts(counts)
         for run in row.runs:
             if run.status == "diverged":
-                diverged.append(f"{row.name}/{run.path.name} (epoch {run.config.get('diverged_epoch')})")
+                diverged.append(
+                    f"{row.name}/{run.path.name} (epoch {run.config.get('diverged_epoch')})"
+                )
         if counts.get("diverged"):
             seeds += " *"
         ev_cell = fmt_pm(ev[0], ev[1], 2)
         if len(splits) != 1 and ev_cell:
             ev_cell += f" ({row.eval_split})"
-        md_rows.append([row.name, METHOD_NAMES.get(method, method), ARCH_NAMES.get(arch, arch),
-                        setting, "/".join(map(str, epochs)), seeds, flag.cell(), ev_cell,
-                        fmt_pm(tr[0], tr[1], 2),
-                        *(fmt(stats.get(p, {}).get("cos"), 3) for p in points),
-                        *(fmt(stats.get(p, {}).get("deg"), 1) for p in points)])
-        other = sum(n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running"))
-        csv_rows.append([row.name, method, arch, setting, "/".join(map(str, epochs)),
-                         counts.get("done", 0), counts.get("diverged", 0), counts.get("failed", 0),
-                         counts.get("running", 0), other, len(records), len(flag.flagged),
-                         flag.unknown, row.eval_split,
-                         fmt(ev[0], 4), fmt(ev[1], 4), fmt(tr[0], 4), fmt(tr[1], 4),
-                         *(fmt(stats.get(p, {}).get("cos"), 6) for p in points),
-                         *(fmt(stats.get(p, {}).get("deg"), 4) for p in points),
-                         *(fmt(stats.get(p, {}).get("undefined"), 6) for p in undefined)])
+        md_rows.append(
+            [
+                row.name,
+                METHOD_NAMES.get(method, method),
+                ARCH_NAMES.get(arch, arch),
+                setting,
+                "/".join(map(str, epochs)),
+                seeds,
+                flag.cell(),
+                ev_cell,
+                fmt_pm(tr[0], tr[1], 2),
+                *(fmt(stats.get(p, {}).get("cos"), 3) for p in points),
+                *(fmt(stats.get(p, {}).get("deg"), 1) for p in points),
+            ]
+        )
+        other = sum(
+            n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running")
+        )
+        csv_rows.append(
+            [
+                row.name,
+                method,
+                arch,
+                setting,
+                "/".join(map(str, epochs)),
+                counts.get("done", 0),
+                counts.get("diverged", 0),
+                counts.get("failed", 0),
+                counts.get("running", 0),
+                other,
+                len(records),
+                len(flag.flagged),
+                flag.unknown,
+                row.eval_split,
+                fmt(ev[0], 4),
+                fmt(ev[1], 4),
+                fmt(tr[0], 4),
+                fmt(tr[1], 4),
+                *(fmt(stats.get(p, {}).get("cos"), 6) for p in points),
+                *(fmt(stats.get(p, {}).get("deg"), 4) for p in points),
+                *(fmt(stats.get(p, {}).get("undefined"), 6) for p in undefined),
+            ]
+        )
 
     table = markdown_table(md_head, md_rows)
     write_csv(root / "summary.csv", csv_head, csv_rows)
     figures = write_group_figures(root, rows)
     effects, notes = experiment_effects({row.name: row.records for row in rows}, split)
 
-    text = ["# Best-practices report", "",
-            f"Runs read from `{root}/<experiment>/seed<k>/`. Values are at each run's last epoch "
-            "(the `epochs` column). Accuracies are top-1 in percent, `mean ± std` over the *done* "
-            "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
-            "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
-            "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
-            "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method "
-            "delivers; shallow delivers none, so its cosines are undefined and shown as 0.", "",
-            table, ""]
+    text = [
+        "# Best-practices report",
+        "",
+        f"Runs read from `{root}/<experiment>/seed<k>/`. Values are at each run's last epoch "
+        "(the `epochs` column). Accuracies are top-1 in percent, `mean ± std` over the *done* "
+        "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
+        "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
+        "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
+        "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method "
+        "delivers; shallow delivers none, so its cosines are undefined and shown as 0.",
+        "",
+        table,
+        "",
+    ]
     if diverged:
-        text += ["\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
-                 + ", ".join(diverged) + ".", ""]
+        text += [
+            "\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
+            + ", ".join(diverged)
+            + ".",
+            "",
+        ]
     text += convergence_lines(flags, split)
-    text += undefined_lines(undefined_note(row.name, stats, points) for row, stats in zip(rows, all_stats))
-    text += write_effects(effects, notes, root / "effects.csv", root / "figures" / "effects.png",
-                          name_header="experiment", rule="`fc-*` vs `fc-tanh`, `conv-*` vs `conv-tanh`",
-                          panels=["eval_top1", "cos_mean_points"], title="Best practices")
+    text += undefined_lines(
+        undefined_note(row.name, stats, points) for row, stats in zip(rows, all_stats)
+    )
+    text += write_effects(
+        effects,
+        notes,
+        root / "effects.csv",
+        root / "figures" / "effects.png",
+        name_header="experiment",
+        rule="`fc-*` vs `fc-tanh`, `conv-*` vs `conv-tanh`",
+        panels=["eval_top1", "cos_mean_points"],
+        title="Best practices",
+    )
     if figures:
         text += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
     if warnings:
@@ -397,8 +516,12 @@ def write_group_figures(root: Path, rows: Sequence[Row]) -> list[Path]:
                 continue
             runs = [run for run, _ in row.used]
             setting = EXPERIMENTS.get(name, (name, {}))[0]
-            curves[name] = {"label": f"{name}: {setting} ({len(runs)} seeds)", "runs": runs,
-                            "eval_label": f"{row.eval_split} top-1", "arch": row.config.get("arch")}
+            curves[name] = {
+                "label": f"{name}: {setting} ({len(runs)} seeds)",
+                "runs": runs,
+                "eval_label": f"{row.eval_split} top-1",
+                "arch": row.config.get("arch"),
+            }
         if not curves:
             continue
         folder.mkdir(exist_ok=True)

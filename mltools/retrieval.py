@@ -8,18 +8,19 @@
 
 Damaged input gives warnings, never a crash. No torch.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .cli import UsageError
 from .legacy_log import UNRECOGNISED, is_legacy_log, parse_legacy_log
 from .runlog import LOG, RECOVERED, fsync_write, parse_log, write_metrics
-
 
 Echo = Callable[[str], None]
 SHOWN = 3  # unrecognised lines printed in full without --verbose
@@ -46,13 +47,17 @@ def parse_run_log(text: str, source: str) -> tuple[list[dict], list[str]]:
     lines = text.splitlines(keepends=True)  # numbered as parse_log numbers them
     if lines and not text.endswith("\n"):
         if lines[-1].strip():
-            warnings.append(f"{source}:{len(lines)}: last line is cut off (no line ending); ignored")
+            warnings.append(
+                f"{source}:{len(lines)}: last line is cut off (no line ending); ignored"
+            )
         text = "".join(lines[:-1])
     records, more = parse_log(text, source)
     return records, more + warnings  # the cut line is the last one: still in line order
 
 
-def recover_run(log_path: Path, out: Path | None = None) -> tuple[Path | None, list[dict], list[str]]:
+def recover_run(
+    log_path: Path, out: Path | None = None
+) -> tuple[Path | None, list[dict], list[str]]:
     """Records of one of our ``log.txt`` files, written to ``out`` (default: metrics.recovered.jsonl
     beside the log). Nothing is written when no epoch was found. Returns (written path, records,
     warnings)."""
@@ -70,19 +75,38 @@ def _finite(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def recover_legacy(path: Path, out: Path | None = None) -> tuple[Path | None, list[list[dict]], list[str]]:
+def recover_legacy(
+    path: Path, out: Path | None = None
+) -> tuple[Path | None, list[list[dict]], list[str]]:
     """Runs of a 2019-code log as epoch dicts, written as JSON to ``out`` (default
     ``<file>.recovered.json``); nothing is written when no epoch was found."""
     path = Path(path)
     runs, warnings = parse_legacy_log(read_text(path), str(path))
-    data = [[{k: ([{mk: _finite(mv) for mk, mv in m.items()} for m in v] if k == "modules" else _finite(v))
-              for k, v in e.to_dict().items()} for e in run] for run in runs]
+    data = [
+        [
+            {
+                k: (
+                    [{mk: _finite(mv) for mk, mv in m.items()} for m in v]
+                    if k == "modules"
+                    else _finite(v)
+                )
+                for k, v in e.to_dict().items()
+            }
+            for e in run
+        ]
+        for run in runs
+    ]
     if not data:
         return None, data, warnings
     dest = Path(out) if out is not None else path.with_name(path.name + ".recovered.json")
     # One epoch per line: readable and diff-friendly, still plain JSON.
-    text = "[\n" + ",\n".join(" [\n" + ",\n".join("  " + json.dumps(e) for e in run) + "\n ]"
-                              for run in data) + "\n]\n"
+    text = (
+        "[\n"
+        + ",\n".join(
+            " [\n" + ",\n".join("  " + json.dumps(e) for e in run) + "\n ]" for run in data
+        )
+        + "\n]\n"
+    )
     _write(dest, lambda: fsync_write(dest, text.encode()))
     return dest, data, warnings
 
@@ -99,7 +123,11 @@ def _pct(x: float | None) -> str:
 
 
 def _epochs(records: Sequence[dict]) -> str:
-    return f"{len(records)} epochs ({records[0]['epoch']}..{records[-1]['epoch']})" if records else "0 epochs"
+    return (
+        f"{len(records)} epochs ({records[0]['epoch']}..{records[-1]['epoch']})"
+        if records
+        else "0 epochs"
+    )
 
 
 def show_warnings(warnings: Sequence[str], source: Path, verbose: bool, warn: Echo) -> None:
@@ -112,12 +140,19 @@ def show_warnings(warnings: Sequence[str], source: Path, verbose: bool, warn: Ec
         if w not in hidden:
             warn(f"warning: {w}")
     if hidden:
-        warn(f"warning: {source}: {len(unknown)} unrecognised lines in all, {len(hidden)} not "
-             "shown (--verbose lists them)")
+        warn(
+            f"warning: {source}: {len(unknown)} unrecognised lines in all, {len(hidden)} not "
+            "shown (--verbose lists them)"
+        )
 
 
-def retrieve(paths: Sequence[Path], out: Path | None = None, echo: Echo = print,
-             warn: Echo = _stderr, verbose: bool = False) -> int:
+def retrieve(
+    paths: Sequence[Path],
+    out: Path | None = None,
+    echo: Echo = print,
+    warn: Echo = _stderr,
+    verbose: bool = False,
+) -> int:
     """Recover every path (run folder, our log.txt, or a 2019 log); return the exit code:
     0 when each gave at least one epoch, 1 otherwise. Bad paths raise UsageError first.
     Warnings are summarised unless ``verbose`` (see :func:`show_warnings`)."""
@@ -140,16 +175,20 @@ def retrieve(paths: Sequence[Path], out: Path | None = None, echo: Echo = print,
             echo(f"{log}: 2019-format log, {len(runs)} run(s){where}")
             for i, run in enumerate(runs, 1):
                 last = run[-1]
-                echo(f"  run {i}: {_epochs(run)}, last train top-1 {_pct(last['train_top1'])}, "
-                     f"test top-1 {_pct(last['test_top1'])}")
+                echo(
+                    f"  run {i}: {_epochs(run)}, last train top-1 {_pct(last['train_top1'])}, "
+                    f"test top-1 {_pct(last['test_top1'])}"
+                )
         else:
             dest, runs, warnings = recover_run(log, out)
             show_warnings(warnings, log, verbose, warn)
             if dest is None:
                 echo(f"{log}: no epoch lines found; nothing written ({len(warnings)} warnings)")
             else:
-                echo(f"{dest}: {_epochs(runs)} recovered, last eval top-1 "
-                     f"{_pct(runs[-1].get('eval_top1'))}, {len(warnings)} warnings")
+                echo(
+                    f"{dest}: {_epochs(runs)} recovered, last eval top-1 "
+                    f"{_pct(runs[-1].get('eval_top1'))}, {len(warnings)} warnings"
+                )
         if dest is None:
             code = 1
     return code

@@ -11,6 +11,7 @@ A run folder holds
 
 No torch here: reports and plots read run folders on machines without torch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -58,7 +60,9 @@ def fsync_write(path: Path, data: bytes) -> None:
 
 
 def write_config(run_dir: Path, config: dict) -> None:
-    fsync_write(Path(run_dir) / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    fsync_write(
+        Path(run_dir) / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    )
 
 
 def _json_float(x: Any) -> Any:
@@ -108,8 +112,10 @@ class RunLog:
         values = " ".join(f"{k}={_fmt(record.get(k))}" for k in EPOCH_FIELDS)
         self.write(f"{head} {values}")
         for a in record.get("alignment", []):
-            values = " ".join(f"{k}={_fmt(a.get(k))}" for k in ALIGN_FIELDS
-                              + tuple(k for k in OPTIONAL_ALIGN_FIELDS if k in a))
+            values = " ".join(
+                f"{k}={_fmt(a.get(k))}"
+                for k in ALIGN_FIELDS + tuple(k for k in OPTIONAL_ALIGN_FIELDS if k in a)
+            )
             self.write(f"{head} align point={a['point']} name={json.dumps(a['name'])} {values}")
 
 
@@ -191,7 +197,9 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
         if not m:
             continue
         if len(line) > MAX_LINE_CHARS:
-            warnings.append(f"{source}:{number}: damaged epoch line skipped ({len(line)} characters)")
+            warnings.append(
+                f"{source}:{number}: damaged epoch line skipped ({len(line)} characters)"
+            )
             continue
         epoch, rest = int(m.group(1)), m.group(3)
         try:
@@ -203,9 +211,13 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
             if epoch not in epochs or not all(k in pairs for k in ("point", "name", *ALIGN_FIELDS)):
                 warnings.append(f"{source}:{number}: incomplete alignment line skipped")
                 continue
-            epochs[epoch]["alignment"].append({"point": pairs["point"], "name": pairs["name"],
-                                               **{k: pairs[k] for k in ALIGN_FIELDS + OPTIONAL_ALIGN_FIELDS
-                                                  if k in pairs}})
+            epochs[epoch]["alignment"].append(
+                {
+                    "point": pairs["point"],
+                    "name": pairs["name"],
+                    **{k: pairs[k] for k in ALIGN_FIELDS + OPTIONAL_ALIGN_FIELDS if k in pairs},
+                }
+            )
         elif all(k in pairs for k in EPOCH_FIELDS):
             epochs[epoch] = {"epoch": epoch, **{k: pairs[k] for k in EPOCH_FIELDS}, "alignment": []}
         else:
@@ -216,6 +228,7 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
 @dataclass
 class Run:
     """A run folder as read back: its config, epoch records and any problems found."""
+
     path: Path
     config: dict | None
     records: list[dict] = field(default_factory=list)

@@ -6,6 +6,7 @@ locks and resume logic, so submitting again skips finished runs and resumes inte
 A task that SLURM pre-empts or times out is requeued by submitit (:meth:`ShardTask.checkpoint`)
 and resumes its interrupted run from that run's last checkpoint. submitit is imported only here.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,18 +26,21 @@ MAX_ARRAY = 64  # default array width on SLURM: one task per run up to this many
 @dataclass
 class ShardTask:
     """The callable each array task runs: shard ``index`` of ``count`` of ``specs``."""
+
     specs: list[RunSpec]
     device: str
     jobs: int
 
     def __call__(self, index: int, count: int) -> dict[str, int]:
-        return dict(run_sweep(select_shard(self.specs, (index, count)), self.device, self.jobs,
-                              quiet=True))
+        return dict(
+            run_sweep(select_shard(self.specs, (index, count)), self.device, self.jobs, quiet=True)
+        )
 
     def checkpoint(self, index: int, count: int):
         """Called by submitit on pre-emption or time-out: requeue the same shard. The run folders
         hold the state (finished runs are skipped, the interrupted one resumes)."""
         from submitit.helpers import DelayedSubmission
+
         return DelayedSubmission(self, index, count)
 
 
@@ -66,8 +70,10 @@ def check(args) -> None:
     if args.shard is not None:
         raise UsageError("--slurm splits the sweep into shards itself; drop --shard")
     if args.slurm == "slurm" and shutil.which("sbatch") is None:
-        raise UsageError("--slurm needs SLURM's sbatch, not found here; --slurm local runs the "
-                         "same array on this machine")
+        raise UsageError(
+            "--slurm needs SLURM's sbatch, not found here; --slurm local runs the "
+            "same array on this machine"
+        )
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -77,18 +83,25 @@ def check(args) -> None:
 def submit(specs: list[RunSpec], args, name: str, report_command: str) -> tuple[list, int]:
     """Submit ``specs`` as an array of shards; returns the submitit jobs and the array width."""
     import submitit
+
     width = array_width(args, len(specs))
     folder = Path(args.out) / "slurm"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=args.slurm)
     executor.update_parameters(**executor_parameters(args, width, name))
     # Tasks unpickle ShardTask by reference: they must find mltools wherever they start.
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    jobs = executor.map_array(ShardTask(specs, args.device, args.jobs), range(width), [width] * width)
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+    )
+    jobs = executor.map_array(
+        ShardTask(specs, args.device, args.jobs), range(width), [width] * width
+    )
     ids = sorted({str(job.job_id).split("_")[0] for job in jobs})
     where = "SLURM job array" if args.slurm == "slurm" else "local submitit jobs"
-    print(f"submitted {width} shard(s) of {len(specs)} runs as {where} {', '.join(ids)}; "
-          f"logs in {folder}", flush=True)
+    print(
+        f"submitted {width} shard(s) of {len(specs)} runs as {where} {', '.join(ids)}; "
+        f"logs in {folder}",
+        flush=True,
+    )
     if args.slurm == "slurm":
         print(f"when they have finished: {report_command}", flush=True)
     return jobs, width
@@ -97,7 +110,9 @@ def submit(specs: list[RunSpec], args, name: str, report_command: str) -> tuple[
 def task_error(text: str) -> str:
     """The last ``SomeError: message`` line of a traceback submitit reports, else its first line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt):", line)]
+    errors = [
+        line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt):", line)
+    ]
     return errors[-1] if errors else (lines[0] if lines else "unknown error")
 
 
@@ -109,8 +124,10 @@ def wait(jobs: list) -> Counter:
         try:
             outcomes.update(job.result())
         except Exception as err:  # submitit's error holds the task's traceback
-            print(f"task {job.job_id} failed: {task_error(str(err))} (see {job.paths.stderr})",
-                  flush=True)
+            print(
+                f"task {job.job_id} failed: {task_error(str(err))} (see {job.paths.stderr})",
+                flush=True,
+            )
             outcomes["failed"] += 1
     print(summarize(outcomes), flush=True)
     return outcomes

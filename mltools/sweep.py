@@ -1,6 +1,7 @@
 """Run many runs: skip finished ones, resume interrupted ones, split with ``--shard``, spread
 over processes and devices with ``--jobs``, show progress with an ETA, and never train one run
 folder twice at once. ``--slurm`` hands the shards to :mod:`mltools.slurm`."""
+
 from __future__ import annotations
 
 import concurrent.futures as futures
@@ -48,11 +49,14 @@ def plan(spec: RunSpec) -> str:
         return "run"  # new, or config unreadable: the checkpoint decides how far it got
     wanted = spec.config.settings()
     defaults = RunConfig().settings()  # a setting added after the run was written had its default
-    differ = sorted(k for k, v in wanted.items()
-                    if k != "epochs" and config.get(k, defaults.get(k)) != v)
+    differ = sorted(
+        k for k, v in wanted.items() if k != "epochs" and config.get(k, defaults.get(k)) != v
+    )
     if differ:
-        raise UsageError(f"{spec.run_dir} holds a run with other settings ({', '.join(differ)}); "
-                         "use another --out or delete that folder")
+        raise UsageError(
+            f"{spec.run_dir} holds a run with other settings ({', '.join(differ)}); "
+            "use another --out or delete that folder"
+        )
     if config.get("status") == "diverged":
         return "skip"
     if config.get("status") == "done" and config.get("epochs", 0) >= spec.config.epochs:
@@ -68,14 +72,21 @@ def epochs_left(spec: RunSpec) -> int:
     return max(1, spec.config.epochs - last)
 
 
-def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
-            bars: bool = True, on_epoch: Callable[[], None] | None = None) -> str:
+def run_one(
+    spec: RunSpec,
+    device: str,
+    quiet: bool,
+    threads: int | None = None,
+    bars: bool = True,
+    on_epoch: Callable[[], None] | None = None,
+) -> str:
     """Train one run under its lock; returns done, diverged, skipped, failed or busy.
 
     Raises DiskFull when the run failed because its folder could not be written: the sweep
     stops there rather than fail every later run the same way.
     """
     import torch  # here, so that `import mltools.sweep` stays light in the parent process
+
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -83,24 +94,30 @@ def run_one(spec: RunSpec, device: str, quiet: bool, threads: int | None = None,
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one broken run must not stop a sweep of hundreds
-        print(f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
-              flush=True)
+        print(
+            f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
+            flush=True,
+        )
         stop = disk_full(err, spec.run_dir)
         if stop is not None:
             raise stop from None
         return "failed"
 
 
-def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool,
-                 on_epoch: Callable[[], None] | None = None) -> str:
+def train_locked(
+    spec: RunSpec, device: str, quiet: bool, bars: bool, on_epoch: Callable[[], None] | None = None
+) -> str:
     """Create the run folder, take its lock and train unless another process holds it."""
     import torch
 
     from .device import resolve_device
     from .train import train_run
+
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if not runlog.acquire_lock(spec.run_dir):
-        print(f"{spec.label}: busy (another process is training {spec.run_dir}), skipped", flush=True)
+        print(
+            f"{spec.label}: busy (another process is training {spec.run_dir}), skipped", flush=True
+        )
         return "busy"
     try:
         if plan(spec) == "skip":  # another sweep finished it since this one started
@@ -108,8 +125,9 @@ def train_locked(spec: RunSpec, device: str, quiet: bool, bars: bool,
         resolved = resolve_device(device)
         if resolved.index is not None:
             torch.cuda.set_device(resolved)  # else CUDA also opens a context on cuda:0
-        return train_run(spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars,
-                         on_epoch=on_epoch)
+        return train_run(
+            spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars, on_epoch=on_epoch
+        )
     finally:
         runlog.release_lock(spec.run_dir)
 
@@ -118,6 +136,7 @@ def devices_for(device: str, jobs: int) -> list[str]:
     """Devices to spread jobs over: every CUDA device when ``device`` is cuda/auto and several
     exist; ``auto`` is resolved here, so a CPU-only machine gets ``["cpu"]``."""
     import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if jobs > 1 and device == "cuda" and torch.cuda.device_count() > 1:
@@ -133,8 +152,9 @@ class SweepStopped(DiskFull):
         self.outcomes = outcomes
 
 
-def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
-              quiet: bool = False) -> Counter:
+def run_sweep(
+    specs: list[RunSpec], device: str = "auto", jobs: int = 1, quiet: bool = False
+) -> Counter:
     """Run every spec that is not finished; returns a count of outcomes (incl. ``skipped``).
 
     Shows a progress bar on a terminal, else (``quiet`` too) a plain line every few runs.
@@ -156,8 +176,9 @@ def run_sweep(specs: list[RunSpec], device: str = "auto", jobs: int = 1,
     terminal = not quiet and sys.stdout.isatty() and sys.stderr.isatty()
     # One run has its own epoch lines and bar: sweep progress starts at two.
     echo = functools.partial(print, flush=True) if len(todo) > 1 else (lambda _: None)
-    progress = SweepProgress([epochs_left(s) for s in todo], bar=terminal and len(todo) > 1,
-                             echo=echo)
+    progress = SweepProgress(
+        [epochs_left(s) for s in todo], bar=terminal and len(todo) > 1, echo=echo
+    )
     try:
         if jobs <= 1:
             run_serial(todo, device, quiet, outcomes, progress)
@@ -174,14 +195,16 @@ def export_board(spec: RunSpec) -> None:
     if not spec.config.tensorboard:
         return
     from .board import EVENTS_GLOB, export
+
     events = [p.stat().st_mtime for p in spec.run_dir.glob(EVENTS_GLOB)]
     metrics = spec.run_dir / runlog.METRICS
     if not events or (metrics.exists() and metrics.stat().st_mtime > max(events)):
         export(spec.run_dir, spec.config.settings())
 
 
-def run_serial(todo: list[RunSpec], device: str, quiet: bool, outcomes: Counter,
-               progress: SweepProgress) -> None:
+def run_serial(
+    todo: list[RunSpec], device: str, quiet: bool, outcomes: Counter, progress: SweepProgress
+) -> None:
     """The runs one after the other in this process, adding to ``outcomes``."""
     for k, spec in enumerate(todo):
         try:
@@ -193,8 +216,14 @@ def run_serial(todo: list[RunSpec], device: str, quiet: bool, outcomes: Counter,
         progress.run_done(k, outcome)
 
 
-def run_parallel(todo: list[RunSpec], device: str, jobs: int, quiet: bool,
-                 outcomes: Counter, progress: SweepProgress) -> None:
+def run_parallel(
+    todo: list[RunSpec],
+    device: str,
+    jobs: int,
+    quiet: bool,
+    outcomes: Counter,
+    progress: SweepProgress,
+) -> None:
     """:func:`run_sweep` over ``jobs`` worker processes, adding to ``outcomes``.
 
     A run is handed to a worker only when one is free, so that after a full disk no further
@@ -207,16 +236,27 @@ def run_parallel(todo: list[RunSpec], device: str, jobs: int, quiet: bool,
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     waiting = iter(enumerate(todo))
     stop: DiskFull | None = None
-    with ctx.Manager() as manager, \
-            futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with (
+        ctx.Manager() as manager,
+        futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool,
+    ):
         epochs = manager.Queue()
         running: dict = {}
         try:
             while True:
                 while len(running) < jobs and stop is None and (item := next(waiting, None)):
                     k, spec = item
-                    running[pool.submit(run_one, spec, spread[k % len(spread)], quiet, threads,
-                                        False, functools.partial(epochs.put, k))] = k
+                    running[
+                        pool.submit(
+                            run_one,
+                            spec,
+                            spread[k % len(spread)],
+                            quiet,
+                            threads,
+                            False,
+                            functools.partial(epochs.put, k),
+                        )
+                    ] = k
                 if not running:
                     break
                 done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
@@ -251,6 +291,7 @@ def check_inputs(device: str, cfg: RunConfig) -> None:
     from .data import DataError
     from .device import resolve_device
     from .train import get_data
+
     try:
         resolved = resolve_device(device)
         get_data(cfg, resolved)
@@ -265,23 +306,35 @@ def summarize(outcomes: Counter) -> str:
 
 def shared_settings(settings: dict, args) -> dict:
     """The RunConfig fields every run of a script's sweep shares (preset and flags resolved)."""
-    return dict(dataset=settings["dataset"], data_dir=args.data_dir, download=args.download,
-                eval_split=settings["eval_split"], train_samples=settings["train_samples"],
-                eval_samples=settings["eval_samples"], cnn_min_side=settings["cnn_min_side"],
-                trust_checkpoints=args.trust_checkpoints, tensorboard=args.tensorboard,
-                epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"])
+    return dict(
+        dataset=settings["dataset"],
+        data_dir=args.data_dir,
+        download=args.download,
+        eval_split=settings["eval_split"],
+        train_samples=settings["train_samples"],
+        eval_samples=settings["eval_samples"],
+        cnn_min_side=settings["cnn_min_side"],
+        trust_checkpoints=args.trust_checkpoints,
+        tensorboard=args.tensorboard,
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+    )
 
 
 def describe(settings: dict) -> str:
     """One line naming the resolved preset settings of a sweep."""
-    samples = f", first {settings['train_samples']} training samples" if settings["train_samples"] else ""
-    return (f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
-            f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
-            f"{samples}")
+    samples = (
+        f", first {settings['train_samples']} training samples" if settings["train_samples"] else ""
+    )
+    return (
+        f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
+        f"{samples}"
+    )
 
 
-def execute(specs: list[RunSpec], args, headline: str, write_report,
-            report_command: str) -> int:
+def execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:
     """What both experiment scripts do: check inputs, train the shard (here, or as a submitit
     array with ``--slurm``), write the report; ``report_command`` writes it again later.
 
@@ -291,9 +344,11 @@ def execute(specs: list[RunSpec], args, headline: str, write_report,
     cfg = specs[0].config
     if args.tensorboard:
         from .board import require
+
         require()
     if args.slurm:
         from . import slurm
+
         slurm.check(args)
         for spec in specs:
             plan(spec)  # a folder holding other settings: one line now, not a failure per task
@@ -309,7 +364,9 @@ def execute(specs: list[RunSpec], args, headline: str, write_report,
         outcomes = slurm.wait(jobs)
     else:
         try:
-            outcomes = run_sweep(select_shard(specs, args.shard), args.device, args.jobs, args.quiet)
+            outcomes = run_sweep(
+                select_shard(specs, args.shard), args.device, args.jobs, args.quiet
+            )
         except SweepStopped as stop:
             print(summarize(stop.outcomes), flush=True)
             raise

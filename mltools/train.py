@@ -5,6 +5,7 @@ A run resumes from its checkpoint after a crash and produces the same metrics, n
 number on CPU, as an uninterrupted run: the checkpoint holds the model, the optimizer, the
 data-order generator and every RNG state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dfatools
+
 from . import models, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
@@ -39,6 +41,7 @@ RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 @dataclass
 class RunConfig:
     """Every setting of one run; saved in config.json."""
+
     experiment: str = "fc-tanh"
     dataset: str = "digits"
     data_dir: str = "data"
@@ -46,27 +49,27 @@ class RunConfig:
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    arch: str = "fc"                 # fc | cnn | bottleneck
-    method: str = "dfa"              # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
+    arch: str = "fc"  # fc | cnn | bottleneck
+    method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
-    normalize: bool = True           # feedback normalization
+    normalize: bool = True  # feedback normalization
     batch_norm: bool = False
     input_dropout: float = 0.0
-    dropout: float = 0.0             # after hidden Linear layers
-    conv_dropout: float = 0.0        # Dropout2d after conv layers
-    cnn_min_side: int = 32           # smaller CNN inputs are upsampled to this side
-    cnn_points: str = "all"          # all: a point before every hidden weight layer | 2019: as
-                                     # the 2019 code, none before the output (its Linear(576, 128) got BP)
-    init: str = "std"                # std | pai
+    dropout: float = 0.0  # after hidden Linear layers
+    conv_dropout: float = 0.0  # Dropout2d after conv layers
+    cnn_min_side: int = 32  # smaller CNN inputs are upsampled to this side
+    cnn_points: str = "all"  # all: a point before every hidden weight layer | 2019: as
+    # the 2019 code, none before the output (its Linear(576, 128) got BP)
+    init: str = "std"  # std | pai
     bottleneck_size: int | None = None
-    bottleneck_mode: str = "mask"    # mask | width
-    width: int = 800                 # bottleneck net width
+    bottleneck_mode: str = "mask"  # mask | width
+    width: int = 800  # bottleneck net width
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4
     seed: int = 0
     trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
-    tensorboard: bool = False        # also write TensorBoard event files (mltools.board)
+    tensorboard: bool = False  # also write TensorBoard event files (mltools.board)
 
     def settings(self) -> dict:
         """What defines the result; a run folder holding other settings is another run."""
@@ -74,26 +77,47 @@ class RunConfig:
 
 
 # -- building blocks ------------------------------------------------------------------------------
-def build_model(cfg: RunConfig, input_shape: tuple[int, int, int],
-                num_classes: int) -> dfatools.DFASequential:
+def build_model(
+    cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
+) -> dfatools.DFASequential:
     if cfg.arch == "fc":
-        net = models.fc(input_shape, num_classes, act=cfg.act, input_dropout=cfg.input_dropout,
-                        dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+        net = models.fc(
+            input_shape,
+            num_classes,
+            act=cfg.act,
+            input_dropout=cfg.input_dropout,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
+        )
     elif cfg.arch == "cnn":
-        net = models.cnn(input_shape, num_classes, act=cfg.act, input_dropout=cfg.input_dropout,
-                         conv_dropout=cfg.conv_dropout, dropout=cfg.dropout,
-                         batch_norm=cfg.batch_norm, min_side=cfg.cnn_min_side)
+        net = models.cnn(
+            input_shape,
+            num_classes,
+            act=cfg.act,
+            input_dropout=cfg.input_dropout,
+            conv_dropout=cfg.conv_dropout,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
+            min_side=cfg.cnn_min_side,
+        )
     elif cfg.arch == "bottleneck":
-        net = models.bottleneck_net(input_shape, num_classes, cfg.bottleneck_size,
-                                    mode=cfg.bottleneck_mode, width=cfg.width, seed=cfg.seed)
+        net = models.bottleneck_net(
+            input_shape,
+            num_classes,
+            cfg.bottleneck_size,
+            mode=cfg.bottleneck_mode,
+            width=cfg.width,
+            seed=cfg.seed,
+        )
     else:
         raise ValueError(f"unknown architecture {cfg.arch!r}")
     if cfg.cnn_points not in CNN_POINTS:
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
     exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
     # Every method keeps the DFA model's feedback points, where alignment is measured.
-    return dfatools.to_method(net, cfg.method, num_classes, normalize=cfg.normalize,
-                              seed=cfg.seed, exact_top=exact_top)
+    return dfatools.to_method(
+        net, cfg.method, num_classes, normalize=cfg.normalize, seed=cfg.seed, exact_top=exact_top
+    )
 
 
 @torch.no_grad()
@@ -103,15 +127,21 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for start in range(0, len(y), EVAL_BATCH):
-        out = model(x[start:start + EVAL_BATCH])
-        target = y[start:start + EVAL_BATCH]
+        out = model(x[start : start + EVAL_BATCH])
+        target = y[start : start + EVAL_BATCH]
         loss += F.cross_entropy(out, target, reduction="sum")
         correct += (out.argmax(1) == target).sum()
     return loss.item() / len(y), 100.0 * correct.item() / len(y)
 
 
-def train_epoch(model: dfatools.DFASequential, opt: torch.optim.Optimizer, data: Dataset,
-                cfg: RunConfig, order: torch.Generator, bar: tqdm) -> tuple[float, float]:
+def train_epoch(
+    model: dfatools.DFASequential,
+    opt: torch.optim.Optimizer,
+    data: Dataset,
+    cfg: RunConfig,
+    order: torch.Generator,
+    bar: tqdm,
+) -> tuple[float, float]:
     """One pass over the training set; mean loss and top-1 (percent), one host sync at the end."""
     model.train()
     x, y = data.x_train, data.y_train
@@ -164,8 +194,13 @@ def kept_records(run_dir: Path, last_epoch: int, log: runlog.RunLog) -> list[dic
 # -- provenance -----------------------------------------------------------------------------------
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -174,10 +209,17 @@ def git_commit() -> str | None:
 def provenance(device: torch.device) -> dict:
     return {
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "dfatools": dfatools.__version__},
+        "device_name": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        ),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "dfatools": dfatools.__version__,
+        },
         "git_commit": git_commit(),
         "pid": os.getpid(),  # which process trained the run last (sweeps with --jobs)
     }
@@ -189,26 +231,46 @@ _DATA_CACHE: dict[tuple, Dataset] = {}
 
 def get_data(cfg: RunConfig, device: torch.device) -> Dataset:
     """The run's dataset, loaded once per process and shared by the runs of a sweep."""
-    key = (cfg.dataset, cfg.data_dir, cfg.eval_split, cfg.train_samples, cfg.eval_samples, str(device))
+    key = (
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.eval_split,
+        cfg.train_samples,
+        cfg.eval_samples,
+        str(device),
+    )
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one dataset on the device at a time
-        _DATA_CACHE[key] = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                                        eval_split=cfg.eval_split,
-                                        train_samples=cfg.train_samples,
-                                        eval_samples=cfg.eval_samples, device=device)
+        _DATA_CACHE[key] = load_dataset(
+            cfg.dataset,
+            cfg.data_dir,
+            download=cfg.download,
+            eval_split=cfg.eval_split,
+            train_samples=cfg.train_samples,
+            eval_samples=cfg.eval_samples,
+            device=device,
+        )
     return _DATA_CACHE[key]
 
 
 def record_line(cfg: RunConfig, record: dict, split: str) -> str:
     """A compact console line for one epoch."""
     cos = " ".join(f"{a['cos_mean']:+.2f}" for a in record["alignment"])
-    return (f"{cfg.experiment} seed{cfg.seed} epoch {record['epoch']}/{cfg.epochs}: "
-            f"train {record['train_top1']:.2f}% {split} {record['eval_top1']:.2f}% "
-            f"cos [{cos}] ({record['time_s']:.1f}s)")
+    return (
+        f"{cfg.experiment} seed{cfg.seed} epoch {record['epoch']}/{cfg.epochs}: "
+        f"train {record['train_top1']:.2f}% {split} {record['eval_top1']:.2f}% "
+        f"cos [{cos}] ({record['time_s']:.1f}s)"
+    )
 
 
-def train_run(cfg: RunConfig, run_dir: Path, device: torch.device, quiet: bool = False,
-              bars: bool = True, on_epoch: Callable[[], None] | None = None) -> str:
+def train_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    quiet: bool = False,
+    bars: bool = True,
+    on_epoch: Callable[[], None] | None = None,
+) -> str:
     """Train (or resume) the run in ``run_dir``; returns its final status (done or diverged).
 
     ``on_epoch`` is called after each epoch is recorded (a sweep's progress). The caller holds
@@ -223,8 +285,9 @@ def train_run(cfg: RunConfig, run_dir: Path, device: torch.device, quiet: bool =
         config["bottleneck_point"] = 1  # the point right after the bottleneck layer
     runlog.write_config(run_dir, config)
     try:
-        status = _train(cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty(),
-                        on_epoch)
+        status = _train(
+            cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty(), on_epoch
+        )
     except KeyboardInterrupt:
         log.write("interrupted; the same command resumes from the last finished epoch")
         raise
@@ -246,8 +309,15 @@ class Trainer:
     writes its record, log lines and checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, log: runlog.RunLog,
-                 show: bool = False, bars: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        device: torch.device,
+        log: runlog.RunLog,
+        show: bool = False,
+        bars: bool = False,
+    ) -> None:
         self.cfg, self.run_dir, self.device, self.log, self.bars = cfg, run_dir, device, log, bars
         self.say = tqdm.write if show else (lambda line: None)
         self.data = get_data(cfg, device)
@@ -262,6 +332,7 @@ class Trainer:
         first = self._start()
         if self.cfg.tensorboard:
             from .board import RunBoard
+
             records, _ = runlog.read_json_lines(self.run_dir / runlog.METRICS)
             self.board = RunBoard(self.run_dir, self.cfg.settings(), records)
         return first
@@ -271,19 +342,27 @@ class Trainer:
         state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
             restore(state, self.model, self.opt, self.order, self.device)
-            runlog.write_metrics(run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log))
+            runlog.write_metrics(
+                run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log)
+            )
             log.write(f"resumed from the checkpoint of epoch {state['epoch']}")
             self.say(f"{cfg.experiment} seed{cfg.seed}: resumed after epoch {state['epoch']}")
             return state["epoch"] + 1
         if (run_dir / runlog.METRICS).exists() or (run_dir / runlog.LOG).exists():
             log.write("no usable checkpoint: restarting from scratch")
-            self.say(f"{cfg.experiment} seed{cfg.seed}: no usable checkpoint, restarting from scratch")
+            self.say(
+                f"{cfg.experiment} seed{cfg.seed}: no usable checkpoint, restarting from scratch"
+            )
         runlog.write_metrics(run_dir / runlog.METRICS, [])
-        log.write(f"start {cfg.experiment} seed {cfg.seed}: {cfg.method.upper()} {cfg.arch} on "
-                  f"{cfg.dataset} ({len(data.y_train)} train, {len(data.y_eval)} "
-                  f"{data.eval_split}), device {self.device}")
+        log.write(
+            f"start {cfg.experiment} seed {cfg.seed}: {cfg.method.upper()} {cfg.arch} on "
+            f"{cfg.dataset} ({len(data.y_train)} train, {len(data.y_eval)} "
+            f"{data.eval_split}), device {self.device}"
+        )
         if cfg.init == "pai":
-            dfatools.prealign(self.model, data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])
+            dfatools.prealign(
+                self.model, data.x_train[: cfg.batch_size], data.y_train[: cfg.batch_size]
+            )
             log.write("pre-alignment initialization (PAI) applied on the first training batch")
         return 0
 
@@ -295,17 +374,27 @@ class Trainer:
             train_loss, train_top1 = evaluate(self.model, data.x_train, data.y_train)
         else:
             n_batches = math.ceil(len(data.y_train) / cfg.batch_size)
-            with tqdm(total=n_batches, desc=f"{cfg.experiment} seed{cfg.seed} epoch {epoch}/{cfg.epochs}",
-                      disable=not self.bars, leave=False, file=sys.stderr) as bar:
-                train_loss, train_top1 = train_epoch(self.model, self.opt, data, cfg, self.order, bar)
+            with tqdm(
+                total=n_batches,
+                desc=f"{cfg.experiment} seed{cfg.seed} epoch {epoch}/{cfg.epochs}",
+                disable=not self.bars,
+                leave=False,
+                file=sys.stderr,
+            ) as bar:
+                train_loss, train_top1 = train_epoch(
+                    self.model, self.opt, data, cfg, self.order, bar
+                )
         record = {"epoch": epoch, "train_loss": train_loss, "train_top1": train_top1}
         if not math.isfinite(train_loss):
-            record.update(eval_loss=None, eval_top1=None, time_s=time.perf_counter() - tic,
-                          alignment=[])
+            record.update(
+                eval_loss=None, eval_top1=None, time_s=time.perf_counter() - tic, alignment=[]
+            )
             runlog.append_metrics(self.run_dir, record)
             log.epoch(record, cfg.epochs)
             log.write(f"diverged at epoch {epoch}: training loss is {train_loss}")
-            self.say(f"{cfg.experiment} seed{cfg.seed}: diverged at epoch {epoch} (loss {train_loss})")
+            self.say(
+                f"{cfg.experiment} seed{cfg.seed}: diverged at epoch {epoch} (loss {train_loss})"
+            )
             return record
         record["eval_loss"], record["eval_top1"] = evaluate(self.model, data.x_eval, data.y_eval)
         record["alignment"] = alignment(self.model, data)
@@ -327,9 +416,15 @@ class Trainer:
             self.board.close()
 
 
-def _train(cfg: RunConfig, run_dir: Path, device: torch.device, log: runlog.RunLog,
-           show: bool, bars: bool,
-           on_epoch: Callable[[], None] | None = None) -> tuple[str, int | None]:
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    log: runlog.RunLog,
+    show: bool,
+    bars: bool,
+    on_epoch: Callable[[], None] | None = None,
+) -> tuple[str, int | None]:
     trainer = Trainer(cfg, run_dir, device, log, show, bars)
     try:
         for epoch in range(trainer.start(), cfg.epochs + 1):

@@ -1,4 +1,5 @@
 """Test-suite hooks: tests marked ``cuda`` are skipped, with the reason, where no GPU is present."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Run one of the scripts in a new Python process, as a user would, and see what it imported."""
+
 import json
 import subprocess
 import sys
@@ -19,11 +20,17 @@ with open(report, 'w') as f:
 """
 
 
-def run_script(script: str, *args: str, report: Path) -> tuple[subprocess.CompletedProcess, int, set[str]]:
+def run_script(
+    script: str, *args: str, report: Path
+) -> tuple[subprocess.CompletedProcess, int, set[str]]:
     """``python ROOT/script args`` through runpy in a fresh interpreter (cwd ROOT); returns the
     process, the script's exit code and the names of every module loaded by then."""
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(ROOT / script), str(report), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(ROOT / script), str(report), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(Path(report).read_text())
     return proc, result["code"], set(result["modules"])

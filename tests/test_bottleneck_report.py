@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fresh_interpreter import run_script
 
 from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
-from fresh_interpreter import run_script
 from mltools.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,13 +19,28 @@ POINTS = 3  # mask mode: h1, h2 (after the bottleneck), h3
 
 
 def make_records(rng):
-    return [{"epoch": e, "train_loss": 1.0, "train_top1": float(rng.uniform(10, 90)), "eval_loss": 1.0,
-             "eval_top1": float(rng.uniform(10, 90)), "time_s": 0.5,
-             "alignment": [{"point": p, "name": f"h{p + 1} ({'Bottleneck' if p == 1 else 'Linear'})",
-                            "cos_mean": float(rng.uniform(-0.1, 1)), "cos_std": 0.1,
-                            "angle_deg": float(rng.uniform(0, 90)), "weight_cos": None}
-                           for p in range(POINTS)]}
-            for e in range(EPOCHS + 1)]
+    return [
+        {
+            "epoch": e,
+            "train_loss": 1.0,
+            "train_top1": float(rng.uniform(10, 90)),
+            "eval_loss": 1.0,
+            "eval_top1": float(rng.uniform(10, 90)),
+            "time_s": 0.5,
+            "alignment": [
+                {
+                    "point": p,
+                    "name": f"h{p + 1} ({'Bottleneck' if p == 1 else 'Linear'})",
+                    "cos_mean": float(rng.uniform(-0.1, 1)),
+                    "cos_std": 0.1,
+                    "angle_deg": float(rng.uniform(0, 90)),
+                    "weight_cos": None,
+                }
+                for p in range(POINTS)
+            ],
+        }
+        for e in range(EPOCHS + 1)
+    ]
 
 
 def write_run(results, method, mode, init, size, seed, records, status="done"):
@@ -34,18 +49,34 @@ def write_run(results, method, mode, init, size, seed, records, status="done"):
     name = f"{mode}-{init}-b{size}" if method == "dfa" else f"{method}-{mode}-{init}-b{size}"
     folder = results / "bottleneck" / name / f"seed{seed}"
     folder.mkdir(parents=True)
-    config = {**({} if method == "dfa" else {"method": method}),
-              "arch": "bottleneck", "bottleneck_mode": mode, "init": init, "bottleneck_size": size,
-              "bottleneck_point": 1, "epochs": EPOCHS, "seed": seed, "eval_split": "test",
-              "status": status, "diverged_epoch": 1 if status == "diverged" else None}
+    config = {
+        **({} if method == "dfa" else {"method": method}),
+        "arch": "bottleneck",
+        "bottleneck_mode": mode,
+        "init": init,
+        "bottleneck_size": size,
+        "bottleneck_point": 1,
+        "epochs": EPOCHS,
+        "seed": seed,
+        "eval_split": "test",
+        "status": status,
+        "diverged_epoch": 1 if status == "diverged" else None,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 # (method, mode, init, size); sorted() gives the table's order (dfa before fa, as in METHODS)
-CELLS = [("dfa", "mask", "std", 1), ("dfa", "mask", "std", 28), ("dfa", "mask", "std", 800),
-         ("dfa", "mask", "pai", 1), ("dfa", "mask", "pai", 800), ("dfa", "width", "std", 5),
-         ("fa", "mask", "std", 1), ("fa", "mask", "std", 800)]
+CELLS = [
+    ("dfa", "mask", "std", 1),
+    ("dfa", "mask", "std", 28),
+    ("dfa", "mask", "std", 800),
+    ("dfa", "mask", "pai", 1),
+    ("dfa", "mask", "pai", 800),
+    ("dfa", "width", "std", 5),
+    ("fa", "mask", "std", 1),
+    ("fa", "mask", "std", 800),
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +128,9 @@ def test_table_matches_numpy(sweep):
     assert (b28["seeds_done"], b28["seeds_diverged"], b28["seeds_used"]) == ("2", "1", "2")
     md = (figures / "bottleneck_table.md").read_text()
     # Stable precision: top-1 with 2 decimals, cos with 3, degrees with 1.
-    cells = next(row for row in md_rows(md, "method") if (row["init"], row["size"]) == ("std", "28"))
+    cells = next(
+        row for row in md_rows(md, "method") if (row["init"], row["size"]) == ("std", "28")
+    )
     assert cells["seeds"] == "2 done / 1 diverged"
     mean, std = (float(x) for x in cells["train top-1"].split(" ± "))
     assert cells["train top-1"] == f"{mean:.2f} ± {std:.2f}"
@@ -124,7 +157,7 @@ def md_rows(md, first_header):
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} "))
     split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
     header, rows = split(lines[start]), []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(header, split(line))))
@@ -151,19 +184,34 @@ def test_epoch_option(tmp_path):
 
 
 # -- recovered 2019 logs ----------------------------------------------------------------------------
-MODULES = ["Linear(in_features=3072, out_features=800, bias=True)", "Tanh()",
-           "Linear(in_features=800, out_features=800, bias=True)", "Tanh()",
-           "Linear(in_features=800, out_features=800, bias=True)", "Tanh()",
-           "Linear(in_features=800, out_features=10, bias=True)"]
+MODULES = [
+    "Linear(in_features=3072, out_features=800, bias=True)",
+    "Tanh()",
+    "Linear(in_features=800, out_features=800, bias=True)",
+    "Tanh()",
+    "Linear(in_features=800, out_features=800, bias=True)",
+    "Tanh()",
+    "Linear(in_features=800, out_features=10, bias=True)",
+]
 
 
 def legacy_run(rng, epochs=3):
-    return [{"epoch": e, "epochs": epochs, "time_s": 10.0, "train_loss": 1.0,
-             "train_top1": round(float(rng.uniform(10, 90)), 2), "test_loss": 1.1,
-             "test_top1": round(float(rng.uniform(10, 90)), 2),
-             "modules": [{"index": i, "name": name, "mean": round(float(rng.uniform(0, 1)), 4),
-                          "std": 0.05} for i, name in enumerate(MODULES)]}
-            for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "epochs": epochs,
+            "time_s": 10.0,
+            "train_loss": 1.0,
+            "train_top1": round(float(rng.uniform(10, 90)), 2),
+            "test_loss": 1.1,
+            "test_top1": round(float(rng.uniform(10, 90)), 2),
+            "modules": [
+                {"index": i, "name": name, "mean": round(float(rng.uniform(0, 1)), 4), "std": 0.05}
+                for i, name in enumerate(MODULES)
+            ],
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def test_recovered_json(tmp_path):
@@ -181,43 +229,60 @@ def test_recovered_json(tmp_path):
         assert float(row["train_top1_mean"]) == pytest.approx(last["train_top1"], abs=1e-4)
         assert float(row["eval_top1_mean"]) == pytest.approx(last["test_top1"], abs=1e-4)
         assert row["bottleneck_point"] == "m2"  # module 2, the second Linear module
-        assert float(row["bottleneck_cos_mean"]) == pytest.approx(last["modules"][2]["mean"], abs=1e-6)
+        assert float(row["bottleneck_cos_mean"]) == pytest.approx(
+            last["modules"][2]["mean"], abs=1e-6
+        )
         assert row["bottleneck_cos_std"] == ""  # one run per size
     assert "deg_m2" not in rows[0]  # 2019 logs hold no angles
     for name in ("alignment_vs_size.png", "accuracy_vs_size.png", "bottleneck_table.md"):
         assert (figures / name).stat().st_size > 0
     # --module and --epoch pick another module and epoch.
-    figures = write_recovered_bottleneck_report(path, sizes, tmp_path / "out2", epoch=2, module=4,
-                                                echo=lambda _: None)
+    figures = write_recovered_bottleneck_report(
+        path, sizes, tmp_path / "out2", epoch=2, module=4, echo=lambda _: None
+    )
     row = read_rows(figures / "bottleneck_table.csv")[0]
-    assert float(row["bottleneck_cos_mean"]) == pytest.approx(runs[1][1]["modules"][4]["mean"], abs=1e-6)
+    assert float(row["bottleneck_cos_mean"]) == pytest.approx(
+        runs[1][1]["modules"][4]["mean"], abs=1e-6
+    )
     with pytest.raises(UsageError, match="2 sizes given for 3"):
         write_recovered_bottleneck_report(path, [1, 2], tmp_path / "out3", echo=lambda _: None)
 
 
 # -- the script ---------------------------------------------------------------------------------------
 def script(*args, cwd=None):
-    return subprocess.run([sys.executable, str(ROOT / "bottleneck_from_log.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bottleneck_from_log.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_script_runs_without_torch(sweep, tmp_path):
     results = sweep[0]
-    proc, code, modules = run_script("bottleneck_from_log.py", str(results), report=tmp_path / "run.json")
+    proc, code, modules = run_script(
+        "bottleneck_from_log.py", str(results), report=tmp_path / "run.json"
+    )
     assert code == 0, proc.stderr
     assert "torch" not in {m.split(".")[0] for m in modules}
     assert f"wrote {results / 'bottleneck' / 'figures'}" in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tmp}/missing"], "does not exist"),
-    (["{tmp}"], "no bottleneck runs"),
-    (["{tmp}", "--recovered", "{tmp}/old.json"], "--recovered needs --sizes"),
-    (["{tmp}", "--sizes", "1", "2"], "need --recovered"),
-    (["{tmp}", "--recovered", "{tmp}/old.json", "--sizes", "1"], "1 sizes given for 2"),
-    (["{tmp}", "--recovered", "{tmp}/bad.json", "--sizes", "1"], "cannot read recovered log"),
-    (["{tmp}", "--recovered", "{tmp}/notruns.json", "--sizes", "1"], "not a recovered 2019 log"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing"], "does not exist"),
+        (["{tmp}"], "no bottleneck runs"),
+        (["{tmp}", "--recovered", "{tmp}/old.json"], "--recovered needs --sizes"),
+        (["{tmp}", "--sizes", "1", "2"], "need --recovered"),
+        (["{tmp}", "--recovered", "{tmp}/old.json", "--sizes", "1"], "1 sizes given for 2"),
+        (["{tmp}", "--recovered", "{tmp}/bad.json", "--sizes", "1"], "cannot read recovered log"),
+        (
+            ["{tmp}", "--recovered", "{tmp}/notruns.json", "--sizes", "1"],
+            "not a recovered 2019 log",
+        ),
+    ],
+)
 def test_script_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "old.json").write_text(json.dumps([legacy_run(np.random.default_rng(6))] * 2))
     (tmp_path / "bad.json").write_text('[[{"epoch": 1, ')

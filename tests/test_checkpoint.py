@@ -1,5 +1,6 @@
 """Checkpoints load with torch.load(weights_only=True): RNG states as plain types, planted and
 old (pickle-only) checkpoints refused with one line, old ones resumed exactly when trusted."""
+
 import io
 import json
 import random
@@ -7,14 +8,15 @@ import random
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_data import Payload
+from test_train import metrics, small
 
 from mltools import checkpoint, runlog
 from mltools.checkpoint import UnsafeCheckpoint
 from mltools.sweep import RunSpec, run_sweep
 from mltools.train import train_run
-from test_data import Payload
-from test_train import metrics, small
 
 CPU = torch.device("cpu")
 
@@ -38,8 +40,12 @@ def test_rng_states_survive_the_safe_format_exactly(seed, draws, gauss):
         np_rng.standard_normal()
         py_rng.gauss(0, 1)
     np_state, py_state = np_rng.get_state(), py_rng.getstate()
-    saved = through_safe_load({"numpy": checkpoint.numpy_rng_to_plain(np_state),
-                               "random": checkpoint.python_rng_to_plain(py_state)})
+    saved = through_safe_load(
+        {
+            "numpy": checkpoint.numpy_rng_to_plain(np_state),
+            "random": checkpoint.python_rng_to_plain(py_state),
+        }
+    )
     np_back = checkpoint.numpy_rng_from_plain(saved["numpy"])
     assert np_back[0] == np_state[0] and np_back[1].dtype == np.uint32
     assert np.array_equal(np_back[1], np_state[1]) and np_back[2:] == np_state[2:]

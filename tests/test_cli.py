@@ -1,4 +1,5 @@
 """The command lines as a user meets them: bad input is one line on stderr and exit code 2."""
+
 import csv
 import json
 import signal
@@ -13,35 +14,59 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("script, args, needle", [
-    ("best_practices.py", ["--experiments", "nope"], "fc-tanh"),
-    ("best_practices.py", ["--dataset", "nope"], "cifar10, cifar100, mnist"),
-    ("best_practices.py", ["--epochs", "0"], "--epochs"),
-    ("best_practices.py", ["--seeds", "-2"], "--seeds"),
-    ("best_practices.py", ["--batch-size", "0"], "--batch-size"),
-    ("best_practices.py", ["--lr", "-1"], "--lr"),
-    ("best_practices.py", ["--lr", "nan"], "--lr"),
-    ("best_practices.py", ["--shard", "2/2"], "--shard"),
-    ("best_practices.py", ["--shard", "1of2"], "--shard"),
-    ("best_practices.py", ["--device", "cuda:7"], "cuda:7"),
-    ("best_practices.py", ["--device", "gpu"], "gpu"),
-    ("best_practices.py", ["--dataset", "mnist", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
-    ("best_practices.py", ["--report-only", "--out", "/nonexistent/results"], "no best-practices runs"),
-    ("bottleneck.py", ["--sizes", "801"], "1..800"),
-    ("bottleneck.py", ["--width", "16", "--sizes", "17"], "1..16"),
-    ("bottleneck.py", ["--sizes", "0"], "--sizes"),
-    ("bottleneck.py", ["--mode", "thin"], "--mode"),
-    ("bottleneck.py", ["--epochs", "-1"], "--epochs"),
-    ("bottleneck.py", ["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "--download"),
-    ("bottleneck.py", ["--methods", "dfa", "nope"], "--methods"),
-    ("bottleneck.py", ["--methods", "fa", "--init", "pai"], "--init pai pairs with dfa only"),
-])
+@pytest.mark.parametrize(
+    "script, args, needle",
+    [
+        ("best_practices.py", ["--experiments", "nope"], "fc-tanh"),
+        ("best_practices.py", ["--dataset", "nope"], "cifar10, cifar100, mnist"),
+        ("best_practices.py", ["--epochs", "0"], "--epochs"),
+        ("best_practices.py", ["--seeds", "-2"], "--seeds"),
+        ("best_practices.py", ["--batch-size", "0"], "--batch-size"),
+        ("best_practices.py", ["--lr", "-1"], "--lr"),
+        ("best_practices.py", ["--lr", "nan"], "--lr"),
+        ("best_practices.py", ["--shard", "2/2"], "--shard"),
+        ("best_practices.py", ["--shard", "1of2"], "--shard"),
+        ("best_practices.py", ["--device", "cuda:7"], "cuda:7"),
+        ("best_practices.py", ["--device", "gpu"], "gpu"),
+        (
+            "best_practices.py",
+            ["--dataset", "mnist", "--data-dir", "/nonexistent/data"],
+            "/nonexistent/data",
+        ),
+        (
+            "best_practices.py",
+            ["--report-only", "--out", "/nonexistent/results"],
+            "no best-practices runs",
+        ),
+        ("bottleneck.py", ["--sizes", "801"], "1..800"),
+        ("bottleneck.py", ["--width", "16", "--sizes", "17"], "1..16"),
+        ("bottleneck.py", ["--sizes", "0"], "--sizes"),
+        ("bottleneck.py", ["--mode", "thin"], "--mode"),
+        ("bottleneck.py", ["--epochs", "-1"], "--epochs"),
+        (
+            "bottleneck.py",
+            ["--dataset", "cifar10", "--data-dir", "/nonexistent/data"],
+            "--download",
+        ),
+        ("bottleneck.py", ["--methods", "dfa", "nope"], "--methods"),
+        ("bottleneck.py", ["--methods", "fa", "--init", "pai"], "--init pai pairs with dfa only"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
-    result = run(script, *args, "--out", str(tmp_path / "out")) if "--out" not in args else run(script, *args)
+    result = (
+        run(script, *args, "--out", str(tmp_path / "out"))
+        if "--out" not in args
+        else run(script, *args)
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -65,12 +90,30 @@ def test_list_names_every_experiment():
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
-    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh", "--seeds", "1",
-           "--epochs", "50", "--batch-size", "8", "--out", str(tmp_path), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(ROOT / "best_practices.py"),
+        "--experiments",
+        "fc-tanh",
+        "--seeds",
+        "1",
+        "--epochs",
+        "50",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / "best_practices" / "fc-tanh" / "seed0" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 2
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -81,17 +124,56 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
 
 def test_bottleneck_methods_sweep(tmp_path):
     """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
-    result = run("bottleneck.py", "--methods", "dfa", "fa", "shallow", "--width", "16",
-                 "--sizes", "2", "16", "--seeds", "1", "--epochs", "1", "--train-samples", "128",
-                 "--eval-samples", "128", "--device", "cpu", "--quiet", "--out", str(tmp_path))
+    result = run(
+        "bottleneck.py",
+        "--methods",
+        "dfa",
+        "fa",
+        "shallow",
+        "--width",
+        "16",
+        "--sizes",
+        "2",
+        "16",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "128",
+        "--eval-samples",
+        "128",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
-    assert folders == ["fa-mask-std-b16", "fa-mask-std-b2", "mask-pai-b16", "mask-pai-b2",
-                       "mask-std-b16", "mask-std-b2", "shallow-mask-std-b16", "shallow-mask-std-b2"]
-    config = json.loads((tmp_path / "bottleneck" / "fa-mask-std-b2" / "seed0" / "config.json").read_text())
+    assert folders == [
+        "fa-mask-std-b16",
+        "fa-mask-std-b2",
+        "mask-pai-b16",
+        "mask-pai-b2",
+        "mask-std-b16",
+        "mask-std-b2",
+        "shallow-mask-std-b16",
+        "shallow-mask-std-b2",
+    ]
+    config = json.loads(
+        (tmp_path / "bottleneck" / "fa-mask-std-b2" / "seed0" / "config.json").read_text()
+    )
     assert (config["method"], config["init"], config["bottleneck_size"]) == ("fa", "std", 2)
     with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["init"], r["size"]) for r in rows] == [
-        ("dfa", "pai", "2"), ("dfa", "pai", "16"), ("dfa", "std", "2"), ("dfa", "std", "16"),
-        ("fa", "std", "2"), ("fa", "std", "16"), ("shallow", "std", "2"), ("shallow", "std", "16")]
+        ("dfa", "pai", "2"),
+        ("dfa", "pai", "16"),
+        ("dfa", "std", "2"),
+        ("dfa", "std", "16"),
+        ("fa", "std", "2"),
+        ("fa", "std", "16"),
+        ("shallow", "std", "2"),
+        ("shallow", "std", "16"),
+    ]

@@ -4,6 +4,7 @@ where none is present). Small models on ``digits``: the file runs in well under 
 
     python -m pytest -m cuda -rs
 """
+
 import copy
 import json
 import os
@@ -11,12 +12,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import metrics, small
 
 import dfatools
 from mltools import models, runlog
 from mltools.sweep import RunSpec, run_sweep
 from mltools.train import RunConfig, build_model, evaluate, get_data, train_run
-from test_train import metrics, small
 
 pytestmark = pytest.mark.cuda
 
@@ -66,14 +67,20 @@ def assert_alignment_close(on_cuda: list, on_cpu: list) -> None:
     assert len(on_cuda) == len(on_cpu)
     for a, b in zip(on_cuda, on_cpu):
         for field in ("cos_mean", "cos_std", "weight_cos", "undefined_frac"):
-            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=COS_ATOL), (a.name, field)
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=COS_ATOL), (
+                a.name,
+                field,
+            )
         assert a.angle_deg == pytest.approx(b.angle_deg, abs=ANGLE_ATOL_DEG), a.name
 
 
-@pytest.mark.parametrize("changes", [
-    {"arch": "fc", "batch_norm": True},
-    {"arch": "cnn", "cnn_min_side": 16},  # 8x8 digits upsampled to 16x16: 4 feedback points
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"arch": "fc", "batch_norm": True},
+        {"arch": "cnn", "cnn_min_side": 16},  # 8x8 digits upsampled to 16x16: 4 feedback points
+    ],
+)
 def test_dfa_gradients_on_cuda_equal_the_cpu_ones(exact_float32, changes):
     data = get_data(RunConfig(), CPU)
     x, y = data.x_train[:64], data.y_train[:64]
@@ -91,8 +98,10 @@ def test_dfa_gradients_on_cuda_equal_the_cpu_ones(exact_float32, changes):
 def test_feedback_matrices_are_the_same_on_cpu_and_cuda(feedback):
     """B is drawn on the CPU from the seeded generator, then moved: the very same numbers."""
     x = torch.randn(4, 1, 8, 8)
-    on_cpu, on_cuda = (dfatools.to_dfa(models.fc((1, 8, 8), 10, width=32), 10, feedback=feedback,
-                                       seed=3) for _ in range(2))
+    on_cpu, on_cuda = (
+        dfatools.to_dfa(models.fc((1, 8, 8), 10, width=32), 10, feedback=feedback, seed=3)
+        for _ in range(2)
+    )
     on_cuda.to(CUDA)
     on_cpu(x)  # matrices are created at the first forward pass
     on_cuda(x.to(CUDA))

@@ -76,14 +76,30 @@ def write_cifar10(folder, per_batch=4, seed=1, style="protocol2"):
     for i in range(1, 6):
         rows = cifar_rows(per_batch, seed + i)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]  # real files store a list
-        write_batch(folder / f"data_batch_{i}", {b"batch_label": f"training batch {i} of 5".encode(),
-                    b"labels": labels, b"data": rows, b"filenames": [b"x.png"] * per_batch}, style)
+        write_batch(
+            folder / f"data_batch_{i}",
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": labels,
+                b"data": rows,
+                b"filenames": [b"x.png"] * per_batch,
+            },
+            style,
+        )
         train_rows.append(rows)
         train_labels += labels
     test_rows = cifar_rows(3, seed + 100)
     test_labels = [int(v) for v in rng.integers(0, 10, size=3)]
-    write_batch(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": test_labels,
-                b"data": test_rows, b"filenames": [b"x.png"] * 3}, style)
+    write_batch(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": test_labels,
+            b"data": test_rows,
+            b"filenames": [b"x.png"] * 3,
+        },
+        style,
+    )
     return np.concatenate(train_rows), train_labels, test_rows, test_labels
 
 
@@ -96,8 +112,17 @@ def write_cifar100(folder, seed=2):
         rows = cifar_rows(n, seed + n)
         fine = [int(v) for v in rng.integers(0, 100, size=n)]
         with open(folder / split, "wb") as f:
-            pickle.dump({b"filenames": [b"x.png"] * n, b"batch_label": split.encode(), b"fine_labels": fine,
-                         b"coarse_labels": [v // 5 for v in fine], b"data": rows}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"filenames": [b"x.png"] * n,
+                    b"batch_label": split.encode(),
+                    b"fine_labels": fine,
+                    b"coarse_labels": [v // 5 for v in fine],
+                    b"data": rows,
+                },
+                f,
+                protocol=2,
+            )
         out += [rows, fine]
     return tuple(out)
 
@@ -120,8 +145,12 @@ def write_idx_set(folder, n_train=40, n_test=6, gz=False, seed=3):
     x_test = rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8)
     x_test[:, 0, 0] = 255  # never an index of a training image (n_train < 255)
     y_test = rng.integers(0, 10, size=n_test)
-    contents = {"train-images-idx3-ubyte": idx_images(x_train), "train-labels-idx1-ubyte": idx_labels(y_train),
-                "t10k-images-idx3-ubyte": idx_images(x_test), "t10k-labels-idx1-ubyte": idx_labels(y_test)}
+    contents = {
+        "train-images-idx3-ubyte": idx_images(x_train),
+        "train-labels-idx1-ubyte": idx_labels(y_train),
+        "t10k-images-idx3-ubyte": idx_images(x_test),
+        "t10k-labels-idx1-ubyte": idx_labels(y_test),
+    }
     for name, blob in contents.items():
         if gz:
             with gzip.open(folder / f"{name}.gz", "wb") as f:
@@ -139,8 +168,9 @@ def expected_pixel(v, mean, std):
 # ----------------------------------------------------------------------------- CIFAR
 
 
-@pytest.mark.parametrize("in_folder, style", [(True, "python2"), (False, "protocol2"),
-                                               (True, "resaved")])
+@pytest.mark.parametrize(
+    "in_folder, style", [(True, "python2"), (False, "protocol2"), (True, "resaved")]
+)
 def test_cifar10_values_and_labels(tmp_path, in_folder, style):
     folder = tmp_path / "cifar-10-batches-py" if in_folder else tmp_path
     train_rows, train_labels, test_rows, test_labels = write_cifar10(folder, style=style)
@@ -153,18 +183,28 @@ def test_cifar10_values_and_labels(tmp_path, in_folder, style):
     # Row layout: channel c, row h, column w is at c*1024 + h*32 + w.
     for i, c, h, w in [(0, 0, 0, 0), (5, 1, 7, 30), (19, 2, 31, 31), (11, 2, 0, 17)]:
         v = int(train_rows[i, c * 1024 + h * 32 + w])
-        assert ds.x_train[i, c, h, w].item() == pytest.approx(expected_pixel(v, CIFAR_MEAN[c], CIFAR_STD[c]), abs=1e-5)
+        assert ds.x_train[i, c, h, w].item() == pytest.approx(
+            expected_pixel(v, CIFAR_MEAN[c], CIFAR_STD[c]), abs=1e-5
+        )
     v = int(test_rows[2, 1 * 1024 + 3 * 32 + 4])
-    assert ds.x_eval[2, 1, 3, 4].item() == pytest.approx(expected_pixel(v, CIFAR_MEAN[1], CIFAR_STD[1]), abs=1e-5)
+    assert ds.x_eval[2, 1, 3, 4].item() == pytest.approx(
+        expected_pixel(v, CIFAR_MEAN[1], CIFAR_STD[1]), abs=1e-5
+    )
 
 
 def test_cifar100_fine_labels_and_cifar10_constants(tmp_path):
     train_rows, train_fine, test_rows, test_fine = write_cifar100(tmp_path / "cifar-100-python")
     ds = load_dataset("cifar100", data_dir=str(tmp_path))
-    assert ds.num_classes == 100 and ds.x_train.shape == (7, 3, 32, 32) and ds.x_eval.shape == (4, 3, 32, 32)
+    assert (
+        ds.num_classes == 100
+        and ds.x_train.shape == (7, 3, 32, 32)
+        and ds.x_eval.shape == (4, 3, 32, 32)
+    )
     assert ds.y_train.tolist() == train_fine and ds.y_eval.tolist() == test_fine
     v = int(train_rows[6, 2 * 1024 + 10 * 32 + 20])
-    assert ds.x_train[6, 2, 10, 20].item() == pytest.approx(expected_pixel(v, CIFAR_MEAN[2], CIFAR_STD[2]), abs=1e-5)
+    assert ds.x_train[6, 2, 10, 20].item() == pytest.approx(
+        expected_pixel(v, CIFAR_MEAN[2], CIFAR_STD[2]), abs=1e-5
+    )
 
 
 def test_corrupt_cifar_pickle_names_file(tmp_path):
@@ -186,9 +226,11 @@ class Payload:
 
 def planted_payloads(marker):
     """Pickled objects that would each create ``marker`` if unpickled unsafely."""
-    return {"os.system": Payload(os.system, f"touch {marker}"),
-            "builtins.open": Payload(open, str(marker), "w"),
-            "builtins.exec": Payload(exec, f"open({str(marker)!r}, 'w').close()")}
+    return {
+        "os.system": Payload(os.system, f"touch {marker}"),
+        "builtins.open": Payload(open, str(marker), "w"),
+        "builtins.exec": Payload(exec, f"open({str(marker)!r}, 'w').close()"),
+    }
 
 
 @pytest.mark.parametrize("payload", ["os.system", "builtins.open", "builtins.exec"])
@@ -197,7 +239,11 @@ def test_planted_cifar_pickle_is_refused_and_runs_nothing(tmp_path, payload, whe
     marker = tmp_path / "pwned"
     write_cifar10(tmp_path)
     evil = planted_payloads(marker)[payload]
-    batch = evil if where == "top" else {b"data": cifar_rows(2, 0), b"labels": [1, 2], where.encode(): evil}
+    batch = (
+        evil
+        if where == "top"
+        else {b"data": cifar_rows(2, 0), b"labels": [1, 2], where.encode(): evil}
+    )
     (tmp_path / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError) as err:
         load_dataset("cifar10", data_dir=str(tmp_path))
@@ -209,17 +255,22 @@ def test_planted_cifar_pickle_is_refused_and_runs_nothing(tmp_path, payload, whe
 def test_codecs_encode_only_decodes_latin1(tmp_path):
     """Python 3 pickles bytes as _codecs.encode(text, "latin1"); another codec is refused."""
     path = tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps({b"data": Payload(codecs.encode, "x" * 3072, "rot13")}, protocol=2))
+    path.write_bytes(
+        pickle.dumps({b"data": Payload(codecs.encode, "x" * 3072, "rot13")}, protocol=2)
+    )
     with pytest.raises(DataError, match="refused.*rot13"):
         data.read_cifar_pickle(path, "labels")
 
 
-@pytest.mark.parametrize("batch, problem", [
-    ([1, 2], "not a dict"),
-    ({b"data": cifar_rows(2, 0)}, "no labels"),
-    ({b"data": [[300] * 3072], b"labels": [1]}, "OverflowError"),
-    ({b"data": cifar_rows(2, 0), b"labels": {"a": 1}}, "TypeError"),
-])
+@pytest.mark.parametrize(
+    "batch, problem",
+    [
+        ([1, 2], "not a dict"),
+        ({b"data": cifar_rows(2, 0)}, "no labels"),
+        ({b"data": [[300] * 3072], b"labels": [1]}, "OverflowError"),
+        ({b"data": cifar_rows(2, 0), b"labels": {"a": 1}}, "TypeError"),
+    ],
+)
 def test_cifar_pickle_of_the_wrong_shape_is_one_line(tmp_path, batch, problem):
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch, protocol=2))
@@ -231,7 +282,9 @@ def test_cifar_pickle_of_the_wrong_shape_is_one_line(tmp_path, batch, problem):
 # ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
 
 
-@pytest.mark.parametrize("layout,gz", [("torchvision", False), ("torchvision", True), ("flat", False), ("flat", True)])
+@pytest.mark.parametrize(
+    "layout,gz", [("torchvision", False), ("torchvision", True), ("flat", False), ("flat", True)]
+)
 def test_mnist_layouts_raw_and_gz(tmp_path, layout, gz):
     folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
     x_train, y_train, x_test, y_test = write_idx_set(folder, gz=gz)
@@ -241,9 +294,13 @@ def test_mnist_layouts_raw_and_gz(tmp_path, layout, gz):
     assert ds.y_train.tolist() == y_train.tolist() and ds.y_eval.tolist() == y_test.tolist()
     for i, h, w in [(0, 0, 0), (13, 5, 27), (39, 27, 27)]:
         v = int(x_train[i, h, w])
-        assert ds.x_train[i, 0, h, w].item() == pytest.approx(expected_pixel(v, MNIST_MEAN, MNIST_STD), abs=1e-5)
+        assert ds.x_train[i, 0, h, w].item() == pytest.approx(
+            expected_pixel(v, MNIST_MEAN, MNIST_STD), abs=1e-5
+        )
     v = int(x_test[4, 14, 9])
-    assert ds.x_eval[4, 0, 14, 9].item() == pytest.approx(expected_pixel(v, MNIST_MEAN, MNIST_STD), abs=1e-5)
+    assert ds.x_eval[4, 0, 14, 9].item() == pytest.approx(
+        expected_pixel(v, MNIST_MEAN, MNIST_STD), abs=1e-5
+    )
 
 
 def test_fashion_mnist_torchvision_layout_and_constants(tmp_path):
@@ -251,7 +308,9 @@ def test_fashion_mnist_torchvision_layout_and_constants(tmp_path):
     ds = load_dataset("fashion-mnist", data_dir=str(tmp_path))
     assert ds.y_train.tolist() == y_train.tolist()
     v = int(x_train[7, 20, 3])
-    assert ds.x_train[7, 0, 20, 3].item() == pytest.approx(expected_pixel(v, FASHION_MEAN, FASHION_STD), abs=1e-5)
+    assert ds.x_train[7, 0, 20, 3].item() == pytest.approx(
+        expected_pixel(v, FASHION_MEAN, FASHION_STD), abs=1e-5
+    )
 
 
 def test_fashion_mnist_system_dir_is_searched(tmp_path, monkeypatch):
@@ -310,7 +369,9 @@ def test_missing_fashion_mnist_hints_apt_and_system_dir(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
 
 
-@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+@pytest.mark.parametrize(
+    "name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
 def test_missing_cifar_names_searched_places(tmp_path, name, folder):
     with pytest.raises(DataError) as err:
         load_dataset(name, data_dir=str(tmp_path))
@@ -339,7 +400,9 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
 
     class Offline:
         def __init__(self, root, train=True, download=False):
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirrors, all failed")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried mirrors, all failed"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataError) as err:
@@ -372,7 +435,9 @@ def test_digits_shapes_split_and_stratification():
     assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_eval.shape == (360, 1, 8, 8)
     assert ds.num_classes == 10 and ds.input_shape == (1, 8, 8)
     # Normalized with training-split statistics.
-    assert abs(ds.x_train.mean().item()) < 1e-4 and ds.x_train.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert abs(ds.x_train.mean().item()) < 1e-4 and ds.x_train.std().item() == pytest.approx(
+        1.0, abs=1e-3
+    )
     # Stratified: every class is within one sample of 20% of its total in the test part.
     train_counts = np.bincount(ds.y_train.numpy(), minlength=10)
     test_counts = np.bincount(ds.y_eval.numpy(), minlength=10)
@@ -403,7 +468,9 @@ def test_val_split_sizes_disjoint_and_fixed(tmp_path):
     assert ds.eval_split == "val"
     assert len(ds.y_train) == 34 and len(ds.y_eval) == 6  # 85/15 of 40
     tr, ev = train_ids(ds.x_train), train_ids(ds.x_eval)
-    assert not set(tr) & set(ev) and sorted(tr + ev) == list(range(40))  # eval drawn from train only
+    assert not set(tr) & set(ev) and sorted(tr + ev) == list(
+        range(40)
+    )  # eval drawn from train only
     np.random.seed(6)
     torch.manual_seed(6)
     again = load_dataset("mnist", data_dir=str(tmp_path), eval_split="val")
@@ -428,9 +495,15 @@ def test_train_samples_keeps_first_n(tmp_path):
 
 
 def test_synthetic_shapes_and_determinism():
-    a = load_dataset("synthetic", synthetic_shape=(2, 5, 7), synthetic_classes=4, synthetic_sizes=(30, 8))
-    b = load_dataset("synthetic", synthetic_shape=(2, 5, 7), synthetic_classes=4, synthetic_sizes=(30, 8))
-    assert a.x_train.shape == (30, 2, 5, 7) and a.x_eval.shape == (8, 2, 5, 7) and a.num_classes == 4
+    a = load_dataset(
+        "synthetic", synthetic_shape=(2, 5, 7), synthetic_classes=4, synthetic_sizes=(30, 8)
+    )
+    b = load_dataset(
+        "synthetic", synthetic_shape=(2, 5, 7), synthetic_classes=4, synthetic_sizes=(30, 8)
+    )
+    assert (
+        a.x_train.shape == (30, 2, 5, 7) and a.x_eval.shape == (8, 2, 5, 7) and a.num_classes == 4
+    )
     assert a.x_train.dtype == torch.float32 and a.y_train.dtype == torch.int64
     assert int(a.y_train.min()) >= 0 and int(a.y_train.max()) < 4
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_eval, b.y_eval)

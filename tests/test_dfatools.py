@@ -1,4 +1,5 @@
 """dfatools against independent computations (numpy formulas, plain autograd on nn.Sequential)."""
+
 import copy
 import math
 
@@ -65,7 +66,7 @@ def numpy_fc_grads(net, x, y, feedback, normalize, error, seed, hidden_error=Non
         e = hidden_error
     slices, stored = feedback_matrices(feedback, normalize, [7, 5], seed)
     s1, s2 = e @ slices[0], e @ slices[1]
-    d1, d2 = s1 * (1 - h1 ** 2), s2 * (1 - h2 ** 2)
+    d1, d2 = s1 * (1 - h1**2), s2 * (1 - h2**2)
     grads = [d1.T @ x, d1.sum(0), d2.T @ h1, d2.sum(0), dldy.T @ h2, dldy.sum(0)]
     return grads, stored
 
@@ -101,25 +102,38 @@ def test_no_gradient_crosses_a_feedback_point():
 
 def test_cnn_gradients_match_plain_autograd():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
-                        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(3 * 2 * 2, 6), nn.Tanh(), nn.Linear(6, K))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 6),
+        nn.Tanh(),
+        nn.Linear(6, K),
+    )
     model = dfatools.to_dfa(net, K, seed=5)
     x, y = torch.randn(5, 1, 4, 4), torch.randint(0, K, (5,))
     F.cross_entropy(model(x), y).backward()
     # Independent: plain forward through the original modules, block by block.
-    h1 = net[2](net[1](net[0](x)))                 # (5, 2, 2, 2), d=8
-    h2 = net[5](net[4](net[3](h1.detach())))       # (5, 12)
-    h3 = net[7](net[6](h2.detach()))               # (5, 6)
+    h1 = net[2](net[1](net[0](x)))  # (5, 2, 2, 2), d=8
+    h2 = net[5](net[4](net[3](h1.detach())))  # (5, 12)
+    h3 = net[7](net[6](h2.detach()))  # (5, 6)
     out = net[8](h3.detach())
     loss = F.cross_entropy(out, y)
     e = (torch.softmax(out, 1) - F.one_hot(y, K)).detach()
     sizes = [8, 12, 6]
     slices, _ = feedback_matrices("shared", True, sizes, seed=5)
     for h, sl, block in zip([h1, h2, h3], slices, [net[0], net[3], net[6]]):
-        s = (e.double().numpy() @ sl)
-        exp = torch.autograd.grad(h, [block.weight, block.bias], torch.from_numpy(s).float().view_as(h))
-        got = [model_block.grad for model_block in (block_in(model, block).weight, block_in(model, block).bias)]
+        s = e.double().numpy() @ sl
+        exp = torch.autograd.grad(
+            h, [block.weight, block.bias], torch.from_numpy(s).float().view_as(h)
+        )
+        got = [
+            model_block.grad
+            for model_block in (block_in(model, block).weight, block_in(model, block).bias)
+        ]
         for g, ex in zip(got, exp):
             torch.testing.assert_close(g, ex, rtol=1e-4, atol=1e-6)
     exp_top = torch.autograd.grad(loss, [net[8].weight, net[8].bias])
@@ -130,7 +144,11 @@ def test_cnn_gradients_match_plain_autograd():
 def block_in(model, original):
     """The copy of ``original`` inside the to_dfa model (same weights)."""
     for m in model.modules():
-        if type(m) is type(original) and hasattr(m, "weight") and torch.equal(m.weight, original.weight):
+        if (
+            type(m) is type(original)
+            and hasattr(m, "weight")
+            and torch.equal(m.weight, original.weight)
+        ):
             return m
     raise AssertionError("layer not found")
 
@@ -186,7 +204,11 @@ def test_hand_written_model_matches_formula_and_measures():
     x, y = batch()
     F.cross_entropy(model(x), y).backward()
     expected, _ = numpy_fc_grads(net, x, y, "shared", True, "sum", seed=3)
-    got = [p.grad.double().numpy() for m in (model.fc1, model.fc2, model.fc3) for p in (m.weight, m.bias)]
+    got = [
+        p.grad.double().numpy()
+        for m in (model.fc1, model.fc2, model.fc3)
+        for p in (m.weight, m.bias)
+    ]
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
     assert len(dfatools.measure_alignment(model, x, y)) == 2
@@ -203,7 +225,9 @@ def test_alignment_matches_hand_computation():
     h2 = net[3](net[2](h1))
     out = net[4](h2)
     loss = F.cross_entropy(out, y)
-    g1, g2, gw1, gw2 = torch.autograd.grad(loss, [h1, h2, net[0].weight, net[2].weight], retain_graph=True)
+    g1, g2, gw1, gw2 = torch.autograd.grad(
+        loss, [h1, h2, net[0].weight, net[2].weight], retain_graph=True
+    )
     e = (torch.softmax(out, 1) - F.one_hot(y, K)).detach().double().numpy()
     slices, _ = feedback_matrices("shared", True, [7, 5], seed=2)
     for l, (g, h, w, gw) in enumerate([(g1, h1, net[0].weight, gw1), (g2, h2, net[2].weight, gw2)]):
@@ -213,7 +237,9 @@ def test_alignment_matches_hand_computation():
         assert result[l].cos_mean == pytest.approx(cos.mean(), abs=1e-5)
         assert result[l].cos_std == pytest.approx(cos.std(), abs=1e-5)
         assert result[l].angle_deg == pytest.approx(np.degrees(np.arccos(cos)).mean(), abs=1e-3)
-        dfa_w = torch.autograd.grad(h, w, torch.from_numpy(s).float(), retain_graph=True)[0].flatten()
+        dfa_w = torch.autograd.grad(h, w, torch.from_numpy(s).float(), retain_graph=True)[
+            0
+        ].flatten()
         wcos = float(dfa_w @ gw.flatten() / (dfa_w.norm() * gw.norm()))
         assert result[l].weight_cos == pytest.approx(wcos, abs=1e-5)
 
@@ -233,8 +259,15 @@ def test_alignment_is_one_when_feedback_equals_output_weight():
 
 def test_measure_alignment_leaves_model_untouched():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 7), nn.Dropout(0.5), nn.Tanh(), nn.BatchNorm1d(7),
-                        nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, K))
+    net = nn.Sequential(
+        nn.Linear(6, 7),
+        nn.Dropout(0.5),
+        nn.Tanh(),
+        nn.BatchNorm1d(7),
+        nn.Linear(7, 5),
+        nn.Tanh(),
+        nn.Linear(5, K),
+    )
     model = dfatools.to_dfa(net, K)
     model.train()
     model[1].eval()  # a mixed state must come back as it was
@@ -251,9 +284,15 @@ def test_measure_alignment_leaves_model_untouched():
 def test_state_dict_round_trip_restores_matrices_and_masks():
     def make(seed):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), dfatools.Bottleneck(7, 7, 3, seed=seed),
-                            nn.Tanh(), nn.Linear(7, K))
+        net = nn.Sequential(
+            nn.Linear(6, 7),
+            nn.Tanh(),
+            dfatools.Bottleneck(7, 7, 3, seed=seed),
+            nn.Tanh(),
+            nn.Linear(7, K),
+        )
         return dfatools.to_dfa(net, K, feedback="independent", seed=seed)
+
     a, b = make(0), make(1)
     x, y = batch()
     a(x).sum().backward()
@@ -296,9 +335,18 @@ def test_bottleneck_frozen_entries_do_not_move(mode):
 
 def test_prealign_aligns_linear_points():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1),
-                        nn.Tanh(), nn.Flatten(), nn.Linear(64, 48), nn.Tanh(), nn.Linear(48, 40),
-                        nn.Tanh(), nn.Linear(40, K))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(64, 48),
+        nn.Tanh(),
+        nn.Linear(48, 40),
+        nn.Tanh(),
+        nn.Linear(40, K),
+    )
     model = dfatools.to_dfa(net, K)
     x, y = torch.randn(16, 1, 4, 4), torch.randint(0, K, (16,))
     conv_before = model[3].weight.detach().clone()  # the conv read by point 0
@@ -311,15 +359,21 @@ def test_prealign_aligns_linear_points():
         assert layer.weight.norm().item() == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: dfatools.to_dfa(nn.Sequential(nn.Linear(3, 4)), 4), "two weight layers"),
-    (lambda: dfatools.to_dfa(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5)), 4), "num_classes"),
-    (lambda: dfatools.to_dfa(fc_net(), K, feedback="both"), "feedback"),
-    (lambda: dfatools.to_dfa(fc_net(), K, error="max"), "error"),
-    (lambda: dfatools.Bottleneck(4, 5, 0), "size"),
-    (lambda: dfatools.Bottleneck(4, 5, 6), "size"),
-    (lambda: dfatools.DFA([], 3), "FeedbackPoint"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: dfatools.to_dfa(nn.Sequential(nn.Linear(3, 4)), 4), "two weight layers"),
+        (
+            lambda: dfatools.to_dfa(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5)), 4),
+            "num_classes",
+        ),
+        (lambda: dfatools.to_dfa(fc_net(), K, feedback="both"), "feedback"),
+        (lambda: dfatools.to_dfa(fc_net(), K, error="max"), "error"),
+        (lambda: dfatools.Bottleneck(4, 5, 0), "size"),
+        (lambda: dfatools.Bottleneck(4, 5, 6), "size"),
+        (lambda: dfatools.DFA([], 3), "FeedbackPoint"),
+    ],
+)
 def test_bad_use_raises_clear_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()
@@ -374,8 +428,15 @@ class _AddLogits(nn.Module):
 def test_exact_top_trains_the_top_layers_by_backprop():
     """exact_top=2 (the 2019 CNN placement): no point before the output layer, so the two top
     weight layers get their true gradients and the layers below get DFA signals."""
-    net = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3),
-                        nn.Tanh(), nn.Linear(3, K))
+    net = nn.Sequential(
+        nn.Linear(6, 7),
+        nn.Tanh(),
+        nn.Linear(7, 5),
+        nn.Tanh(),
+        nn.Linear(5, 3),
+        nn.Tanh(),
+        nn.Linear(3, K),
+    )
     model = dfatools.to_dfa(net, K, seed=1, exact_top=2)
     assert len(model.feedback_points) == 2
     x, y = batch()

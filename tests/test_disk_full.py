@@ -1,5 +1,6 @@
 """A full disk fails the run it hits (status failed, earlier files intact) and stops the sweep
 there with one line, instead of failing every later run; the same command then resumes."""
+
 import argparse
 import errno
 import os
@@ -9,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_train import small as train_small
 
 from mltools import cli, runlog
 from mltools.report import write_best_practices_report
 from mltools.sweep import RunSpec, SweepStopped, execute, run_sweep
 from mltools.train import RunConfig
-from test_train import small as train_small
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ class FullDiskFile:
         self.file, self.code = file, code
 
     def write(self, data):
-        self.file.write(data[:len(data) // 2])
+        self.file.write(data[: len(data) // 2])
         self.file.flush()
         raise OSError(self.code, os.strerror(self.code))
 
@@ -48,12 +49,14 @@ class FullDiskFile:
 def full_disk(monkeypatch, name: str, code: int = errno.ENOSPC) -> None:
     """Writes to run-folder files called ``name`` (or to their atomic temp files) fail as on a
     full disk. runlog opens every file of a run folder, checkpoints included."""
+
     def open_on_full_disk(path, mode="r", *args, **kwargs):
         file = open(path, mode, *args, **kwargs)
         target = Path(path).name
         if mode.startswith("r") or not (target == name or target.startswith(f".{name}.")):
             return file
         return FullDiskFile(file, code)
+
     monkeypatch.setattr(runlog, "open", open_on_full_disk, raising=False)
 
 
@@ -62,8 +65,15 @@ def status(run_dir: Path) -> str | None:
     return None if config is None else config["status"]
 
 
-@pytest.mark.parametrize("name, code", [(runlog.CHECKPOINT, errno.ENOSPC), (runlog.METRICS, errno.EDQUOT),
-                                        (runlog.LOG, errno.EIO), (runlog.CONFIG, errno.EFBIG)])
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        (runlog.CHECKPOINT, errno.ENOSPC),
+        (runlog.METRICS, errno.EDQUOT),
+        (runlog.LOG, errno.EIO),
+        (runlog.CONFIG, errno.EFBIG),
+    ],
+)
 def test_full_disk_stops_the_sweep_after_the_first_run(tmp_path, monkeypatch, capsys, name, code):
     specs = [RunSpec(small(seed=seed), tmp_path / f"seed{seed}") for seed in range(3)]
     full_disk(monkeypatch, name, code)
@@ -104,17 +114,31 @@ def test_after_a_full_disk_the_same_sweep_resumes(tmp_path, monkeypatch):
 
 def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, capsys):
     specs = [RunSpec(small(), tmp_path / "best_practices" / "fc-tanh" / "seed0")]
-    args = argparse.Namespace(device="cpu", out=str(tmp_path), shard=None, jobs=1, quiet=True,
-                              slurm=None, tensorboard=False)
+    args = argparse.Namespace(
+        device="cpu",
+        out=str(tmp_path),
+        shard=None,
+        jobs=1,
+        quiet=True,
+        slurm=None,
+        tensorboard=False,
+    )
     write_text = Path.write_text
 
     def report_on_full_disk(path, *args, **kwargs):
         if path.suffix in (".md", ".csv"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return write_text(path, *args, **kwargs)
+
     monkeypatch.setattr(Path, "write_text", report_on_full_disk)
     with pytest.raises(cli.DiskFull) as stop:
-        execute(specs, args, "test", write_best_practices_report, "python best_practices.py --report-only")
+        execute(
+            specs,
+            args,
+            "test",
+            write_best_practices_report,
+            "python best_practices.py --report-only",
+        )
     assert "runs: 1 done" in capsys.readouterr().out
     message = str(stop.value)
     assert "\n" not in message and str(tmp_path / "best_practices") in message
@@ -127,8 +151,11 @@ def test_disk_errors_stop_and_others_do_not(code):
     assert isinstance(stop, cli.DiskFull) and "results/x" in str(stop)
     named = cli.disk_full(OSError(code, os.strerror(code), "results/x/log.txt"), "results")
     assert "results/x/log.txt" in str(named)
-    for other in (OSError(errno.EACCES, "Permission denied"), FileNotFoundError(2, "gone"),
-                  ValueError("not a disk error")):
+    for other in (
+        OSError(errno.EACCES, "Permission denied"),
+        FileNotFoundError(2, "gone"),
+        ValueError("not a disk error"),
+    ):
         assert cli.disk_full(other, "results") is None
 
 
@@ -136,14 +163,38 @@ def test_parallel_sweep_on_a_size_limited_disk_stops_with_exit_1(tmp_path):
     """ulimit -f: every checkpoint is too large (EFBIG) in the worker processes of --jobs 2.
     The runs already started fail; the others never start; one line says what to do."""
     limit = 256 * 1024  # room for configs, logs and metrics, not for a checkpoint
-    code = ("import resource, runpy, sys; "
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
-            "sys.argv = ['best_practices.py'] + sys.argv[1:]; "
-            "runpy.run_path('best_practices.py', run_name='__main__')")
+    code = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "sys.argv = ['best_practices.py'] + sys.argv[1:]; "
+        "runpy.run_path('best_practices.py', run_name='__main__')"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", code, "--experiments", "fc-tanh", "--seeds", "6", "--epochs", "1",
-         "--train-samples", "128", "--out", str(tmp_path), "--device", "cpu", "--jobs", "2",
-         "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--experiments",
+            "fc-tanh",
+            "--seeds",
+            "6",
+            "--epochs",
+            "1",
+            "--train-samples",
+            "128",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--jobs",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     errors = proc.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("best_practices.py: stopped: cannot write")

@@ -2,6 +2,7 @@
 byte flips, inserted garbage and plain garbage, either parses or raises the project's one-line
 error (runlog readers: warnings, never an exception; mltools.data: DataError; a recovered 2019
 log: UsageError). Never another exception, and never a hang (SIGALRM guard per example)."""
+
 import contextlib
 import gzip
 import pickle
@@ -10,17 +11,19 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from mltools import runlog
 from mltools.bottleneck_report import read_recovered
 from mltools.cli import UsageError
-from mltools.data import DataError, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_cifar_pickle, read_idx
+from mltools.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, read_cifar_pickle, read_idx
 from mltools.legacy_log import LegacyEpoch, parse_legacy_log
 from mltools.retrieval import parse_run_log
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 SECONDS = 5  # per example; the readers take milliseconds on these inputs
 
 
@@ -32,6 +35,7 @@ class Hang(BaseException):
 def no_hang(seconds: float = SECONDS):
     def alarm(signum, frame):
         raise Hang(f"a reader ran for more than {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -52,10 +56,12 @@ def damaged(base: bytes) -> st.SearchStrategy[bytes]:
     """``base`` truncated, with bytes flipped, with garbage inserted, or garbage alone."""
     return st.one_of(
         st.integers(0, len(base)).map(lambda n: base[:n]),
-        st.lists(st.tuples(st.integers(0, 2**20), st.integers(1, 255)), min_size=1, max_size=8)
-        .map(lambda flips: flip(base, flips)),
-        st.tuples(st.integers(0, len(base)), st.binary(min_size=1, max_size=64))
-        .map(lambda cut: base[:cut[0]] + cut[1] + base[cut[0]:]),
+        st.lists(st.tuples(st.integers(0, 2**20), st.integers(1, 255)), min_size=1, max_size=8).map(
+            lambda flips: flip(base, flips)
+        ),
+        st.tuples(st.integers(0, len(base)), st.binary(min_size=1, max_size=64)).map(
+            lambda cut: base[: cut[0]] + cut[1] + base[cut[0] :]
+        ),
         st.binary(max_size=1024),
     )
 
@@ -65,11 +71,28 @@ def one_line(messages) -> bool:
 
 
 # -- valid files, written by the project's own writers -----------------------------------------
-RECORDS = [{"epoch": e, "train_loss": 2.0 / (e + 1), "train_top1": 10.0 * e, "eval_loss": 1.5,
-            "eval_top1": 9.5 * e, "time_s": 0.25,
-            "alignment": [{"point": p, "name": f"h{p + 1} (Linear)", "cos_mean": 0.1 * p,
-                           "cos_std": 0.01, "angle_deg": 80.0, "weight_cos": None if p == 0 else 0.5}
-                          for p in range(2)]} for e in range(3)]
+RECORDS = [
+    {
+        "epoch": e,
+        "train_loss": 2.0 / (e + 1),
+        "train_top1": 10.0 * e,
+        "eval_loss": 1.5,
+        "eval_top1": 9.5 * e,
+        "time_s": 0.25,
+        "alignment": [
+            {
+                "point": p,
+                "name": f"h{p + 1} (Linear)",
+                "cos_mean": 0.1 * p,
+                "cos_std": 0.01,
+                "angle_deg": 80.0,
+                "weight_cos": None if p == 0 else 0.5,
+            }
+            for p in range(2)
+        ],
+    }
+    for e in range(3)
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +105,9 @@ def valid(tmp_path_factory) -> dict[str, bytes]:
     log.write("start fc-tanh seed 0")
     for record in RECORDS:
         log.epoch(record, 2)
-    return {name: (folder / name).read_bytes() for name in (runlog.CONFIG, runlog.METRICS, runlog.LOG)}
+    return {
+        name: (folder / name).read_bytes() for name in (runlog.CONFIG, runlog.METRICS, runlog.LOG)
+    }
 
 
 @given(data=st.data())
@@ -113,36 +138,51 @@ def test_config_json_and_run_folder_readers(tmp_path, valid, data):
 @given(data=st.data())
 @FUZZ
 def test_log_txt_readers(valid, data):
-    text = data.draw(st.one_of(damaged(valid[runlog.LOG]).map(lambda b: b.decode("utf-8", "replace")),
-                               st.text(max_size=512)))
+    text = data.draw(
+        st.one_of(
+            damaged(valid[runlog.LOG]).map(lambda b: b.decode("utf-8", "replace")),
+            st.text(max_size=512),
+        )
+    )
     with no_hang():
         parsed = [runlog.parse_log(text, "log.txt"), parse_run_log(text, "log.txt")]
     for records, warnings in parsed:
-        assert all(isinstance(r["epoch"], int) and isinstance(r["alignment"], list) for r in records)
+        assert all(
+            isinstance(r["epoch"], int) and isinstance(r["alignment"], list) for r in records
+        )
         assert one_line(warnings) and all(w.startswith("log.txt:") for w in warnings)
 
 
-LEGACY = "\n".join([
-    "2019-05-03 14:02:11 -- Seeding with \x1b[1m0\x1b[0m.",
-    "2019-05-03 14:02:11 --    EPOCH 1/2:",
-    "2019-05-03 14:02:11 --        Batch 1/390 (loaded in 0.0126s, last batch forward in 0.0011s, "
-    "and backward in 0.0020s)",
-    "2019-05-03 14:02:21 -- 0_Linear(in_features=3072, out_features=800, bias=True) -- mean:0.0018, "
-    "std:0.0427",
-    "2019-05-03 14:02:21 -- 1_Tanh() -- mean:0.4657, std:0.0679",
-    "2019-05-03 14:02:21 --    Training loss: 1.2345 (top-1:45.7%) -- Validation loss: 1.3456 "
-    "(top-1:44.0%).",
-    "[MODL] INFO.    EPOCH 2/2, last epoch processed in 0:00:10.5:",
-    "[MODL] INFO.        Batch 0/390 (loaded in 0s)\r[DMOD] INFO. 0_Linear() -- mean:0.1, std:0.2",
-    "[MODL] INFO.    Training loss: 1.1 (top-1:50.0%) -- Validation loss: 1.2 (top-1:48.5%).",
-]) + "\n"
+LEGACY = (
+    "\n".join(
+        [
+            "2019-05-03 14:02:11 -- Seeding with \x1b[1m0\x1b[0m.",
+            "2019-05-03 14:02:11 --    EPOCH 1/2:",
+            "2019-05-03 14:02:11 --        Batch 1/390 (loaded in 0.0126s, last batch forward in 0.0011s, "
+            "and backward in 0.0020s)",
+            "2019-05-03 14:02:21 -- 0_Linear(in_features=3072, out_features=800, bias=True) -- mean:0.0018, "
+            "std:0.0427",
+            "2019-05-03 14:02:21 -- 1_Tanh() -- mean:0.4657, std:0.0679",
+            "2019-05-03 14:02:21 --    Training loss: 1.2345 (top-1:45.7%) -- Validation loss: 1.3456 "
+            "(top-1:44.0%).",
+            "[MODL] INFO.    EPOCH 2/2, last epoch processed in 0:00:10.5:",
+            "[MODL] INFO.        Batch 0/390 (loaded in 0s)\r[DMOD] INFO. 0_Linear() -- mean:0.1, std:0.2",
+            "[MODL] INFO.    Training loss: 1.1 (top-1:50.0%) -- Validation loss: 1.2 (top-1:48.5%).",
+        ]
+    )
+    + "\n"
+)
 
 
 @given(data=st.data())
 @FUZZ
 def test_2019_log_reader(data):
-    text = data.draw(st.one_of(damaged(LEGACY.encode()).map(lambda b: b.decode("utf-8", "replace")),
-                               st.text(max_size=512)))
+    text = data.draw(
+        st.one_of(
+            damaged(LEGACY.encode()).map(lambda b: b.decode("utf-8", "replace")),
+            st.text(max_size=512),
+        )
+    )
     with no_hang():
         runs, warnings = parse_legacy_log(text, "old.log")
     assert all(isinstance(e, LegacyEpoch) for run in runs for e in run)
@@ -151,7 +191,12 @@ def test_2019_log_reader(data):
 
 def recovered_json() -> bytes:
     runs, _ = parse_legacy_log(LEGACY)
-    return repr([[e.to_dict() for e in run] for run in runs]).replace("'", '"').replace("None", "null").encode()
+    return (
+        repr([[e.to_dict() for e in run] for run in runs])
+        .replace("'", '"')
+        .replace("None", "null")
+        .encode()
+    )
 
 
 @given(data=st.data())
@@ -193,8 +238,14 @@ def test_idx_reader(tmp_path, data, kind, gz):
 
 def cifar_batch(protocol: int, key_type) -> bytes:
     rows = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
-    return pickle.dumps({key_type(b"data"): rows, key_type(b"labels"): [3, 7],
-                         key_type(b"filenames"): [b"a.png", b"b.png"]}, protocol=protocol)
+    return pickle.dumps(
+        {
+            key_type(b"data"): rows,
+            key_type(b"labels"): [3, 7],
+            key_type(b"filenames"): [b"a.png", b"b.png"],
+        },
+        protocol=protocol,
+    )
 
 
 @given(data=st.data(), protocol=st.sampled_from([2, 4, 5]), str_keys=st.booleans())
@@ -238,15 +289,53 @@ def test_overlong_lines_are_damage():
 
 
 # Pieces of both log formats; long lines of them are where a backtracking regex turns slow.
-FRAGMENTS = ["EPOCH ", "epoch ", "1/2", "12", ".5", " ", "  ", "\t", " -- ", "--", "mean:", "std:",
-             ", ", "0_Linear()", "_", "Training loss:", "Validation loss:", "(top-1:", "%)", ")",
-             "[MODL] ", "INFO.", "2019-05-03 14:02:11", ",123", "Batch ", "(loaded in ", "s",
-             "\x1b[", "1m", "\r", "=", '"', "\\", "align ", "point=", "0:00:", "x"]
+FRAGMENTS = [
+    "EPOCH ",
+    "epoch ",
+    "1/2",
+    "12",
+    ".5",
+    " ",
+    "  ",
+    "\t",
+    " -- ",
+    "--",
+    "mean:",
+    "std:",
+    ", ",
+    "0_Linear()",
+    "_",
+    "Training loss:",
+    "Validation loss:",
+    "(top-1:",
+    "%)",
+    ")",
+    "[MODL] ",
+    "INFO.",
+    "2019-05-03 14:02:11",
+    ",123",
+    "Batch ",
+    "(loaded in ",
+    "s",
+    "\x1b[",
+    "1m",
+    "\r",
+    "=",
+    '"',
+    "\\",
+    "align ",
+    "point=",
+    "0:00:",
+    "x",
+]
 
 
-@given(lead=st.lists(st.sampled_from(FRAGMENTS), max_size=3),
-       pieces=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=6),
-       repeat=st.integers(10, 4000), head=st.sampled_from(["", "EPOCH 1/2\n", "epoch 1/2 "]))
+@given(
+    lead=st.lists(st.sampled_from(FRAGMENTS), max_size=3),
+    pieces=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=6),
+    repeat=st.integers(10, 4000),
+    head=st.sampled_from(["", "EPOCH 1/2\n", "epoch 1/2 "]),
+)
 @example(lead=["2019-05-03 14:02:11"], pieces=[" "], repeat=4000, head="EPOCH 1/2\n")
 @settings(max_examples=100, deadline=None)
 def test_long_lines_parse_in_linear_time(lead, pieces, repeat, head):

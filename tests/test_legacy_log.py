@@ -16,31 +16,31 @@ TAG = "[DMOD] INFO. "
 
 # One entry per physical line; the comment is its 1-based line number.
 FIXTURE_LINES = [
-    TAG + "Loading CIFAR-10 and building the model",                               # 1 preamble
-    TS + "EPOCH 1/3, last epoch processed in 12.3s:",                               # 2
-    TS + f"0_{LIN} -- mean:0.0018, std:0.0427",                                     # 3
-    TS + "1_Tanh() -- mean:0.4657, std:0.0679",                                     # 4
+    TAG + "Loading CIFAR-10 and building the model",  # 1 preamble
+    TS + "EPOCH 1/3, last epoch processed in 12.3s:",  # 2
+    TS + f"0_{LIN} -- mean:0.0018, std:0.0427",  # 3
+    TS + "1_Tanh() -- mean:0.4657, std:0.0679",  # 4
     TS + "Training loss: 1.2345 (top-1:45.67%) -- Validation loss: 1.3456 (top-1:44.00%).",  # 5
     " 12%|#2        | 47/391 [00:01<00:09]\r 56%|#####6    | 219/391 [00:05<00:04]"
-    "\r100%|##########| 391/391 [00:09<00:00]",                                     # 6 progress only
+    "\r100%|##########| 391/391 [00:09<00:00]",  # 6 progress only
     "\x1b[1;34m[DMOD] INFO.\x1b[0m \x1b[1mEPOCH\x1b[0m 2/3, last epoch processed in 11.9s:",  # 7
-    TAG + f"0_{LIN} -- mean:\x1b[32m0.0021\x1b[0m, std:0.0400",                     # 8
-    TAG + "1_Tanh() -- mean:0.4702, std:0.0655",                                    # 9
-    "@@#%!! ~~ scrambled ~~ &&",                                                    # 10 garbage
+    TAG + f"0_{LIN} -- mean:\x1b[32m0.0021\x1b[0m, std:0.0400",  # 8
+    TAG + "1_Tanh() -- mean:0.4702, std:0.0655",  # 9
+    "@@#%!! ~~ scrambled ~~ &&",  # 10 garbage
     TAG + "Training loss: 1.1000 (top-1:50.25%) -- Validation loss: 1.2000 (top-1:48.50%).",  # 11
-    "EPOCH 3/3, last epoch processed in 10.0s:",                                    # 12
-    f"0_{LIN} -- mean:0.0030, std:0.0410",                                          # 13
-    "1_Tanh() -- mean:0.4800, std:0.0600",                                          # 14 (no loss line)
-    "2019-05-04 09:00:00,000 -- EPOCH 1/3, last epoch processed in 13.5s:",         # 15 run 2
-    f"0_{LIN} -- mean:0.0010, std:0.0500",                                          # 16
-    "1_Tanh() -- mean:0.4000, std:0.0700",                                          # 17
+    "EPOCH 3/3, last epoch processed in 10.0s:",  # 12
+    f"0_{LIN} -- mean:0.0030, std:0.0410",  # 13
+    "1_Tanh() -- mean:0.4800, std:0.0600",  # 14 (no loss line)
+    "2019-05-04 09:00:00,000 -- EPOCH 1/3, last epoch processed in 13.5s:",  # 15 run 2
+    f"0_{LIN} -- mean:0.0010, std:0.0500",  # 16
+    "1_Tanh() -- mean:0.4000, std:0.0700",  # 17
     "  3%|3         | 12/391\rTraining loss: 2.0000 (top-1:30.00%) -- "
-    "Validation loss: 2.1000 (top-1:29.00%).",                                      # 18 \r line
-    "\x00\x00\xff\xfe\x07\x00",                                                     # 19 binary junk
-    "\x1b[32mEPOCH 2/3, last epoch processed in 12.0s:\x1b[0m",                     # 20
-    f"0_{LIN} -- mean:0.0011, std:abc",                                             # 21 bad number
-    "1_Tanh() -- mean:0.4100, std:0.0710",                                          # 22
-    "Training loss: 1.9000 (top-1:33.3",                                            # 23 cut, no newline
+    "Validation loss: 2.1000 (top-1:29.00%).",  # 18 \r line
+    "\x00\x00\xff\xfe\x07\x00",  # 19 binary junk
+    "\x1b[32mEPOCH 2/3, last epoch processed in 12.0s:\x1b[0m",  # 20
+    f"0_{LIN} -- mean:0.0011, std:abc",  # 21 bad number
+    "1_Tanh() -- mean:0.4100, std:0.0710",  # 22
+    "Training loss: 1.9000 (top-1:33.3",  # 23 cut, no newline
 ]
 FIXTURE = "\n".join(FIXTURE_LINES)  # no final newline: the last line is truncated
 
@@ -64,14 +64,24 @@ def test_first_run_values(parsed):
     runs, _ = parsed
     e1, e2, e3 = runs[0]
     assert (e1.time_s, e1.train_loss, e1.train_top1, e1.test_loss, e1.test_top1) == (
-        12.3, 1.2345, 45.67, 1.3456, 44.00)
+        12.3,
+        1.2345,
+        45.67,
+        1.3456,
+        44.00,
+    )
     assert e1.modules == [
         {"index": 0, "name": LIN, "mean": 0.0018, "std": 0.0427},
         {"index": 1, "name": "Tanh()", "mean": 0.4657, "std": 0.0679},
     ]
     # Tag, ANSI codes (also inside a number and inside the EPOCH keyword).
     assert (e2.time_s, e2.train_loss, e2.train_top1, e2.test_loss, e2.test_top1) == (
-        11.9, 1.1000, 50.25, 1.2000, 48.50)
+        11.9,
+        1.1000,
+        50.25,
+        1.2000,
+        48.50,
+    )
     assert e2.modules == [
         {"index": 0, "name": LIN, "mean": 0.0021, "std": 0.0400},
         {"index": 1, "name": "Tanh()", "mean": 0.4702, "std": 0.0655},
@@ -87,7 +97,12 @@ def test_second_run_values(parsed):
     e1, e2 = runs[1]
     # The loss line came after a progress bar and a \r.
     assert (e1.time_s, e1.train_loss, e1.train_top1, e1.test_loss, e1.test_top1) == (
-        13.5, 2.0, 30.0, 2.1, 29.0)
+        13.5,
+        2.0,
+        30.0,
+        2.1,
+        29.0,
+    )
     assert [(m["mean"], m["std"]) for m in e1.modules] == [(0.0010, 0.0500), (0.4000, 0.0700)]
     # Unparseable std -> None; truncated tail keeps only the complete number.
     assert e2.time_s == 12.0
@@ -116,10 +131,17 @@ def test_to_dict(parsed):
     runs, _ = parsed
     d = runs[0][0].to_dict()
     assert d == {
-        "epoch": 1, "epochs": 3, "time_s": 12.3, "train_loss": 1.2345, "train_top1": 45.67,
-        "test_loss": 1.3456, "test_top1": 44.0,
-        "modules": [{"index": 0, "name": LIN, "mean": 0.0018, "std": 0.0427},
-                    {"index": 1, "name": "Tanh()", "mean": 0.4657, "std": 0.0679}],
+        "epoch": 1,
+        "epochs": 3,
+        "time_s": 12.3,
+        "train_loss": 1.2345,
+        "train_top1": 45.67,
+        "test_loss": 1.3456,
+        "test_top1": 44.0,
+        "modules": [
+            {"index": 0, "name": LIN, "mean": 0.0018, "std": 0.0427},
+            {"index": 1, "name": "Tanh()", "mean": 0.4657, "std": 0.0679},
+        ],
     }
     d["modules"][0]["mean"] = 99.0  # a copy: the epoch is untouched
     assert runs[0][0].modules[0]["mean"] == 0.0018
@@ -134,18 +156,20 @@ def test_is_legacy_log():
 
 
 def test_new_run_when_total_changes_and_missing_module_lines():
-    text = "\r\n".join([  # CRLF endings
-        "EPOCH 1/5, last epoch processed in 850ms:",
-        "0_Linear() -- mean:0.1, std:0.2",
-        "1_Tanh() -- mean:0.3, std:0.4",
-        "Training loss: 1 (top-1:10%) -- Validation loss: 2 (top-1:20%).",
-        "EPOCH 2/5, last epoch processed in 0:01:02.5:",
-        "1_Tanh() -- mean:0.5, std:0.6",
-        "Training loss: nan (top-1:1.0.0%) -- Validation loss: 3 (top-1:30%).",
-        "EPOCH 2/8",
-        "Training loss: 4 (top-1:40%) -- Validation loss: 5 (top-1:50%).",
-        "",
-    ])
+    text = "\r\n".join(
+        [  # CRLF endings
+            "EPOCH 1/5, last epoch processed in 850ms:",
+            "0_Linear() -- mean:0.1, std:0.2",
+            "1_Tanh() -- mean:0.3, std:0.4",
+            "Training loss: 1 (top-1:10%) -- Validation loss: 2 (top-1:20%).",
+            "EPOCH 2/5, last epoch processed in 0:01:02.5:",
+            "1_Tanh() -- mean:0.5, std:0.6",
+            "Training loss: nan (top-1:1.0.0%) -- Validation loss: 3 (top-1:30%).",
+            "EPOCH 2/8",
+            "Training loss: 4 (top-1:40%) -- Validation loss: 5 (top-1:50%).",
+            "",
+        ]
+    )
     runs, warnings = parse_legacy_log(text, source="x")
     assert [[(e.epoch, e.epochs) for e in run] for run in runs] == [[(1, 5), (2, 5)], [(2, 8)]]
     a, b = runs[0]
@@ -154,14 +178,22 @@ def test_new_run_when_total_changes_and_missing_module_lines():
     assert b.train_loss != b.train_loss  # nan is a real value (diverged run)
     assert b.train_top1 is None and b.test_top1 == 30.0
     assert runs[1][0].time_s is None and runs[1][0].modules == []
-    assert warnings == ["x:5: epoch 2 has 1 of 2 module lines",
-                        "x:7: cannot parse training top-1 '1.0.0'"]
+    assert warnings == [
+        "x:5: epoch 2 has 1 of 2 module lines",
+        "x:7: cannot parse training top-1 '1.0.0'",
+    ]
 
 
 def test_damaged_input_never_crashes():
     rng = random.Random(0)
-    pieces = FIXTURE_LINES + ["EPOCH", "EPOCH 99999999999999999999/1", "mean:, std:",
-                              "Validation loss: (top-1:%)", "\x1b[", "7_ -- mean:1, std:2"]
+    pieces = FIXTURE_LINES + [
+        "EPOCH",
+        "EPOCH 99999999999999999999/1",
+        "mean:, std:",
+        "Validation loss: (top-1:%)",
+        "\x1b[",
+        "7_ -- mean:1, std:2",
+    ]
     for _ in range(200):
         lines = [rng.choice(pieces) for _ in range(rng.randint(0, 30))]
         text = "\n".join(lines)
@@ -189,37 +221,58 @@ def logged(message: str, stamp: str = "2019-05-03 14:02:11") -> str:
 def file_log_2019(seed: int, epochs: int, batches: int = 390) -> list[str]:
     """One run of the 2019 best_practices.py as its log file holds it. Epoch e has train top-1
     10*e + seed; its module lines are those of an FC network."""
-    lines = [logged(m) for m in (
-        f"Will be writing a log of all messages in file /data/logs/log_3_test_DFA_s{seed}.txt.",
-        "<b><u>Establishing Baselines for Direct Feedback Alignment</u></b>",
-        "<b>Section 3 -- Establishing Best Practices for DFA</b>",
-        "Setting-up processing back-end and seeds...",
-        f"Using GPU 0 with seed {seed}.",
-        f"Seeding with <b>{seed}</b>.",
-        "Preparing data for dataset <b>CIFAR-10</b> with batch size 128...",
-        "Creating model...",
-        "Using a <b>fully-connected</b> architecture.",
-        "Will be using <b>DFA</b> for training!",
-        f"Training with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 with a "
-        "batch size of 128:",
-        "Model: <dfatools.models.DFAClassifier object at 0x7f3a2c1e5f98>")]
+    lines = [
+        logged(m)
+        for m in (
+            f"Will be writing a log of all messages in file /data/logs/log_3_test_DFA_s{seed}.txt.",
+            "<b><u>Establishing Baselines for Direct Feedback Alignment</u></b>",
+            "<b>Section 3 -- Establishing Best Practices for DFA</b>",
+            "Setting-up processing back-end and seeds...",
+            f"Using GPU 0 with seed {seed}.",
+            f"Seeding with <b>{seed}</b>.",
+            "Preparing data for dataset <b>CIFAR-10</b> with batch size 128...",
+            "Creating model...",
+            "Using a <b>fully-connected</b> architecture.",
+            "Will be using <b>DFA</b> for training!",
+            f"Training with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 with a "
+            "batch size of 128:",
+            "Model: <dfatools.models.DFAClassifier object at 0x7f3a2c1e5f98>",
+        )
+    ]
     for e in range(1, epochs + 1):
         took = "" if e == 1 else ", last epoch processed in 10.25s"
         lines.append(logged(f"   EPOCH {e}/{epochs}{took}:"))
         lines.append(logged(f"       Batch 0/{batches} (loaded in 0s)"))
-        lines += [logged(f"       Batch {i}/{batches} (loaded in 0.0126s, last batch forward in "
-                         "0.0011s, and backward in 0.0021s)") for i in range(1, batches)]
-        lines += [logged(f"{i}_{name} -- mean:{0.1 * e + i / 100:.4f}, std:0.0500")
-                  for i, name in enumerate([LIN, "Tanh()", "Linear(in_features=800, out_features=800, bias=True)"])]
-        lines.append(logged(f"   Training loss: {2.0 / e} (top-1:{10 * e + seed:.1f}%) -- "
-                            f"Validation loss: {2.5 / e} (top-1:{9 * e + seed:.1f}%)."))
+        lines += [
+            logged(
+                f"       Batch {i}/{batches} (loaded in 0.0126s, last batch forward in "
+                "0.0011s, and backward in 0.0021s)"
+            )
+            for i in range(1, batches)
+        ]
+        lines += [
+            logged(f"{i}_{name} -- mean:{0.1 * e + i / 100:.4f}, std:0.0500")
+            for i, name in enumerate(
+                [LIN, "Tanh()", "Linear(in_features=800, out_features=800, bias=True)"]
+            )
+        ]
+        lines.append(
+            logged(
+                f"   Training loss: {2.0 / e} (top-1:{10 * e + seed:.1f}%) -- "
+                f"Validation loss: {2.5 / e} (top-1:{9 * e + seed:.1f}%)."
+            )
+        )
         if e % 5 == 0:
             lines.append(logged(f"Checkpoint! saving model state to /data/state_s{seed}.pt..."))
-    lines += [logged(m) for m in (
-        f"Final validation with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 "
-        "with a batch size of 128:",
-        f"Finishing up: saving training log to /data/training_log_s{seed}.tl...",
-        f"Finishing up: saving model state to /data/state_s{seed}.pt...")]
+    lines += [
+        logged(m)
+        for m in (
+            f"Final validation with DFA initialized by STD for {epochs} epochs on dataset CIFAR-10 "
+            "with a batch size of 128:",
+            f"Finishing up: saving training log to /data/training_log_s{seed}.tl...",
+            f"Finishing up: saving model state to /data/state_s{seed}.pt...",
+        )
+    ]
     return lines
 
 
@@ -237,11 +290,13 @@ def test_genuine_2019_file_log_parses_without_a_warning():
 def test_known_lines_change_neither_results_nor_warnings():
     """The fixture with the 2019 code's progress lines in every epoch block (console style:
     `[TAG] INFO.` headers, and file style: timestamps) parses as without them."""
-    known = [TAG + "       Batch 0/390 (loaded in 0s)",
-             "2019-05-03 14:02:11,123 --        Batch 17/390 (loaded in 0.0126s)",
-             TAG + "Checkpoint! saving model state to /x/state.pt...",
-             "\x1b[36m[MODL] INFO.\x1b[0m        Batch 18/390 (loaded in 0.0100s, last batch forward "
-             "in 0.0011s, and backward in 0.0021s)"]
+    known = [
+        TAG + "       Batch 0/390 (loaded in 0s)",
+        "2019-05-03 14:02:11,123 --        Batch 17/390 (loaded in 0.0126s)",
+        TAG + "Checkpoint! saving model state to /x/state.pt...",
+        "\x1b[36m[MODL] INFO.\x1b[0m        Batch 18/390 (loaded in 0.0100s, last batch forward "
+        "in 0.0011s, and backward in 0.0021s)",
+    ]
     lines, numbers = [], {}
     for number, line in enumerate(FIXTURE_LINES, 1):
         lines.append(line)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mltools.runlog import RECOVERED, RunLog
 
@@ -16,20 +15,37 @@ EPOCHS = 3
 
 
 def run_script(name, *args):
-    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def make_records(rng, n_points=3, epochs=EPOCHS):
-    return [{"epoch": e, "train_loss": float(rng.uniform(0, 3)), "train_top1": float(rng.uniform(0, 100)),
-             "eval_loss": float(rng.uniform(0, 3)), "eval_top1": float(rng.uniform(0, 100)),
-             "time_s": float(rng.uniform(0, 60)),
-             "alignment": [{"point": p, "name": f"h{p + 1} (Linear, \"quoted\")",
-                            "cos_mean": float(rng.uniform(-1, 1)), "cos_std": float(rng.uniform(0, 1)),
-                            "angle_deg": float(rng.uniform(0, 180)),
-                            "weight_cos": None if p == 0 else float(rng.uniform(-1, 1))}
-                           for p in range(n_points)]}
-            for e in range(epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "train_loss": float(rng.uniform(0, 3)),
+            "train_top1": float(rng.uniform(0, 100)),
+            "eval_loss": float(rng.uniform(0, 3)),
+            "eval_top1": float(rng.uniform(0, 100)),
+            "time_s": float(rng.uniform(0, 60)),
+            "alignment": [
+                {
+                    "point": p,
+                    "name": f'h{p + 1} (Linear, "quoted")',
+                    "cos_mean": float(rng.uniform(-1, 1)),
+                    "cos_std": float(rng.uniform(0, 1)),
+                    "angle_deg": float(rng.uniform(0, 180)),
+                    "weight_cos": None if p == 0 else float(rng.uniform(-1, 1)),
+                }
+                for p in range(n_points)
+            ],
+        }
+        for e in range(epochs + 1)
+    ]
 
 
 def write_log(run_dir, records, epochs=EPOCHS):
@@ -60,9 +76,9 @@ def test_run_folder_round_trip_is_exact(tmp_path):
 def test_log_file_path_and_resumed_run(tmp_path):
     rng = np.random.default_rng(1)
     first, second = make_records(rng), make_records(rng)
-    write_log(tmp_path, first[:3])          # epochs 0, 1, 2, then the process died
+    write_log(tmp_path, first[:3])  # epochs 0, 1, 2, then the process died
     RunLog(tmp_path).write("resuming from checkpoint at epoch 1")
-    write_log(tmp_path, second[2:])         # epoch 2 again, then 3: the last occurrence wins
+    write_log(tmp_path, second[2:])  # epoch 2 again, then 3: the last occurrence wins
     proc = run_script("log_retrieval.py", tmp_path / "log.txt")
     assert proc.returncode == 0, proc.stderr
     assert read_recovered(tmp_path / RECOVERED) == first[:2] + second[2:]
@@ -93,9 +109,11 @@ def test_unusable_inputs(tmp_path):
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 4)
     proc = run_script("log_retrieval.py", tmp_path / "junk.bin")
     assert proc.returncode == 1 and "nothing written" in proc.stdout
-    for args, message in [([tmp_path / "missing"], "no such file"),
-                          ([tmp_path], "without log.txt"),
-                          ([tmp_path / "junk.bin", tmp_path / "junk.bin", "-o", tmp_path / "x"], "single PATH")]:
+    for args, message in [
+        ([tmp_path / "missing"], "no such file"),
+        ([tmp_path], "without log.txt"),
+        ([tmp_path / "junk.bin", tmp_path / "junk.bin", "-o", tmp_path / "x"], "single PATH"),
+    ]:
         proc = run_script("log_retrieval.py", *args)
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -106,23 +124,26 @@ def legacy_text():
     """Two runs in one file, ANSI codes and [DMOD] INFO. tags, a damaged line, a truncated tail."""
     lin = "Linear(in_features=3072, out_features=800, bias=True)"
     tag = "\x1b[1;32m[DMOD] INFO.\x1b[0m "
-    lines = ["[DMOD] INFO. loading data",
-             tag + "EPOCH 1/2, last epoch processed in 3.5s:",
-             tag + f"0_{lin} -- mean:0.0100, std:0.2000",
-             tag + "1_Tanh() -- mean:0.5000, std:0.1000",
-             tag + "Training loss: 2.0000 (top-1:\x1b[1m20.50%\x1b[0m) -- Validation loss: 2.1000 (top-1:19.25%).",
-             tag + "EPOCH 2/2, last epoch processed in 3.4s:",
-             tag + f"0_{lin} -- mean:0.0200, std:0.2100",
-             tag + "1_Tanh() -- mean:0.6000, std:0.0900",
-             tag + "Training loss: 1.5000 (top-1:40.00%) -- Validation loss: 1.6000 (top-1:38.75%).",
-             "[DMOD] INFO. EPOCH 1/2, last epoch processed in 3.6s:",   # run 2 starts
-             f"[DMOD] INFO. 0_{lin} -- mean:0.0300, std:0.2200",
-             "[DMOD] INFO. 1_Tanh() -- mean:0.4000, std:0.1100",
-             "[DMOD] INFO. Training loss: 1.9000 (top-1:22.00%) -- Validation loss: 2.0000 (top-1:21.50%).",
-             "[DMOD] INFO. EPOCH 2/2, last epoch processed in 3.3s:",
-             "[DMOD] INFO. 0_Lin#@! mean:: std",                        # damaged module line
-             "[DMOD] INFO. 1_Tanh() -- mean:0.7000, std:0.0800",
-             "[DMOD] INFO. Training loss: 1.4000 (top-1:45.00%) -- Validation loss: 1.5"]  # cut off
+    lines = [
+        "[DMOD] INFO. loading data",
+        tag + "EPOCH 1/2, last epoch processed in 3.5s:",
+        tag + f"0_{lin} -- mean:0.0100, std:0.2000",
+        tag + "1_Tanh() -- mean:0.5000, std:0.1000",
+        tag
+        + "Training loss: 2.0000 (top-1:\x1b[1m20.50%\x1b[0m) -- Validation loss: 2.1000 (top-1:19.25%).",
+        tag + "EPOCH 2/2, last epoch processed in 3.4s:",
+        tag + f"0_{lin} -- mean:0.0200, std:0.2100",
+        tag + "1_Tanh() -- mean:0.6000, std:0.0900",
+        tag + "Training loss: 1.5000 (top-1:40.00%) -- Validation loss: 1.6000 (top-1:38.75%).",
+        "[DMOD] INFO. EPOCH 1/2, last epoch processed in 3.6s:",  # run 2 starts
+        f"[DMOD] INFO. 0_{lin} -- mean:0.0300, std:0.2200",
+        "[DMOD] INFO. 1_Tanh() -- mean:0.4000, std:0.1100",
+        "[DMOD] INFO. Training loss: 1.9000 (top-1:22.00%) -- Validation loss: 2.0000 (top-1:21.50%).",
+        "[DMOD] INFO. EPOCH 2/2, last epoch processed in 3.3s:",
+        "[DMOD] INFO. 0_Lin#@! mean:: std",  # damaged module line
+        "[DMOD] INFO. 1_Tanh() -- mean:0.7000, std:0.0800",
+        "[DMOD] INFO. Training loss: 1.4000 (top-1:45.00%) -- Validation loss: 1.5",
+    ]  # cut off
     return "\n".join(lines)  # no final newline: the file was cut mid-write
 
 
@@ -153,9 +174,18 @@ def test_legacy_log_to_json(tmp_path):
 def write_bottleneck_run(results, mode, init, size, seed, records):
     folder = results / "bottleneck" / f"{mode}-{init}-b{size}" / f"seed{seed}"
     folder.mkdir(parents=True)
-    config = {"arch": "bottleneck", "bottleneck_mode": mode, "init": init, "bottleneck_size": size,
-              "bottleneck_point": 1, "epochs": EPOCHS, "seed": seed, "eval_split": "test",
-              "status": "done", "diverged_epoch": None}
+    config = {
+        "arch": "bottleneck",
+        "bottleneck_mode": mode,
+        "init": init,
+        "bottleneck_size": size,
+        "bottleneck_point": 1,
+        "epochs": EPOCHS,
+        "seed": seed,
+        "eval_split": "test",
+        "status": "done",
+        "diverged_epoch": None,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     log = RunLog(folder)
@@ -166,14 +196,23 @@ def write_bottleneck_run(results, mode, init, size, seed, records):
 
 def test_deleted_metrics_rebuilt_give_the_same_table(tmp_path):
     rng = np.random.default_rng(3)
-    folders = [write_bottleneck_run(tmp_path, mode, init, size, seed, make_records(rng))
-               for mode, init, size in [("mask", "std", 1), ("mask", "std", 28), ("mask", "pai", 28),
-                                        ("width", "std", 5)]
-               for seed in range(2)]
+    folders = [
+        write_bottleneck_run(tmp_path, mode, init, size, seed, make_records(rng))
+        for mode, init, size in [
+            ("mask", "std", 1),
+            ("mask", "std", 28),
+            ("mask", "pai", 28),
+            ("width", "std", 5),
+        ]
+        for seed in range(2)
+    ]
     figures = tmp_path / "bottleneck" / "figures"
     proc = run_script("bottleneck_from_log.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    before = {name: (figures / name).read_text() for name in ("bottleneck_table.csv", "bottleneck_table.md")}
+    before = {
+        name: (figures / name).read_text()
+        for name in ("bottleneck_table.csv", "bottleneck_table.md")
+    }
     shutil.rmtree(figures)
     lost = folders[::3]
     for folder in lost:
@@ -190,6 +229,7 @@ def test_genuine_2019_log_prints_its_summary_and_few_warnings(tmp_path):
     """Two runs of the 2019 code (780 progress lines per epoch block, set-up lines) read
     silently; 7 stray lines inside epoch blocks show as the first 3 and a count, all with -v."""
     from test_legacy_log import file_log_2019
+
     lines = file_log_2019(0, 2) + file_log_2019(1, 2)
     blocks = [i for i, line in enumerate(lines) if "Batch 5/" in line]  # one per epoch block
     assert len(blocks) == 4
@@ -202,7 +242,10 @@ def test_genuine_2019_log_prints_its_summary_and_few_warnings(tmp_path):
     assert "2 run(s)" in proc.stdout and "run 2: 2 epochs (1..2)" in proc.stdout
     warnings = proc.stderr.strip().splitlines()
     assert len(warnings) == 4 and all("unrecognised line" in w for w in warnings[:3])
-    assert warnings[3] == f"warning: {path}: 7 unrecognised lines in all, 4 not shown (--verbose lists them)"
+    assert (
+        warnings[3]
+        == f"warning: {path}: 7 unrecognised lines in all, 4 not shown (--verbose lists them)"
+    )
     shown = [int(w.split(":")[2]) for w in warnings[:3]]
     assert shown == sorted(shown) and all(lines[n - 1].startswith("stray print") for n in shown)
     proc = run_script("log_retrieval.py", path, "--verbose")

@@ -1,22 +1,31 @@
 """fa, sign, drtp, shallow and bp against independent computations (numpy formulas, plain
 autograd on the original modules)."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_dfatools import K, batch, fc_net, feedback_matrices, numpy_fc_forward, numpy_fc_grads
 from torch import nn
 
 import dfatools
-from test_dfatools import K, batch, fc_net, feedback_matrices, numpy_fc_forward, numpy_fc_grads
 
 
 def conv_net(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
-                         nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 2 * 2, 6), nn.Tanh(), nn.Linear(6, K))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 6),
+        nn.Tanh(),
+        nn.Linear(6, K),
+    )
 
 
 def conv_batch(n=5, seed=1):
@@ -59,16 +68,18 @@ def hand_fc_backward(net, x, y, backward_mats):
     gradient of weight layer ``l`` (float64 numpy), in parameter order."""
     _, x, h1, h2, p = numpy_fc_forward(net, x)
     d3 = (p - np.eye(K)[y.numpy()]) / len(x)
-    d2 = (d3 @ backward_mats[2]) * (1 - h2 ** 2)
-    d1 = (d2 @ backward_mats[1]) * (1 - h1 ** 2)
+    d2 = (d3 @ backward_mats[2]) * (1 - h2**2)
+    d1 = (d2 @ backward_mats[1]) * (1 - h1**2)
     return [d1.T @ x, d1.sum(0), d2.T @ h1, d2.sum(0), d3.T @ h2, d3.sum(0)]
 
 
 def hand_fa_matrices(shapes, seed):
     """B_l as documented: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in layer order."""
     gen = torch.Generator().manual_seed(seed)
-    return [((torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(math.prod(shape[1:])))
-            for shape in shapes]
+    return [
+        ((torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(math.prod(shape[1:])))
+        for shape in shapes
+    ]
 
 
 @pytest.mark.parametrize("method", ["fa", "sign"])
@@ -112,8 +123,9 @@ def test_fa_and_sign_on_a_cnn_match_an_independent_autograd_surrogate(method):
     x, y = conv_batch()
     F.cross_entropy(model(x), y).backward()
     mats = [dfatools.fa.backward_weight(layer).clone() for layer in weight_layers(model)]
-    surrogate = nn.Sequential(*[_Surrogate(m, mats.pop(0)) if isinstance(m, (nn.Linear, nn.Conv2d))
-                                else m for m in net])
+    surrogate = nn.Sequential(
+        *[_Surrogate(m, mats.pop(0)) if isinstance(m, (nn.Linear, nn.Conv2d)) else m for m in net]
+    )
     for got, expected in zip(grads_of(model), plain_grads(surrogate, x, y)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     # ... and they are not the BP gradients below the top layer.
@@ -125,11 +137,16 @@ def test_fa_matrices_are_seeded_buffers_and_leave_the_global_rng_alone():
     rng = torch.get_rng_state()
     a, b, c = dfatools.to_fa(net, seed=1), dfatools.to_fa(net, seed=1), dfatools.to_fa(net, seed=2)
     assert torch.equal(rng, torch.get_rng_state())
-    assert all(torch.equal(la.feedback_weight, lb.feedback_weight)
-               for la, lb in zip(weight_layers(a), weight_layers(b)))
+    assert all(
+        torch.equal(la.feedback_weight, lb.feedback_weight)
+        for la, lb in zip(weight_layers(a), weight_layers(b))
+    )
     assert not torch.equal(weight_layers(a)[1].feedback_weight, weight_layers(c)[1].feedback_weight)
-    assert [k for k in a.state_dict() if k.endswith("feedback_weight")] == \
-        ["0.feedback_weight", "2.feedback_weight", "4.feedback_weight"]
+    assert [k for k in a.state_dict() if k.endswith("feedback_weight")] == [
+        "0.feedback_weight",
+        "2.feedback_weight",
+        "4.feedback_weight",
+    ]
     c.load_state_dict(a.state_dict())
     x, y = batch()
     F.cross_entropy(a(x), y).backward()
@@ -165,8 +182,13 @@ def test_backprop_mode_and_exact_layers_give_bp_gradients():
 
 def test_converted_layer_allows_in_place_activation():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8),
-                        nn.ReLU(inplace=True), nn.Linear(8, K))
+    net = nn.Sequential(
+        nn.Linear(6, 8),
+        nn.ReLU(inplace=True),
+        nn.Linear(8, 8),
+        nn.ReLU(inplace=True),
+        nn.Linear(8, K),
+    )
     model = dfatools.to_fa(net, seed=0)
     tie_feedback_to_weights(model)
     x, y = batch()
@@ -175,15 +197,22 @@ def test_converted_layer_allows_in_place_activation():
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: dfatools.to_fa(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"))),
-     "padding_mode"),
-    (lambda: dfatools.to_sign(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"))), "padding"),
-    (lambda: dfatools.to_fa(dfatools.to_fa(fc_net())), "already"),
-    (lambda: dfatools.to_fa(nn.Sequential(nn.Tanh())), "no nn.Linear"),
-    (lambda: dfatools.to_method(fc_net(), "hebb", K), "unknown method"),
-    (lambda: dfatools.to_dfa(fc_net(), K, signal="noise"), "signal"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (
+            lambda: dfatools.to_fa(
+                nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"))
+            ),
+            "padding_mode",
+        ),
+        (lambda: dfatools.to_sign(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"))), "padding"),
+        (lambda: dfatools.to_fa(dfatools.to_fa(fc_net())), "already"),
+        (lambda: dfatools.to_fa(nn.Sequential(nn.Tanh())), "no nn.Linear"),
+        (lambda: dfatools.to_method(fc_net(), "hebb", K), "unknown method"),
+        (lambda: dfatools.to_dfa(fc_net(), K, signal="noise"), "signal"),
+    ],
+)
 def test_bad_use_raises_clear_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()
@@ -306,21 +335,21 @@ def test_alignment_of_each_method_matches_hand_computation(method):
     W, xs, h1, h2, p = numpy_fc_forward(net, x)
     e = p - np.eye(K)[y.numpy()]
     true2 = e @ W[2]
-    true1 = (true2 * (1 - h2 ** 2)) @ W[1]
+    true1 = (true2 * (1 - h2**2)) @ W[1]
     if method == "drtp":
         slices, _ = feedback_matrices("shared", True, [7, 5], seed=6)
         sig1, sig2 = -np.eye(K)[y.numpy()] @ slices[0], -np.eye(K)[y.numpy()] @ slices[1]
     else:
         mats = [dfatools.fa.backward_weight(m).double().numpy() for m in weight_layers(model)]
         sig2 = e @ mats[2]
-        sig1 = (sig2 * (1 - h2 ** 2)) @ mats[1]
+        sig1 = (sig2 * (1 - h2**2)) @ mats[1]
     for a, true, sig, below in zip(result, (true1, true2), (sig1, sig2), (xs, h1)):
         cos = per_sample_cos(true, sig)
         assert a.cos_mean == pytest.approx(cos.mean(), abs=1e-5)
         assert a.angle_deg == pytest.approx(np.degrees(np.arccos(cos)).mean(), abs=1e-3)
         h = h1 if below is xs else h2
-        gw_true = ((true * (1 - h ** 2)).T @ below).ravel()
-        gw_sig = ((sig * (1 - h ** 2)).T @ below).ravel()
+        gw_true = ((true * (1 - h**2)).T @ below).ravel()
+        gw_sig = ((sig * (1 - h**2)).T @ below).ravel()
         wcos = gw_true @ gw_sig / (np.linalg.norm(gw_true) * np.linalg.norm(gw_sig))
         assert a.weight_cos == pytest.approx(wcos, abs=1e-5)
 
@@ -335,8 +364,10 @@ def test_shallow_alignment_is_undefined_everywhere():
 # -- the trainer and the experiments ---------------------------------------------------------------
 @pytest.mark.parametrize("method", ["fa", "sign", "drtp", "shallow"])
 def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
-    from mltools import train
     from test_train import CPU, metrics, small
+
+    from mltools import train
+
     a, b = tmp_path / "a", tmp_path / "b"
     cfg = small(experiment=f"fc-{method}", method=method, epochs=2, train_samples=128)
     assert train.train_run(cfg, a, CPU, quiet=True) == "done"
@@ -358,6 +389,7 @@ def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
 
 def test_method_experiments_are_listed_but_not_run_by_default():
     from mltools.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
+
     new = [f"{arch}-{m}" for arch in ("fc", "conv") for m in ("fa", "sign", "drtp", "shallow")]
     assert all(EXPERIMENTS[n][1]["method"] == n.split("-")[1] for n in new)
     assert not set(new) & set(DEFAULT_EXPERIMENTS) and len(DEFAULT_EXPERIMENTS) == 18
@@ -367,4 +399,5 @@ def test_method_experiments_are_listed_but_not_run_by_default():
 def test_mltools_names_the_same_methods():
     """mltools keeps its own copy of the names (no torch for reports and argument parsing)."""
     from mltools.experiments import METHODS
+
     assert METHODS == dfatools.METHODS

@@ -15,23 +15,57 @@ def make_records(rng, n_points):
     """Epoch records 0..EPOCHS with random but plausible values."""
     records = []
     for epoch in range(EPOCHS + 1):
-        records.append({
-            "epoch": epoch, "train_loss": float(rng.uniform(0.5, 2)),
-            "train_top1": float(rng.uniform(10, 90)), "eval_loss": float(rng.uniform(0.5, 2)),
-            "eval_top1": float(rng.uniform(10, 90)), "time_s": 1.5,
-            "alignment": [{"point": p, "name": f"h{p + 1} (Linear)", "cos_mean": float(rng.uniform(-0.2, 0.9)),
-                           "cos_std": 0.1, "angle_deg": float(rng.uniform(20, 100)),
-                           "weight_cos": 0.5} for p in range(n_points)]})
+        records.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(rng.uniform(0.5, 2)),
+                "train_top1": float(rng.uniform(10, 90)),
+                "eval_loss": float(rng.uniform(0.5, 2)),
+                "eval_top1": float(rng.uniform(10, 90)),
+                "time_s": 1.5,
+                "alignment": [
+                    {
+                        "point": p,
+                        "name": f"h{p + 1} (Linear)",
+                        "cos_mean": float(rng.uniform(-0.2, 0.9)),
+                        "cos_std": 0.1,
+                        "angle_deg": float(rng.uniform(20, 100)),
+                        "weight_cos": 0.5,
+                    }
+                    for p in range(n_points)
+                ],
+            }
+        )
     return records
 
 
-def write_run(out, experiment, seed, records, status="done", arch="fc", method="dfa",
-              diverged_epoch=None, damaged_line=None, config_text=None):
+def write_run(
+    out,
+    experiment,
+    seed,
+    records,
+    status="done",
+    arch="fc",
+    method="dfa",
+    diverged_epoch=None,
+    damaged_line=None,
+    config_text=None,
+):
     folder = out / "best_practices" / experiment / f"seed{seed}"
     folder.mkdir(parents=True)
-    config = {"experiment": experiment, "arch": arch, "method": method, "epochs": EPOCHS,
-              "seed": seed, "eval_split": "test", "status": status, "diverged_epoch": diverged_epoch}
-    (folder / "config.json").write_text(config_text if config_text is not None else json.dumps(config))
+    config = {
+        "experiment": experiment,
+        "arch": arch,
+        "method": method,
+        "epochs": EPOCHS,
+        "seed": seed,
+        "eval_split": "test",
+        "status": status,
+        "diverged_epoch": diverged_epoch,
+    }
+    (folder / "config.json").write_text(
+        config_text if config_text is not None else json.dumps(config)
+    )
     lines = [json.dumps(r) for r in records]
     if damaged_line is not None:
         lines.insert(damaged_line - 1, '{"epoch": 1, "train_loss": 0.9, "tra')  # a torn write
@@ -53,7 +87,9 @@ def sweep(tmp_path_factory):
     # fc-relu: three done seeds, one with a damaged line in the middle of metrics.jsonl.
     runs["fc-relu"] = [make_records(rng, 3) for _ in range(3)]
     for seed in range(3):
-        write_run(tmp_path, "fc-relu", seed, runs["fc-relu"][seed], damaged_line=3 if seed == 1 else None)
+        write_run(
+            tmp_path, "fc-relu", seed, runs["fc-relu"][seed], damaged_line=3 if seed == 1 else None
+        )
     # conv-tanh: two done seeds with four feedback points, and a seed whose config is unreadable.
     runs["conv-tanh"] = [make_records(rng, 4) for _ in range(2)]
     for seed in range(2):
@@ -133,10 +169,14 @@ def test_groups_without_data_are_skipped(tmp_path):
     write_run(tmp_path, "fc-leaky0.5", 0, make_records(rng, 3))
     write_run(tmp_path, "fc-leaky0.5", 1, make_records(rng, 3), status="running")
     write_best_practices_report(tmp_path, echo=lambda _: None)
-    assert sorted(p.name for p in (tmp_path / "best_practices" / "figures").iterdir()) == ["activations.png"]
+    assert sorted(p.name for p in (tmp_path / "best_practices" / "figures").iterdir()) == [
+        "activations.png"
+    ]
     row = next(csv.DictReader(open(tmp_path / "best_practices" / "summary.csv")))
     assert row["seeds_running"] == "1" and row["seeds_used"] == "1"
-    assert "1 done / 0 diverged, 1 running" in (tmp_path / "best_practices" / "report.md").read_text()
+    assert (
+        "1 done / 0 diverged, 1 running" in (tmp_path / "best_practices" / "report.md").read_text()
+    )
 
 
 def test_done_run_missing_final_epoch_is_left_out(tmp_path):

@@ -1,4 +1,5 @@
 """The training loop and sweeps on digits: smoke runs, resume, damaged files, divergence, locks."""
+
 import json
 import os
 import subprocess
@@ -30,13 +31,24 @@ def metrics(run_dir: Path) -> list[dict]:
     return records
 
 
-@pytest.mark.parametrize("arch, changes", [
-    ("fc", {"experiment": "fc-drop", "input_dropout": 0.1, "dropout": 0.5, "batch_norm": True}),
-    ("cnn", {"experiment": "conv-tanh", "train_samples": 64, "batch_size": 32}),
-    ("bottleneck", {"experiment": "mask-std-b5", "bottleneck_size": 5, "width": 64}),
-    ("bottleneck", {"experiment": "width-pai-b5", "bottleneck_size": 5, "width": 64,
-                    "bottleneck_mode": "width", "init": "pai"}),
-])
+@pytest.mark.parametrize(
+    "arch, changes",
+    [
+        ("fc", {"experiment": "fc-drop", "input_dropout": 0.1, "dropout": 0.5, "batch_norm": True}),
+        ("cnn", {"experiment": "conv-tanh", "train_samples": 64, "batch_size": 32}),
+        ("bottleneck", {"experiment": "mask-std-b5", "bottleneck_size": 5, "width": 64}),
+        (
+            "bottleneck",
+            {
+                "experiment": "width-pai-b5",
+                "bottleneck_size": 5,
+                "width": 64,
+                "bottleneck_mode": "width",
+                "init": "pai",
+            },
+        ),
+    ],
+)
 def test_one_epoch_smoke_run_writes_the_run_folder(tmp_path, arch, changes):
     cfg = small(arch=arch, epochs=1, **changes)
     assert train_run(cfg, tmp_path, CPU, quiet=True) == "done"
@@ -129,6 +141,7 @@ def test_finished_runs_are_skipped_and_shards_partition(tmp_path):
 
 def test_a_folder_with_other_settings_is_refused(tmp_path):
     from mltools.cli import UsageError
+
     run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
     with pytest.raises(UsageError, match="other settings"):
         run_sweep([RunSpec(small(epochs=1, lr=0.5), tmp_path)], device="cpu", quiet=True)
@@ -140,8 +153,9 @@ def test_locks_live_busy_and_stale(tmp_path):
     assert runlog.acquire_lock(run)
     assert not runlog.acquire_lock(run)  # held by this live process
     runlog.release_lock(run)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     (run / "run.lock").write_text(f"{dead} {os.uname().nodename}\n")
     assert runlog.acquire_lock(run)  # stale lock taken over
     assert (run / "run.lock").read_text().split()[0] == str(os.getpid())
@@ -160,15 +174,36 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     assert not runlog.acquire_lock(run)  # another array task, on a host we cannot check
     (run / "run.lock").write_text("12345 other-node 4242_7\n")
     assert runlog.acquire_lock(run)
-    assert (run / "run.lock").read_text().split() == [str(os.getpid()), os.uname().nodename, "4242_7"]
+    assert (run / "run.lock").read_text().split() == [
+        str(os.getpid()),
+        os.uname().nodename,
+        "4242_7",
+    ]
     # The same job on this node with its process alive (two sweeps in one allocation): busy.
     assert not runlog.acquire_lock(run)
 
 
 def sweep_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh",
-            "--seeds", "1", "--epochs", "3", "--batch-size", "8", "--lr", "0.01",
-            "--out", str(out), "--device", "cpu", "--quiet", *extra]
+    return [
+        sys.executable,
+        str(ROOT / "best_practices.py"),
+        "--experiments",
+        "fc-tanh",
+        "--seeds",
+        "1",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
@@ -176,8 +211,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     subprocess.run(sweep_cmd(tmp_path / "ref"), check=True, capture_output=True, cwd=ROOT)
     out = tmp_path / "killed"
     run_dir = out / "best_practices" / "fc-tanh" / "seed0"
-    proc = subprocess.Popen(sweep_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sweep_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait for epoch 1 to finish, then kill inside epoch 2
         metrics_file = run_dir / "metrics.jsonl"
@@ -194,10 +230,14 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
 
 
 def test_two_sweeps_on_one_folder_never_train_a_run_twice(tmp_path):
-    cmds = [sweep_cmd(tmp_path, "--seeds", "3", "--epochs", "1", "--shard", shard)
-            for shard in ("0/1", "0/1")]
-    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for c in cmds]
+    cmds = [
+        sweep_cmd(tmp_path, "--seeds", "3", "--epochs", "1", "--shard", shard)
+        for shard in ("0/1", "0/1")
+    ]
+    procs = [
+        subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for c in cmds
+    ]
     outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     for seed in range(3):
@@ -215,12 +255,18 @@ def test_jobs_run_in_parallel_processes(tmp_path, capsys):
     # Progress, one plain line per run here: the workers' epochs reached the parent, so the
     # first line already has an ETA.
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("sweep: ")]
-    assert [x.split(",")[0] for x in lines] == ["sweep: 1/3 runs", "sweep: 2/3 runs", "sweep: 3/3 runs"]
+    assert [x.split(",")[0] for x in lines] == [
+        "sweep: 1/3 runs",
+        "sweep: 2/3 runs",
+        "sweep: 3/3 runs",
+    ]
     assert "left" in lines[0] and lines[-1].endswith("done")
     pids = {(tmp_path / f"seed{s}" / "log.txt").read_text().count("start") for s in range(3)}
     assert pids == {1}
-    assert all(json.loads((tmp_path / f"seed{s}" / "config.json").read_text())["status"] == "done"
-               for s in range(3))
+    assert all(
+        json.loads((tmp_path / f"seed{s}" / "config.json").read_text())["status"] == "done"
+        for s in range(3)
+    )
 
 
 def test_unreadable_config_does_not_lose_the_run(tmp_path):
@@ -238,6 +284,7 @@ def test_cnn_2019_placement_and_input_side(tmp_path):
     """cnn_points="2019" leaves out the point before the output layer (3 points, as the 2019
     code's CNN); cnn_min_side sets the side small inputs are upsampled to (16 -> 64 features)."""
     from mltools.train import build_model
+
     ours = build_model(RunConfig(arch="cnn"), (1, 28, 28), 10)
     old = build_model(RunConfig(arch="cnn", cnn_points="2019"), (1, 28, 28), 10)
     x = torch.zeros(2, 1, 28, 28)
@@ -250,6 +297,7 @@ def test_cnn_2019_placement_and_input_side(tmp_path):
 
 def dfatools_traces(model, x):
     from dfatools.inspect import find_dfa, trace_points
+
     node = find_dfa(model)
     with node.backprop(), trace_points(model, node) as traces:
         model(x)
@@ -261,6 +309,7 @@ def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
     default, and another run otherwise."""
     from mltools.cli import UsageError
     from mltools.sweep import plan
+
     run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
     config = json.loads((tmp_path / runlog.CONFIG).read_text())
     del config["cnn_points"]
@@ -274,6 +323,7 @@ def test_the_cuda_rng_state_restored_is_the_run_devices():
     """A checkpoint holds its run's CUDA RNG state (older ones: every device's, as a list); a
     CPU run restores none, and a device the list lacks gets none rather than a crash."""
     from mltools.checkpoint import saved_cuda_rng
+
     one, two = torch.zeros(3, dtype=torch.uint8), torch.ones(3, dtype=torch.uint8)
     assert saved_cuda_rng({"cuda": one}, torch.device("cuda")) is one
     assert saved_cuda_rng({"cuda": one}, CPU) is None

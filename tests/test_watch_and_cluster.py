@@ -1,4 +1,5 @@
 """Sweep progress, TensorBoard event files and the submitit path (``--slurm local``)."""
+
 import csv
 import json
 import os
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fresh_interpreter import run_script
+
 from mltools import runlog
 from mltools.progress import SweepProgress, format_seconds
 from mltools.sweep import RunSpec, run_sweep
@@ -62,14 +63,22 @@ def test_format_seconds():
 
 # -- TensorBoard --------------------------------------------------------------------------------------
 def small(**changes) -> RunConfig:
-    base = dict(experiment="fc-tanh", epochs=2, batch_size=64, lr=0.02, train_samples=256,
-                eval_samples=128, tensorboard=True)
+    base = dict(
+        experiment="fc-tanh",
+        epochs=2,
+        batch_size=64,
+        lr=0.02,
+        train_samples=256,
+        eval_samples=128,
+        tensorboard=True,
+    )
     return RunConfig(**{**base, **changes})
 
 
 def read_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run folder's event files, read with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
@@ -79,19 +88,30 @@ def check_events_match_metrics(run_dir: Path) -> None:
     records = [json.loads(x) for x in (run_dir / runlog.METRICS).read_text().splitlines()]
     events = read_events(run_dir)
     epochs = [r["epoch"] for r in records]
-    expected = {"loss/train": "train_loss", "top1/train": "train_top1", "loss/eval": "eval_loss",
-                "top1/eval": "eval_top1", "time/epoch_s": "time_s"}
+    expected = {
+        "loss/train": "train_loss",
+        "top1/train": "train_top1",
+        "loss/eval": "eval_loss",
+        "top1/eval": "eval_top1",
+        "time/epoch_s": "time_s",
+    }
     for tag, key in expected.items():
         assert [s for s, _ in events[tag]] == epochs, tag  # each epoch once, in order
         assert [v for _, v in events[tag]] == pytest.approx([r[key] for r in records], rel=1e-6)
     points = len(records[0]["alignment"])
     for p in range(points):
         cos = [r["alignment"][p]["cos_mean"] for r in records]
-        assert [v for _, v in events[f"alignment/cos_mean/h{p + 1}"]] == pytest.approx(cos, rel=1e-5)
+        assert [v for _, v in events[f"alignment/cos_mean/h{p + 1}"]] == pytest.approx(
+            cos, rel=1e-5
+        )
         wcos = [r["alignment"][p]["weight_cos"] for r in records if r["epoch"] > 0]
-        assert [v for s, v in events[f"alignment/weight_cos/h{p + 1}"] if s > 0] == pytest.approx(wcos, rel=1e-5)
+        assert [v for s, v in events[f"alignment/weight_cos/h{p + 1}"] if s > 0] == pytest.approx(
+            wcos, rel=1e-5
+        )
     mean = [sum(a["cos_mean"] for a in r["alignment"]) / points for r in records]
-    assert [v for _, v in events["alignment/cos_mean/mean"]] == pytest.approx(mean, rel=1e-5, abs=1e-7)
+    assert [v for _, v in events["alignment/cos_mean/mean"]] == pytest.approx(
+        mean, rel=1e-5, abs=1e-7
+    )
 
 
 def test_tensorboard_events_match_metrics_across_a_resume(tmp_path):
@@ -107,13 +127,19 @@ def test_tensorboard_events_match_metrics_across_a_resume(tmp_path):
     train_run(small(epochs=3), run, CPU, quiet=True)
     assert "resumed from the checkpoint of epoch 1" in (run / "log.txt").read_text()
     check_events_match_metrics(run)
-    assert [json.loads(x)["epoch"] for x in (run / runlog.METRICS).read_text().splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (run / runlog.METRICS).read_text().splitlines()] == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert len(lines) == 3
 
 
 def test_tensorboard_hparams_name_the_settings(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     run = tmp_path / "run"
     train_run(small(epochs=1, lr=0.03), run, CPU, quiet=True)
     acc = EventAccumulator(str(run))
@@ -143,9 +169,25 @@ def test_a_finished_run_gets_its_events_when_asked_later(tmp_path):
 
 # -- submitit ---------------------------------------------------------------------------------------
 def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh", "fc-relu",
-           "--seeds", "2", "--epochs", "1", "--train-samples", "256", "--device", "cpu",
-           "--quiet", "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "best_practices.py"),
+        "--experiments",
+        "fc-tanh",
+        "fc-relu",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "256",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
@@ -185,34 +227,76 @@ def test_slurm_submission_script(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sbatch\necho "Submitted batch job 4321"\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path}/job.sbatch\necho "Submitted batch job 4321"\n'
+    )
     for tool in ("srun", "sbatch"):
         (bin_dir / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh", "fc-relu",
-           "--seeds", "2", "--epochs", "1", "--out", str(tmp_path / "out"), "--slurm",
-           "--slurm-partition", "gpu", "--slurm-gpus", "1", "--slurm-cpus", "4",
-           "--slurm-array", "3", "--slurm-time", "90"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "best_practices.py"),
+        "--experiments",
+        "fc-tanh",
+        "fc-relu",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--slurm",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-gpus",
+        "1",
+        "--slurm-cpus",
+        "4",
+        "--slurm-array",
+        "3",
+        "--slurm-time",
+        "90",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "submitted 3 shard(s) of 4 runs as SLURM job array 4321" in result.stdout
     assert f"python best_practices.py --report-only --out {tmp_path / 'out'}" in result.stdout
     lines = set((tmp_path / "job.sbatch").read_text().splitlines())
-    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --job-name=best_practices"):
+    for line in (
+        "#SBATCH --array=0-2%3",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=90",
+        "#SBATCH --job-name=best_practices",
+    ):
         assert line in lines
     assert not (tmp_path / "out" / "best_practices").exists()  # nothing trained here
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--slurm"], "sbatch"),
-    (["--slurm", "local", "--shard", "0/2"], "drop --shard"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--slurm"], "sbatch"),
+        (["--slurm", "local", "--shard", "0/2"], "drop --shard"),
+    ],
+)
 def test_slurm_errors_are_one_line(tmp_path, extra, message):
     # A PATH without sbatch, so that a cluster login node never submits a real job here.
     env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
-    cmd = [sys.executable, str(ROOT / "best_practices.py"), "--experiments", "fc-tanh",
-           "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "out"), *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "best_practices.py"),
+        "--experiments",
+        "fc-tanh",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -221,9 +305,22 @@ def test_slurm_errors_are_one_line(tmp_path, extra, message):
 
 def test_a_plain_sweep_imports_neither_library(tmp_path):
     proc, code, modules = run_script(
-        "best_practices.py", "--experiments", "fc-tanh", "--seeds", "1", "--epochs", "1",
-        "--train-samples", "64", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out"),
-        report=tmp_path / "run.json")
+        "best_practices.py",
+        "--experiments",
+        "fc-tanh",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "64",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path / "out"),
+        report=tmp_path / "run.json",
+    )
     assert code == 0, proc.stderr
     assert not {m.split(".")[0] for m in modules} & {"tensorboard", "submitit", "tensorboardX"}
     assert "torch.utils.tensorboard" not in modules
@@ -235,10 +332,13 @@ def test_a_failed_local_task_is_one_line_and_counted(tmp_path, capsys):
     import submitit
 
     from mltools.slurm import wait
+
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
     executor.update_parameters(timeout_min=2)
-    jobs = [executor.submit(functools.partial(os.mkdir, str(tmp_path / "no" / "such" / "dir"))),
-            executor.submit(functools.partial(dict, done=2))]
+    jobs = [
+        executor.submit(functools.partial(os.mkdir, str(tmp_path / "no" / "such" / "dir"))),
+        executor.submit(functools.partial(dict, done=2)),
+    ]
     assert wait(jobs) == {"failed": 1, "done": 2}
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"task {jobs[0].job_id} failed: FileNotFoundError: [Errno 2]")
