@@ -64,7 +64,8 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     )
 }
 # DFA on models that are not a chain of layers (DESIGN.md 9): points at every residual block or
-# encoder layer (mltools.models.feedback_points). Run when named, or with --group any-model.
+# encoder layer (mltools.models.feedback_points). Run when named, or with --group resnet
+# transformer.
 MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method})
     for arch, label in (
@@ -92,7 +93,8 @@ GROUPS: dict[str, list[str]] = {
     "batch-norm": ["fc-tanh", "fc-bn", "conv-tanh", "conv-bn"],
     "bp-vs-dfa": ["fc-tanh", "fc-bp", "fc-pai", "conv-tanh", "conv-bp"],
     "cnn-points": ["conv-tanh", "conv-tanh-2019", "conv-bp"],
-    "any-model": list(MODEL_EXPERIMENTS),
+    "resnet": [n for n in MODEL_EXPERIMENTS if n.startswith("resnet-")],
+    "transformer": [n for n in MODEL_EXPERIMENTS if n.startswith("transformer-")],
     "methods": [
         "fc-tanh",
         "fc-bp",
