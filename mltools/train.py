@@ -229,6 +229,8 @@ def provenance(device: torch.device) -> dict:
         },
         "git_commit": git_commit(),
         "pid": os.getpid(),  # which process trained the run last (sweeps with --jobs)
+        # CPU results depend on it (the order of floating-point sums); set by OMP_NUM_THREADS.
+        "threads": torch.get_num_threads(),
     }
 
 
