@@ -1,4 +1,8 @@
-"""MkDocs hooks (mkdocs.yml ``hooks:``): the API page must list every public name of dfatools.
+"""MkDocs hooks (mkdocs.yml ``hooks:``): API pages show Sphinx roles as code, and the dfatools
+page must list every public name.
+
+The docstrings cross-reference with Sphinx roles (``:func:`~dfatools.to_dfa```), which Markdown
+does not know: on the API pages each role is dropped and its target shown as code.
 
 After the page ``api/dfatools.md`` is rendered, each name of ``dfatools.__all__`` must have its
 anchor (``id="dfatools.<name>"``, which mkdocstrings gives each documented object) and a
@@ -8,6 +12,8 @@ docstring, or an API page that stops rendering one, cannot pass ``mkdocs build -
 
 from __future__ import annotations
 
+import re
+
 import griffe
 from mkdocs.exceptions import PluginError
 
@@ -15,6 +21,15 @@ API_PAGE = "api/dfatools.md"
 # Public names that have no docstring yet. dfatools is being rewritten elsewhere; its METHODS
 # tuple gets a docstring there, and then leaves this set (an entry that is documented fails).
 UNDOCUMENTED_YET = {"METHODS"}
+# ``:func:`~x` `` as Markdown renders it: the role as text, then the target as code.
+SPHINX_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):<code>~?")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """On the API pages, Sphinx roles become plain code."""
+    if not page.file.src_uri.startswith("api/"):
+        return html
+    return SPHINX_ROLE.sub("<code>", html)
 
 
 def on_post_page(output: str, page, config) -> str:
