@@ -13,6 +13,7 @@ docstring, or an API page that stops rendering one, cannot pass ``mkdocs build -
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import griffe
 from mkdocs.exceptions import PluginError
@@ -36,7 +37,8 @@ def on_post_page(output: str, page, config) -> str:
     """Check the rendered dfatools API page; other pages pass through unchanged."""
     if page.file.src_uri != API_PAGE:
         return output
-    package = griffe.load("dfatools", search_paths=["."])
+    root = Path(config["config_file_path"]).parent  # the repository, wherever mkdocs runs
+    package = griffe.load("dfatools", search_paths=[str(root)])
     names = list(package.exports or [])
     if not names:
         raise PluginError("dfatools has no __all__: the API page cannot be checked")
