@@ -131,6 +131,8 @@ def parse_with_script(target: list[str], args: list[str], monkeypatch, capsys) -
     monkeypatch.setattr(sys, "argv", [target[-1], *args])
     try:
         if target[0] == "-m":
+            # runpy warns when the module was imported before (by another test): run it afresh.
+            monkeypatch.delitem(sys.modules, target[1], raising=False)
             runpy.run_module(target[1], run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(str(ROOT / target[0]), run_name="__main__")
