@@ -185,7 +185,9 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
 
 # -- recovered 2019 logs --------------------------------------------------------------------------
 def read_recovered(path: Path) -> list[list[dict]]:
-    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts. UsageError if not."""
+    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts.
+
+    UsageError if it is not that."""
     try:
         runs = parse_json(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -457,8 +459,8 @@ def bottleneck_effects(
     cells: Sequence[Cell], label: Callable[[int], str] = point_label, split: str = "test"
 ) -> tuple[list[Effect], list[str]]:
     """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
-    same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
-    cells name the same one) and ``cos_mean`` averaged over each run's points."""
+    same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point
+    (when both cells name the same one) and ``cos_mean`` averaged over each run's points."""
     by_key = {(c.method, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:

@@ -149,7 +149,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["paper", "quick", "fashion"],
         help="paper: the paper's settings (default whenever --dataset is given); "
         "quick: digits, a few epochs (the default otherwise); fashion: the "
-        "published Fashion-MNIST study (README, Results)",
+        "published Fashion-MNIST study (docs/results.md)",
     )
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
@@ -196,9 +196,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write TensorBoard event files in each run folder (tensorboard --logdir RESULTS)",
     )
-    slurm = parser.add_argument_group(
-        "cluster (submitit; README, Running the full study on a cluster)"
-    )
+    slurm = parser.add_argument_group("cluster (submitit; docs/paper-study.md)")
     slurm.add_argument(
         "--slurm",
         nargs="?",

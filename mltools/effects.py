@@ -144,7 +144,8 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
 
 @dataclass(frozen=True)
 class Effect:
-    """``metric`` of ``name`` minus that of ``reference``; ``n``, ``n_ref``: the seeds that count."""
+    """``metric`` of ``name`` minus that of ``reference``; ``n``, ``n_ref``: the seeds that
+    count."""
 
     name: str
     reference: str
@@ -155,7 +156,8 @@ class Effect:
 
     @property
     def clear(self) -> bool | None:
-        """True: the interval excludes 0 (a clear effect); False: within noise; None: no interval."""
+        """True: the interval excludes 0 (a clear effect); False: within noise; None: no
+        interval."""
         if not math.isfinite(self.interval.low):
             return None
         return self.interval.low > 0 or self.interval.high < 0
@@ -344,7 +346,8 @@ def write_effects(
 
 
 def _marker(clear: bool | None) -> dict:
-    """Line2D style of an effect: filled dot, clear; hollow dot, within noise; grey cross, no interval."""
+    """Line2D style of an effect: filled dot, clear; hollow dot, within noise; grey cross, no
+    interval."""
     if clear is None:
         return {"marker": "x", "ls": "none", "color": "0.45", "ms": 6}
     color = "C3" if clear else "C0"
@@ -508,8 +511,8 @@ def undefined_lines(notes: Iterable[str | None]) -> list[str]:
         return []
     return (
         [
-            f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} at a point, "
-            "done seeds):",
+            f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} "
+            "at a point, done seeds):",
             "",
         ]
         + [f"- {n}" for n in notes]

@@ -43,7 +43,7 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "conv-bp": ("CNN, tanh, backprop", {"arch": "cnn", "method": "bp"}),
     "fc-pai": ("FC, tanh, PAI", {"arch": "fc", "init": "pai"}),
     # Not a row of the paper: the 2019 code's CNN had no feedback point before its output layer,
-    # so its Linear(576, 128) was trained by BP (README, deviations).
+    # so its Linear(576, 128) was trained by BP (docs/deviations.md).
     "conv-tanh-2019": (
         "CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
         {"arch": "cnn", "cnn_points": "2019"},
@@ -128,9 +128,9 @@ BEST_PRACTICES_PRESETS = {
     "paper": Preset("cifar10", seeds=10, epochs=50, batch_size=128, lr=5e-4),
     # digits is tiny: batches of 64 give 23 steps an epoch. 8x8 images are upsampled to 16x16
     # for the CNN (not 32x32: 6x less compute, 64 features after the pools). lr: the grid rule
-    # of mltools/lr_grid.py on the val split (README, "The default run").
+    # of mltools/lr_grid.py on the val split (docs/presets.md).
     "quick": Preset("digits", seeds=3, epochs=20, batch_size=64, lr=0.1, cnn_min_side=16),
-    # The published Fashion-MNIST study (README, Results): the paper's optimizer on 10,000
+    # The published Fashion-MNIST study (docs/results.md): the paper's optimizer on 10,000
     # training images, so all 18 experiments x 3 seeds and the bottleneck sweep fit in about
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
     "fashion": Preset(

@@ -1,4 +1,5 @@
-"""The learning-rate rule of our presets: one learning rate for every method, picked on the val split.
+"""The learning-rate rule of our presets: one learning rate for every method, picked on the val
+split.
 
 For each learning rate of a grid, the reference experiments (``REFERENCES``) are trained once
 (seed 0) with the preset's other settings in ``val`` mode, one results folder per rate::

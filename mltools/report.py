@@ -249,7 +249,7 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
     colors = [f"C{i}" for i in range(10)]
     handles, labels = [], []
     eval_labels = sorted({c["eval_label"] for c in curves.values()})
-    for i, (name, c) in enumerate(curves.items()):
+    for i, c in enumerate(curves.values()):
         style = {"color": colors[i % 10], "ls": "--" if c["arch"] == "cnn" else "-", "lw": 1.6}
         lows = []
         for ax, point in zip(axes, points):

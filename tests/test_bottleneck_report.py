@@ -142,8 +142,12 @@ def test_methods_compared_within_method(sweep):
     results, done, figures = sweep
     effects = {(r["cell"], r["metric"]): r for r in read_rows(figures / "effects.csv")}
     for method, prefix in (("dfa", ""), ("fa", "fa-")):
-        final = lambda size: [rec[EPOCHS] for rec in done[method, "mask", "std", size]]  # noqa: E731
-        cos = lambda size: np.array([r["alignment"][1]["cos_mean"] for r in final(size)])  # noqa: E731
+
+        def cos(size: int, method: str = method) -> np.ndarray:
+            """Final ``cos_mean`` after the bottleneck, per seed, of one size of ``method``."""
+            final = [rec[EPOCHS] for rec in done[method, "mask", "std", size]]
+            return np.array([r["alignment"][1]["cos_mean"] for r in final])
+
         row = effects[f"{prefix}mask-std-b1", "bottleneck_cos"]
         assert row["reference"] == f"{prefix}mask-std-b800"
         assert float(row["difference"]) == pytest.approx(cos(1).mean() - cos(800).mean(), abs=1e-6)
@@ -183,7 +187,7 @@ def test_epoch_option(tmp_path):
         write_bottleneck_report(tmp_path, epoch=7, echo=lambda _: None)
 
 
-# -- recovered 2019 logs ----------------------------------------------------------------------------
+# -- recovered 2019 logs ---------------------------------------------------------------------------
 MODULES = [
     "Linear(in_features=3072, out_features=800, bias=True)",
     "Tanh()",
@@ -248,7 +252,7 @@ def test_recovered_json(tmp_path):
         write_recovered_bottleneck_report(path, [1, 2], tmp_path / "out3", echo=lambda _: None)
 
 
-# -- the script ---------------------------------------------------------------------------------------
+# -- the script ------------------------------------------------------------------------------------
 def script(*args, cwd=None):
     return subprocess.run(
         [sys.executable, str(ROOT / "bottleneck_from_log.py"), *map(str, args)],
