@@ -67,10 +67,14 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
 # encoder layer (mltools.models.feedback_points). Run when named, or with --group resnet
 # transformer.
 MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
-    f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method})
-    for arch, label in (
-        ("resnet", "small ResNet, points at its BasicBlocks"),
-        ("transformer", "Transformer on image rows, points at its encoder layers"),
+    f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method, **extra})
+    for arch, label, extra in (
+        ("resnet", "small ResNet, points at its BasicBlocks", {}),
+        (
+            "transformer",
+            "Transformer on image rows, points at its encoder layers, Adam",
+            {"optimizer": "adam"},
+        ),
     )
     for method, text in (("dfa", "DFA"), ("bp", "backprop"), ("fa", "feedback alignment"))
 }
