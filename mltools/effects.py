@@ -40,10 +40,21 @@ from .report import (
 from .runlog import Run
 
 LEVEL = 0.95  # confidence level of the effect intervals
-# reference method -> {experiment-name prefix -> the reference experiment}
+# reference method -> {experiment-name prefix -> the reference experiment}; the models of
+# DESIGN.md 9 are compared with their BP in either case
 REFERENCES = {
-    "dfa": {"fc": "fc-tanh", "conv": "conv-tanh"},
-    "bp": {"fc": "fc-bp", "conv": "conv-bp"},
+    "dfa": {
+        "fc": "fc-tanh",
+        "conv": "conv-tanh",
+        "resnet": "resnet-bp",
+        "transformer": "transformer-bp",
+    },
+    "bp": {
+        "fc": "fc-bp",
+        "conv": "conv-bp",
+        "resnet": "resnet-bp",
+        "transformer": "transformer-bp",
+    },
 }
 FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config gives none
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...

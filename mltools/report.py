@@ -35,7 +35,13 @@ from .runlog import Run, load_run
 Echo = Callable[[str], None]
 
 STATUS_ORDER = ("done", "diverged", "failed", "running", "unknown")
-ARCH_NAMES = {"fc": "FC", "cnn": "CNN", "bottleneck": "bottleneck"}
+ARCH_NAMES = {
+    "fc": "FC",
+    "cnn": "CNN",
+    "bottleneck": "bottleneck",
+    "resnet": "ResNet",
+    "transformer": "Transformer",
+}
 METHOD_NAMES = {
     "dfa": "DFA",
     "bp": "BP",
@@ -43,6 +49,8 @@ METHOD_NAMES = {
     "sign": "sign",
     "drtp": "DRTP",
     "shallow": "shallow",
+    "brsf": "BRSF",
+    "frsf": "FRSF",
 }
 # What a row's cosines measure, where it is not the method's own learning signal against the
 # BP gradient (DESIGN.md 3, 7): a BP run delivers no signal of its own, so its cosine is that

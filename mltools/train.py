@@ -34,6 +34,7 @@ from .data import Dataset, iterate_batches, load_dataset
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
+ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer")
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
@@ -49,7 +50,7 @@ class RunConfig:
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    arch: str = "fc"  # fc | cnn | bottleneck
+    arch: str = "fc"  # fc | cnn | bottleneck | resnet | transformer (ARCHS)
     method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
     normalize: bool = True  # feedback normalization
@@ -79,7 +80,7 @@ class RunConfig:
 # -- building blocks ------------------------------------------------------------------------------
 def build_model(
     cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
-) -> dfatools.DFASequential:
+) -> torch.nn.Module:
     if cfg.arch == "fc":
         net = models.fc(
             input_shape,
@@ -109,14 +110,20 @@ def build_model(
             width=cfg.width,
             seed=cfg.seed,
         )
+    elif cfg.arch == "resnet":
+        net = models.resnet(input_shape, num_classes)
+    elif cfg.arch == "transformer":
+        net = models.RowTransformer(input_shape, num_classes)
     else:
-        raise ValueError(f"unknown architecture {cfg.arch!r}")
+        raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
     if cfg.cnn_points not in CNN_POINTS:
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
-    exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
+    placement: dict = {"points": models.feedback_points(cfg.arch)}
+    if placement["points"] is None:  # the nn.Sequential rule
+        placement = {"exact_top": 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1}
     # Every method keeps the DFA model's feedback points, where alignment is measured.
     return dfatools.to_method(
-        net, cfg.method, num_classes, normalize=cfg.normalize, seed=cfg.seed, exact_top=exact_top
+        net, cfg.method, num_classes, normalize=cfg.normalize, seed=cfg.seed, **placement
     )
 
 
@@ -135,7 +142,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def train_epoch(
-    model: dfatools.DFASequential,
+    model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     data: Dataset,
     cfg: RunConfig,
@@ -147,7 +154,7 @@ def train_epoch(
     x, y = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    mode = model.backprop() if cfg.method == "bp" else contextlib.nullcontext()
+    mode = dfatools.backprop(model) if cfg.method == "bp" else contextlib.nullcontext()
     with mode:
         for idx in iterate_batches(len(y), cfg.batch_size, order, x.device):
             out = model(x[idx])
