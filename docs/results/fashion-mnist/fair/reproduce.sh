@@ -17,6 +17,11 @@ for lr in 0.01 0.03 0.1 0.3; do
   python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" --epochs 20 \
     --experiments $CNN --out "$GRID/lr$lr" --quiet
 done
+# 1b. The methods dfatools gained since (brsf, frsf), on the same FC grid.
+for lr in 0.003 0.01 0.03 0.1 0.3; do
+  python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" --epochs 40 \
+    --experiments fc-brsf fc-frsf --out "$GRID/lr$lr" --quiet
+done
 # 2. Where a method's best rate is at an edge of its grid, the rate one half-decade beyond,
 #    until none is (mltools/lr_grid.py --per-method --next lists "EXPERIMENT LR EPOCHS").
 for round in 1 2 3 4 5 6; do
@@ -34,7 +39,8 @@ fi
 # 3. Each method's rate and epochs, into the file the fashion-fair preset reads.
 python -m mltools.lr_grid "$GRID" --per-method --choices mltools/fashion_fair.json
 # 4. The study, test mode: the FC methods first (5 seeds), then the CNN (3 seeds).
-python best_practices.py --preset fashion-fair --experiments $FC --out results/fair --quiet
+python best_practices.py --preset fashion-fair --experiments $FC fc-brsf fc-frsf \
+  --out results/fair --quiet
 python best_practices.py --preset fashion-fair --out results/fair --quiet
 # 5. Publish: the grid (records, per_method.md/.csv) and the study, every run's config.json
 #    and metrics.jsonl.
