@@ -112,17 +112,26 @@ GROUPS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Preset:
-    """Sweep-wide settings; explicit command-line flags override them."""
+    """Sweep-wide settings; explicit command-line flags override them.
+
+    A per-method preset (DESIGN.md 10) names a ``choices`` file of mltools/ (written by
+    ``python -m mltools.lr_grid --per-method``) that gives every experiment its own lr and
+    epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of the CNN experiments
+    and measures effects against the experiments of method ``reference``.
+    """
 
     dataset: str
     seeds: int
-    epochs: int
+    epochs: int | None
     batch_size: int
-    lr: float
+    lr: float | None
     eval_split: str = "test"
     train_samples: int | None = None  # None: the whole training set
     cnn_min_side: int = 32  # CNN inputs smaller than this are upsampled to it
     bottleneck_sizes: tuple[int, ...] = field(default=())
+    choices: str | None = None
+    cnn_seeds: int | None = None  # None: ``seeds``
+    reference: str = "dfa"  # effects are against fc-/conv- experiments of this method
 
 
 PAPER_BOTTLENECK_SIZES = (1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800)
@@ -139,6 +148,20 @@ BEST_PRACTICES_PRESETS = {
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
     "fashion": Preset(
         "fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03, train_samples=10_000
+    ),
+    # Every method at its own best (docs/results-fair.md): the fashion preset's data in test
+    # mode, each experiment at the lr and epochs that mltools/fashion_fair.json gives it (the
+    # per-method rule of mltools/lr_grid.py on the val split), effects against BP.
+    "fashion-fair": Preset(
+        "fashion-mnist",
+        seeds=5,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_fair.json",
+        cnn_seeds=3,
+        reference="bp",
     ),
 }
 
