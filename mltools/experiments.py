@@ -163,6 +163,19 @@ BEST_PRACTICES_PRESETS = {
         cnn_seeds=3,
         reference="bp",
     ),
+    # DFA on models that are not a chain of layers (docs/any-model.md): the small ResNet and the
+    # row Transformer by dfa, bp and fa, each at the lr that mltools/fashion_any.json gives it
+    # (the per-method rule on the val split); run with --epochs 10 (docs/any-model.md says why).
+    "fashion-any": Preset(
+        "fashion-mnist",
+        seeds=3,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_any.json",
+        reference="bp",
+    ),
 }
 
 BOTTLENECK_PRESETS = {
