@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import runlog
 from .cli import UsageError
-from .report import point_label
+from .tables import point_label
 
 EVENTS_GLOB = "events.out.tfevents.*"
 # hparams metrics: the scalar tags the HParams tab shows next to each run's settings.

@@ -44,7 +44,8 @@ from .effects import (
     write_effects,
 )
 from .experiments import METHODS
-from .report import (
+from .runlog import Run, parse_json
+from .tables import (
     BP_MARK,
     OTHER_ALIGNMENT,
     Echo,
@@ -64,7 +65,6 @@ from .report import (
     well_formed,
     write_csv,
 )
-from .runlog import Run, parse_json
 
 _FOLDER = re.compile(r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}

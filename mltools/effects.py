@@ -13,7 +13,7 @@ Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
 * **Undefined cosines**: a point whose mean final ``undefined_frac`` exceeds 5% is named, since a
   cosine counted as 0 there may reflect a saturated softmax rather than misalignment.
 
-Final metrics are the records of :func:`mltools.report.final_records` (done seeds, each run's
+Final metrics are the records of :func:`mltools.tables.final_records` (done seeds, each run's
 last epoch). No torch and no pyplot; scipy is imported only when an interval is computed.
 """
 
@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .report import (
+from .runlog import Run
+from .tables import (
     alignment_of,
     fmt,
     markdown_table,
@@ -37,7 +38,6 @@ from .report import (
     point_label,
     write_csv,
 )
-from .runlog import Run
 
 LEVEL = 0.95  # confidence level of the effect intervals
 # reference method -> {experiment-name prefix -> the reference experiment}; the models of
@@ -217,7 +217,7 @@ def experiment_effects(
     Metrics: eval top-1, ``cos_mean`` per feedback point, and ``cos_mean`` averaged over each
     run's points. Per point only when both experiments have the same points: with 3 points
     against 4, the same index is a different layer. Cosines only when both sides measure their
-    own signal (``methods``: name -> method; see :func:`mltools.report.own_alignment`): a BP
+    own signal (``methods``: name -> method; see :func:`mltools.tables.own_alignment`): a BP
     run's cosine is the DFA signal's on a BP net, shallow's is undefined.
     """
     methods = methods or {}

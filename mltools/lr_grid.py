@@ -43,8 +43,8 @@ from pathlib import Path
 
 from .cli import ArgumentParser, UsageError
 from .effects import unconverged
-from .report import final_records, fmt, load_seeds, markdown_table, number, write_csv
 from .runlog import Run, load_run
+from .tables import final_records, fmt, load_seeds, markdown_table, number, write_csv
 
 REFERENCES = ("fc-tanh", "fc-bp", "conv-tanh", "conv-bp")
 SCORED = ("done", "diverged", "failed")  # a run in another state is not finished: not scored

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from mltools.report import mean_std, write_best_practices_report
+from mltools.report import write_best_practices_report
+from mltools.tables import mean_std
 
 EPOCHS = 3
 
