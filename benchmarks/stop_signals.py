@@ -4,6 +4,7 @@ metrics of an uninterrupted sweep (docs/stopping.md).
 
     python benchmarks/stop_signals.py              # --jobs 2: SIGINT, SIGTERM, SIGHUP, SIGKILL
     python benchmarks/stop_signals.py --jobs 1
+    python benchmarks/stop_signals.py --slurm-local  # the same through submitit's local array
 
 Each sweep starts in its own session and is stopped once every run has recorded epoch 1, a
 moment into epoch 2. Its processes (parent, workers, multiprocessing's resource tracker) are
@@ -36,9 +37,9 @@ CASES = (
 )
 
 
-def sweep_command(out: Path, jobs: int, epochs: int = 2) -> list[str]:
-    """Two small digits runs (fc-tanh, fc-relu), one per worker with ``--jobs 2``; an epoch
-    takes about a second."""
+def sweep_command(out: Path, jobs: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """Two small digits runs (fc-tanh, fc-relu), one per worker with ``--jobs 2``, 2 epochs of
+    about a second; ``extra``: more flags."""
     return [
         sys.executable,
         str(ROOT / "best_practices.py"),
@@ -47,7 +48,7 @@ def sweep_command(out: Path, jobs: int, epochs: int = 2) -> list[str]:
         "--seeds",
         "1",
         "--epochs",
-        str(epochs),
+        "2",
         "--batch-size",
         "8",
         "--lr",
@@ -59,6 +60,7 @@ def sweep_command(out: Path, jobs: int, epochs: int = 2) -> list[str]:
         str(jobs),
         "--out",
         str(out),
+        *extra,
     ]
 
 
@@ -133,18 +135,28 @@ def stop(proc: subprocess.Popen, signum: int, group: bool, timeout: float) -> tu
 
 
 def measure(
-    out: Path, jobs: int, signum: int, group: bool, reference: dict, timeout: float
+    out: Path,
+    jobs: int,
+    extra: tuple[str, ...],
+    signum: int,
+    group: bool,
+    reference: dict,
+    timeout: float,
 ) -> dict:
     """Start the sweep, stop it a moment into epoch 2, time the end of its processes, run the
     same command again, and compare every run's records with ``reference``."""
-    proc = start(sweep_command(out, jobs), out.with_name(out.name + "-stopped"))
+    proc = start(sweep_command(out, jobs, extra), out.with_name(out.name + "-stopped"))
     wait_for_epochs(under_way(out, jobs), 2, timeout)
     time.sleep(0.2)
     code, gone = stop(proc, signum, group, timeout)
     err = out.with_name(out.name + "-stopped.err").read_text()
     locks = sum((d / "run.lock").exists() for d in run_dirs(out))
     again = subprocess.run(
-        sweep_command(out, jobs), cwd=ROOT, capture_output=True, text=True, timeout=10 * timeout
+        sweep_command(out, jobs, extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10 * timeout,
     )
     resumed = again.returncode == 0 and all_records(out) == reference
     return dict(
@@ -173,19 +185,28 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--slurm-local", action="store_true", help="stop `--slurm local` sweeps instead"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per wait")
     args = parser.parse_args()
+    extra = ("--slurm", "local") if args.slurm_local else ()
     with tempfile.TemporaryDirectory() as tmp:
         reference = reference_records(Path(tmp) / "reference", args.jobs, args.timeout)
-        print(f"`python benchmarks/stop_signals.py --jobs {args.jobs}` on {cpu_name()}, ")
-        print(f"{os.cpu_count()} CPUs seen, load average {os.getloadavg()[0]:.1f} at the start\n")
+        flags = " ".join(sweep_command(Path("OUT"), args.jobs, extra)[2:])
+        print(
+            f"`python benchmarks/stop_signals.py {' '.join(sys.argv[1:])}` on {cpu_name()} "
+            f"({os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.1f} at the start; "
+            f"each sweep: `python best_practices.py {flags}`\n"
+        )
         print(
             "| stop | exit code | no process left after | resume hint | locks left "
             "| resumed metrics equal |"
         )
         print("|---|---|---|---|---|---|")
         for k, (label, signum, group) in enumerate(CASES):
-            r = measure(Path(tmp) / f"case{k}", args.jobs, signum, group, reference, args.timeout)
+            out = Path(tmp) / f"case{k}"
+            r = measure(out, args.jobs, extra, signum, group, reference, args.timeout)
             print(
                 f"| {label} | {r['code']} | {r['gone']:.1f} s | {'yes' if r['hint'] else 'no'} "
                 f"| {r['locks']} | {'yes' if r['resumed'] else 'NO'} |",

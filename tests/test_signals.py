@@ -48,7 +48,7 @@ def reference(tmp_path_factory) -> dict:
 def start_and_wait(out: Path, jobs: int, *extra: str) -> subprocess.Popen:
     """Start the sweep in its own session; return once every run under way has recorded epoch
     1 and is a moment into epoch 2."""
-    cmd = [*stop_signals.sweep_command(out, jobs), *extra]
+    cmd = stop_signals.sweep_command(out, jobs, extra)
     proc = stop_signals.start(cmd, out.with_name(out.name + "-stopped"))
     stop_signals.wait_for_epochs(stop_signals.under_way(out, jobs), 2, WAIT)
     time.sleep(0.2)
