@@ -105,7 +105,14 @@ def session_processes(sid: int) -> list[int]:
 def start(cmd: list[str], logs: Path) -> subprocess.Popen:
     """``cmd`` in a new session (its id is its pid), stdout and stderr to ``logs``.out/.err."""
     with open(logs.with_suffix(".out"), "w") as out, open(logs.with_suffix(".err"), "w") as err:
-        return subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=out, stderr=err)
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
 
 
 def wait_for_epochs(dirs: list[Path], lines: int, timeout: float) -> None:

@@ -59,9 +59,12 @@ def stop(signum: int, frame=None) -> None:
 
 
 def stop_on_signals() -> None:
-    """From now on SIGTERM and SIGHUP raise Stopped (once) in this process's main thread."""
+    """From now on SIGTERM and SIGHUP raise Stopped (once) in this process's main thread,
+    unless the process started with them ignored: ``nohup`` ignores SIGHUP so that a sweep
+    outlives its terminal, and that choice is inherited by workers (exec keeps it)."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, stop)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, stop)
 
 
 def ignore_stops() -> None:

@@ -45,10 +45,9 @@ def reference(tmp_path_factory) -> dict:
     return found
 
 
-def start_and_wait(out: Path, jobs: int, *extra: str) -> subprocess.Popen:
-    """Start the sweep in its own session; return once every run under way has recorded epoch
-    1 and is a moment into epoch 2."""
-    cmd = stop_signals.sweep_command(out, jobs, extra)
+def start_and_wait(out: Path, jobs: int, cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd``, a sweep into ``out``, in its own session; return once every run under way
+    has recorded epoch 1 and is a moment into epoch 2."""
     proc = stop_signals.start(cmd, out.with_name(out.name + "-stopped"))
     stop_signals.wait_for_epochs(stop_signals.under_way(out, jobs), 2, WAIT)
     time.sleep(0.2)
@@ -63,7 +62,7 @@ def test_a_stopped_sweep_leaves_no_process_and_resumes_equal(
     tmp_path, reference, jobs, signum, code
 ):
     out = tmp_path / "out"
-    proc = start_and_wait(out, jobs)
+    proc = start_and_wait(out, jobs, stop_signals.sweep_command(out, jobs))
     alive = stop_signals.session_processes(proc.pid)
     assert len(alive) >= 1 + (jobs if jobs > 1 else 0), alive  # parent (+ workers, tracker)
     exit_code, gone = stop_signals.stop(proc, signum, False, GONE)
@@ -84,15 +83,19 @@ def test_a_stopped_sweep_leaves_no_process_and_resumes_equal(
         assert "resumed from the checkpoint" in (d / "log.txt").read_text()
 
 
-def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, reference):
-    """The OOM killer's case: one worker gets SIGKILL; its run fails, the other finishes."""
-    out = tmp_path / "out"
-    proc = start_and_wait(out, 2)
-    workers = [
+def workers_of(proc: subprocess.Popen) -> list[int]:
+    return [
         pid
         for pid in stop_signals.session_processes(proc.pid)
         if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
+
+
+def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, reference):
+    """The OOM killer's case: one worker gets SIGKILL; its run fails, the other finishes."""
+    out = tmp_path / "out"
+    proc = start_and_wait(out, 2, stop_signals.sweep_command(out, 2))
+    workers = workers_of(proc)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=WAIT) == 1  # a run failed
@@ -104,11 +107,36 @@ def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, reference
     assert stop_signals.all_records(out) == reference[2]
 
 
+def test_sigterm_to_one_worker_stops_the_sweep(tmp_path, reference):
+    """What scancel or systemd do (SIGTERM to every process), reaching a worker first."""
+    out = tmp_path / "out"
+    proc = start_and_wait(out, 2, stop_signals.sweep_command(out, 2))
+    os.kill(workers_of(proc)[0], signal.SIGTERM)
+    exit_code, gone = stop_signals.stop(proc, 0, False, GONE)  # signal 0: only watch
+    assert exit_code == 143 and gone <= GONE
+    assert "stopped by SIGTERM" in (tmp_path / "out-stopped.err").read_text()
+    for d in stop_signals.run_dirs(out):
+        assert "interrupted" in (d / "log.txt").read_text()
+    assert finish(out, 2).returncode == 0
+    assert stop_signals.all_records(out) == reference[2]
+
+
+def test_under_nohup_a_hangup_stops_nothing(tmp_path, reference):
+    """nohup ignores SIGHUP so that a sweep outlives its terminal: the parent and its workers
+    keep ignoring it."""
+    out = tmp_path / "out"
+    proc = start_and_wait(out, 2, ["nohup", *stop_signals.sweep_command(out, 2)])
+    os.killpg(proc.pid, signal.SIGHUP)  # the terminal closes
+    assert proc.wait(timeout=WAIT) == 0, (tmp_path / "out-stopped.err").read_text()
+    assert stop_signals.all_records(out) == reference[2]
+    assert not any("interrupted" in (d / "log.txt").read_text() for d in stop_signals.run_dirs(out))
+
+
 def test_submitit_requeue_still_works_with_jobs(tmp_path, reference):
     """--slurm local --jobs 2: submitit's pre-emption signal (SIGUSR2) to the task requeues it
     (our SIGTERM handling does not swallow it); the requeued task resumes both runs."""
     out = tmp_path / "out"
-    proc = start_and_wait(out, 2, "--slurm", "local")
+    proc = start_and_wait(out, 2, stop_signals.sweep_command(out, 2, ("--slurm", "local")))
     (task,) = [
         pid
         for pid in stop_signals.session_processes(proc.pid)
