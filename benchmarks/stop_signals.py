@@ -103,7 +103,8 @@ def session_processes(sid: int) -> list[int]:
 
 
 def start(cmd: list[str], logs: Path) -> subprocess.Popen:
-    """``cmd`` in a new session (its id is its pid), stdout and stderr to ``logs``.out/.err."""
+    """``cmd`` in a new session (its id is its pid), stdout and stderr to ``logs``.out/.err,
+    with SIGHUP as a terminal leaves it even when this runs under nohup (which ignores it)."""
     with open(logs.with_suffix(".out"), "w") as out, open(logs.with_suffix(".err"), "w") as err:
         return subprocess.Popen(
             cmd,
@@ -112,6 +113,7 @@ def start(cmd: list[str], logs: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
 
 
@@ -202,7 +204,7 @@ def main() -> None:
         reference = reference_records(Path(tmp) / "reference", args.jobs, args.timeout)
         flags = " ".join(sweep_command(Path("OUT"), args.jobs, extra)[2:])
         print(
-            f"`python benchmarks/stop_signals.py {' '.join(sys.argv[1:])}` on {cpu_name()} "
+            f"`{' '.join(['python benchmarks/stop_signals.py', *sys.argv[1:]])}` on {cpu_name()} "
             f"({os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.1f} at the start; "
             f"each sweep: `python best_practices.py {flags}`\n"
         )
