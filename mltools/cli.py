@@ -6,11 +6,14 @@ No torch here: bottleneck_from_log.py and log_retrieval.py run without it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
+
+from . import stopping
 
 
 class UsageError(Exception):
@@ -119,8 +122,9 @@ def writable_dir(path: str | Path) -> Path:
 
 
 def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
-    """Run ``main``; bad input exits 2 with one line, a full disk 1 with one line, Ctrl-C 130
-    saying how to resume."""
+    """Run ``main``; bad input exits 2 with one line, a full disk 1 with one line; Ctrl-C (130),
+    SIGTERM (143) and SIGHUP (129) stop cleanly and say how to resume (docs/stopping.md)."""
+    stopping.stop_on_signals()
     try:
         code = main()
     except UsageError as err:
@@ -132,13 +136,20 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
     except BrokenPipeError:  # e.g. `--list | head`: the reader left, nothing more to say
         sys.stderr.close()
         os._exit(0)
-    except KeyboardInterrupt:
-        print(
-            f"\n{prog}: interrupted; finished epochs are saved. Run the same command again "
-            "to resume.",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:  # Ctrl-C, or stopping.Stopped
+        # After Ctrl-C a new line, past the terminal's "^C".
+        lead, how = (
+            ("", f"stopped by {err.name}")
+            if isinstance(err, stopping.Stopped)
+            else ("\n", "interrupted")
         )
-        sys.exit(130)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(
+                f"{lead}{prog}: {how}; finished epochs are saved. Run the same command again "
+                "to resume.",
+                file=sys.stderr,
+            )
+        sys.exit(stopping.exit_code(err))
     sys.exit(code or 0)
 
 

@@ -118,16 +118,22 @@ def task_error(text: str) -> str:
 
 def wait(jobs: list) -> Counter:
     """Wait for local jobs; their outcomes added up. A task that failed as a whole (a full disk,
-    a crash) is one line and one ``failed`` count; the others' runs are still reported."""
+    a crash) is one line and one ``failed`` count; the others' runs are still reported. Stopping
+    this command cancels the tasks."""
     outcomes: Counter = Counter()
-    for job in jobs:
-        try:
-            outcomes.update(job.result())
-        except Exception as err:  # submitit's error holds the task's traceback
-            print(
-                f"task {job.job_id} failed: {task_error(str(err))} (see {job.paths.stderr})",
-                flush=True,
-            )
-            outcomes["failed"] += 1
+    try:
+        for job in jobs:
+            try:
+                outcomes.update(job.result())
+            except Exception as err:  # submitit's error holds the task's traceback
+                print(
+                    f"task {job.job_id} failed: {task_error(str(err))} (see {job.paths.stderr})",
+                    flush=True,
+                )
+                outcomes["failed"] += 1
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the local tasks stop with this command
+        for job in jobs:
+            job.cancel(check=False)  # SIGINT: each task stops its run as on Ctrl-C
+        raise
     print(summarize(outcomes), flush=True)
     return outcomes

@@ -4,18 +4,23 @@ folder twice at once. ``--slurm`` hands the shards to :mod:`mltools.slurm`."""
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import collections
+import contextlib
 import functools
+import gc
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
+import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
 
-from . import runlog
+from . import runlog, stopping
 from .cli import DiskFull, UsageError, disk_full, writable_dir, write_or_stop
 from .progress import SweepProgress
 from .train import RunConfig
@@ -216,6 +221,109 @@ def run_serial(
         progress.run_done(k, outcome)
 
 
+STOP_GRACE_S = 30  # how long a stopping sweep waits for a worker to stop its run
+
+
+@dataclass
+class Worker:
+    """One worker process, the parent's end of its pipe, its device and the run it trains."""
+
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    device: str
+    run: int | None = None  # index into the sweep's runs; None while idle
+
+
+def start_worker(ctx, device: str, threads: int | None) -> Worker:
+    """A worker process on ``device``, started with the stop signals held (stopping.held)."""
+    parent_end, worker_end = ctx.Pipe()
+    process = ctx.Process(target=work, args=(worker_end, os.getpid(), device, threads), daemon=True)
+    with stopping.held():
+        process.start()
+    worker_end.close()  # the worker holds the only other end: its exit reads as end of file
+    return Worker(process, parent_end, device)
+
+
+def work(conn: Connection, parent: int, device: str, threads: int | None) -> None:
+    """A worker's life: receive ``(k, spec, quiet)``, train it, send ``(k, outcome, message)``
+    (``message``: a full disk's, else ``""``), and ``(k, "epoch", "")`` after each epoch.
+
+    Ends when the parent closes the pipe, or dies (a broken pipe), or a stop signal arrives:
+    from the parent, from the kernel when the parent dies, or from whoever signalled every
+    process of the sweep. Then the run in hand stops as on Ctrl-C, and the parent is told
+    ``(None, "stopped", "SIGTERM")``.
+    """
+    try:
+        stopping.follow_parent(parent)
+        while True:
+            k, spec, quiet = conn.recv()
+            try:
+                outcome = run_one(
+                    spec, device, quiet, threads, False, functools.partial(report_epoch, conn, k)
+                )
+                message = ""
+            except DiskFull as err:
+                outcome, message = "failed", str(err)
+            conn.send((k, outcome, message))
+    except stopping.Stopped as stop:
+        with contextlib.suppress(OSError):  # the parent may be gone
+            conn.send((None, "stopped", stop.name))
+    except (EOFError, BrokenPipeError):
+        pass  # no parent left to work for
+    stopping.ignore_stops()
+    # The interpreter's last garbage collection walks every object torch made, for seconds on
+    # a busy machine; they are freed at exit all the same.
+    gc.freeze()
+
+
+def report_epoch(conn: Connection, k: int) -> None:
+    """Tell the parent that run ``k`` finished an epoch."""
+    try:
+        conn.send((k, "epoch", ""))
+    except OSError:  # the parent is gone; its death signal may come a moment later
+        stopping.stop(signal.SIGTERM)
+
+
+def receive(w: Worker, todo: list[RunSpec]) -> tuple[int | None, str, str]:
+    """The next message of worker ``w``; ``(w.run, "died", "")`` when it died (say the OOM
+    killer), saying so when it held a run."""
+    try:
+        return w.conn.recv()
+    except EOFError:
+        w.process.join(5)
+        w.conn.close()
+        if w.run is not None:
+            spec = todo[w.run]
+            print(
+                f"{spec.label}: failed: its worker process ended (exit code "
+                f"{w.process.exitcode}); see {spec.run_dir / runlog.LOG}",
+                flush=True,
+            )
+        return w.run, "died", ""
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    """End every worker: an idle one reads the end of its pipe and exits; a busy one gets
+    SIGTERM and stops its run as on Ctrl-C (killed after STOP_GRACE_S)."""
+    for w in workers:
+        if w.run is not None and w.process.is_alive():
+            w.process.terminate()
+        else:
+            w.conn.close()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for w in workers:
+        w.process.join(max(0.0, deadline - time.monotonic()))
+        if w.process.exitcode is None:
+            print(
+                f"worker {w.process.pid} did not stop within {STOP_GRACE_S}s: killed",
+                file=sys.stderr,
+                flush=True,
+            )
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+
+
 def run_parallel(
     todo: list[RunSpec],
     device: str,
@@ -226,64 +334,57 @@ def run_parallel(
 ) -> None:
     """:func:`run_sweep` over ``jobs`` worker processes, adding to ``outcomes``.
 
-    A run is handed to a worker only when one is free, so that after a full disk no further
-    run starts (a pool fed everything at once would have started queued runs already). Workers
-    put the index of their run on a queue after each epoch; the parent moves the progress.
+    A run is handed to a worker only when it is free, so that after a full disk no further run
+    starts. Each worker keeps one device and reports over its pipe after each epoch; the parent
+    moves the progress. However this function ends (all done, a full disk, Ctrl-C, SIGTERM,
+    SIGHUP, submitit's requeue), its workers have stopped; if this process is killed, they stop
+    by themselves (docs/stopping.md). A worker that dies (say the OOM killer) fails its run, and
+    a new one takes the next.
     """
     spread = devices_for(device, jobs)
     # CPU workers share the cores; on a GPU each worker's few CPU ops keep torch's default.
     threads = max(1, (os.cpu_count() or 1) // jobs) if spread == ["cpu"] else None
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    waiting = iter(enumerate(todo))
+    waiting = collections.deque(enumerate(todo))
     stop: DiskFull | None = None
-    with (
-        ctx.Manager() as manager,
-        futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool,
-    ):
-        epochs = manager.Queue()
-        running: dict = {}
-        try:
-            while True:
-                while len(running) < jobs and stop is None and (item := next(waiting, None)):
-                    k, spec = item
-                    running[
-                        pool.submit(
-                            run_one,
-                            spec,
-                            spread[k % len(spread)],
-                            quiet,
-                            threads,
-                            False,
-                            functools.partial(epochs.put, k),
-                        )
-                    ] = k
-                if not running:
-                    break
-                done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
-                _drain(epochs, progress)
-                for future in done:
-                    k = running.pop(future)
-                    try:
-                        outcome = future.result()
-                    except DiskFull as err:
-                        outcome = "failed"
-                        stop = stop or err
-                    outcomes[outcome] += 1
-                    progress.run_done(k, outcome)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    workers: list[Worker] = []
+    try:
+        for i in range(min(jobs, len(todo))):
+            workers.append(start_worker(ctx, spread[i % len(spread)], threads))
+        while True:
+            for w in workers:
+                if w.run is None and stop is None and waiting:
+                    k, spec = waiting.popleft()
+                    w.run = k
+                    with contextlib.suppress(BrokenPipeError):  # it died: its end of file follows
+                        w.conn.send((k, spec, quiet))
+            if all(w.run is None for w in workers):
+                break
+            for conn in multiprocessing.connection.wait([w.conn for w in workers]):
+                w = next(x for x in workers if x.conn is conn)
+                k, event, message = receive(w, todo)
+                if event == "epoch":
+                    progress.epoch(k)
+                    continue
+                if event == "stopped":  # a stop signal reached the worker: the sweep stops too
+                    stopping.stop(signal.Signals[message])
+                    continue  # already stopping: its end of file follows
+                if event == "died":
+                    workers.remove(w)
+                    if waiting and stop is None:
+                        workers.append(start_worker(ctx, w.device, threads))
+                    if k is None:
+                        continue
+                    event = "failed"
+                w.run = None
+                if message:
+                    stop = stop or DiskFull(message)
+                outcomes[event] += 1
+                progress.run_done(k, event)
+    finally:
+        stop_workers(workers)
     if stop is not None:
         raise SweepStopped(str(stop), outcomes)
-
-
-def _drain(epochs, progress: SweepProgress) -> None:
-    """Move the progress by every epoch the workers reported so far."""
-    while True:
-        try:
-            progress.epoch(epochs.get_nowait())
-        except queue.Empty:
-            return
 
 
 def check_inputs(device: str, cfg: RunConfig) -> None:

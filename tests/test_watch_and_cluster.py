@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from fresh_interpreter import run_script
 
-from mltools import runlog
+from mltools import runlog, stopping
 from mltools.progress import SweepProgress, format_seconds
 from mltools.sweep import RunSpec, run_sweep
 from mltools.train import RunConfig, train_run
@@ -271,6 +272,11 @@ def test_slurm_submission_script(tmp_path):
         "#SBATCH --job-name=best_practices",
     ):
         assert line in lines
+    # SLURM's warning before pre-emption or the time limit goes to the task, which requeues;
+    # the workers of --jobs must leave that signal to it (tests/test_signals.py).
+    (warning,) = [x for x in lines if x.startswith("#SBATCH --signal=")]
+    name = warning.split("=")[1].split("@")[0]
+    assert getattr(signal, f"SIG{name}") in stopping.PARENTS_SIGNALS
     assert not (tmp_path / "out" / "best_practices").exists()  # nothing trained here
 
 
