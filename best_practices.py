@@ -107,7 +107,7 @@ def main() -> int:
         return 0
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     choices = cli.preset_choices(BEST_PRACTICES_PRESETS[settings["preset"]])
-    from mltools import sweep
+    from mltools import launch, sweep
     from mltools.train import RunConfig
 
     specs = []
@@ -123,7 +123,7 @@ def main() -> int:
         ]
     headline = f"{sweep.describe(settings)} -> {out / 'best_practices'}"
     preset = f" --preset {args.preset}" if reference != "dfa" else ""
-    return sweep.execute(
+    return launch.execute(
         specs,
         args,
         headline,

@@ -68,7 +68,7 @@ def main() -> int:
         raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
     cells = sweep_cells(args.methods, args.init)
     out = Path(args.out)
-    from mltools import sweep
+    from mltools import launch, sweep
     from mltools.bottleneck_report import write_bottleneck_report
     from mltools.train import RunConfig
 
@@ -98,7 +98,7 @@ def main() -> int:
         f"{sweep.describe(settings)}, sizes {sizes}, "
         f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode -> {out / 'bottleneck'}"
     )
-    return sweep.execute(
+    return launch.execute(
         specs,
         args,
         headline,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
 from . import stopping
+from .tables import number
 
 
 class UsageError(Exception):
@@ -283,8 +285,6 @@ def preset_choices(preset) -> dict[str, tuple[float, int]]:
     empty for the others. UsageError when the file is missing or malformed."""
     if not preset.choices:
         return {}
-    from .lr_grid import read_choices
-
     return read_choices(Path(__file__).parent / preset.choices)
 
 
@@ -307,3 +307,22 @@ def experiment_settings(
         )
     lr, epochs = choices[name]
     return {**own, "lr": args.lr or lr, "epochs": args.epochs or epochs}
+
+
+def read_choices(path: Path) -> dict[str, tuple[float, int]]:
+    """``{experiment: (lr, epochs)}`` from a choices file; UsageError (one line) when it is
+    missing or malformed."""
+    try:
+        experiments = json.loads(Path(path).read_text())["experiments"]
+        out = {}
+        for name, c in experiments.items():
+            lr, epochs = number(c["lr"]), c["epochs"]
+            if lr is None or lr <= 0 or not isinstance(epochs, int) or epochs < 1:
+                raise ValueError(name)
+            out[name] = (lr, epochs)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UsageError(
+            f"cannot read the per-method choices {path} ({type(err).__name__}: {err}); "
+            "write them with python -m mltools.lr_grid GRID --per-method --choices PATH"
+        ) from None

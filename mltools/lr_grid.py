@@ -41,7 +41,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import ArgumentParser, UsageError
+from .cli import ArgumentParser
 from .effects import unconverged
 from .runlog import Run, load_run
 from .tables import final_records, fmt, load_seeds, markdown_table, number, write_csv
@@ -299,25 +299,6 @@ def write_choices(path: Path, grid: Path, choices: dict[str, Choice]) -> None:
         "experiments": {name: c.as_json() for name, c in choices.items()},
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def read_choices(path: Path) -> dict[str, tuple[float, int]]:
-    """``{experiment: (lr, epochs)}`` from a choices file; UsageError (one line) when it is
-    missing or malformed."""
-    try:
-        experiments = json.loads(Path(path).read_text())["experiments"]
-        out = {}
-        for name, c in experiments.items():
-            lr, epochs = number(c["lr"]), c["epochs"]
-            if lr is None or lr <= 0 or not isinstance(epochs, int) or epochs < 1:
-                raise ValueError(name)
-            out[name] = (lr, epochs)
-        return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UsageError(
-            f"cannot read the per-method choices {path} ({type(err).__name__}: {err}); "
-            "write them with python -m mltools.lr_grid GRID --per-method --choices PATH"
-        ) from None
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import pytest
 from test_train import small as train_small
 
 from mltools import cli, runlog
+from mltools.launch import execute
 from mltools.report import write_best_practices_report
-from mltools.sweep import RunSpec, SweepStopped, execute, run_sweep
+from mltools.sweep import RunSpec, SweepStopped, run_sweep
 from mltools.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ import pytest
 from scipy import stats
 
 from mltools import cli, report
+from mltools.cli import read_choices
 from mltools.experiments import BEST_PRACTICES_PRESETS
-from mltools.lr_grid import half_decade, read_choices
+from mltools.lr_grid import half_decade
 from mltools.report import write_best_practices_report
 
 ROOT = Path(__file__).resolve().parents[1]

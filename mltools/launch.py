@@ -1,0 +1,55 @@
+"""What both experiment scripts do once their runs are listed: check the inputs, train the
+shard here (:mod:`mltools.sweep`) or as a submitit array (:mod:`mltools.slurm`), then write the
+report. The one module that knows both ways, so neither imports the other."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .cli import UsageError, writable_dir, write_or_stop
+from .sweep import RunSpec, SweepStopped, check_inputs, plan, run_sweep, select_shard, summarize
+
+
+def execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:
+    """What both experiment scripts do: check inputs, train the shard (here, or as a submitit
+    array with ``--slurm``), write the report; ``report_command`` writes it again later.
+
+    Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
+    code 1, one line) when a run or the report hit a full disk: the sweep stops there.
+    """
+    cfg = specs[0].config
+    if args.tensorboard:
+        from .board import require
+
+        require()
+    if args.slurm:
+        from . import slurm  # imported here: a plain sweep needs no submitit
+
+        slurm.check(args)
+        for spec in specs:
+            plan(spec)  # a folder holding other settings: one line now, not a failure per task
+    # Under --slurm the tasks get their own devices (a login node may have no GPU): check the
+    # data only.
+    check_inputs("cpu" if args.slurm else args.device, cfg)
+    writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
+    print(f"{headline}, {len(specs)} runs in all", flush=True)
+    if args.slurm:
+        jobs, _ = slurm.submit(specs, args, Path(sys.argv[0]).stem or "sweep", report_command)
+        if args.slurm == "slurm":
+            return 0  # the cluster trains them; report_command reports them
+        outcomes = slurm.wait(jobs)
+    else:
+        try:
+            outcomes = run_sweep(
+                select_shard(specs, args.shard), args.device, args.jobs, args.quiet
+            )
+        except SweepStopped as stop:
+            print(summarize(stop.outcomes), flush=True)
+            raise
+        print(summarize(outcomes), flush=True)
+    try:
+        write_or_stop(write_report, Path(args.out))
+    except UsageError as err:  # e.g. every run diverged: nothing to tabulate, the runs are kept
+        print(f"no report: {err}", flush=True)
+    return 1 if outcomes["failed"] else 0
