@@ -1,15 +1,20 @@
 """Bottleneck report (DESIGN.md 5): alignment and accuracy against the bottleneck size.
 
-From run folders ``<results>/bottleneck/[<method>-]<mode>-<init>-b<size>/seed<k>/`` (no method
-prefix for dfa; or from a 2019 log recovered by log_retrieval.py) it writes into a figures folder:
+From run folders ``<results>/bottleneck/<cell name>/seed<k>/`` (:func:`cell_name`; or from a
+2019 log recovered by log_retrieval.py) it writes into a figures folder:
 
 * ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer, one
-  curve per (method, init, mode);
+  curve per (method, points, init, mode);
 * ``accuracy_vs_size.png``: train and eval top-1;
-* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, mode, init, size),
-  with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
+* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, points, mode, init,
+  size), with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
 * ``effects.csv`` / ``effects.png``: each size against the full width (800 unless the config
-  says ``width``) at the same method, mode and init, with 95% Welch intervals (DESIGN.md 8).
+  says ``width``) at the same method, points, mode and init, with 95% Welch intervals
+  (DESIGN.md 8).
+
+Networks with other feedback points (``--points 2019``) have fewer points; each run's
+``point_blocks`` (config.json) renumbers its points by the hidden layer they read, so a column
+``cos hX`` is one place in every network, empty where a network has no point.
 
 Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
 seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
@@ -43,7 +48,7 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import METHODS
+from .experiments import BOTTLENECK_POINTS, METHODS
 from .report import (
     Echo,
     alignment_of,
@@ -63,7 +68,9 @@ from .report import (
 )
 from .runlog import Run, parse_json
 
-_FOLDER = re.compile(r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
+_FOLDER = re.compile(
+    r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)(?:-points(?P<points>.+))?"
+)
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
 METHOD_NAMES = {
     "dfa": "DFA",
@@ -73,12 +80,26 @@ METHOD_NAMES = {
     "drtp": "DRTP",
     "shallow": "shallow",
 }
+POINTS_NAMES = {
+    "all": "",
+    "2019": "2019 network",
+    "2019-nomask": "2019 points, no input mask",
+}
+
+
+def cell_name(method: str, mode: str, init: str, size: int, points: str = "all") -> str:
+    """A sweep cell's folder name: ``<mode>-<init>-b<size>``, prefixed by ``<method>-`` unless it
+    is dfa and suffixed by ``-points<points>`` unless they are all (so the folders written before
+    methods and points existed keep their names)."""
+    name = f"{mode}-{init}-b{size}"
+    name = name if method == "dfa" else f"{method}-{name}"
+    return name if points == "all" else f"{name}-points{points}"
 
 
 @dataclass
 class Cell:
-    """One (method, mode, init, size) of the sweep: its runs' counts and the records that enter
-    means."""
+    """One (method, points, mode, init, size) of the sweep: its runs' counts and the records that
+    enter means, their alignment points numbered by hidden block (:func:`on_blocks`)."""
 
     method: str
     mode: str
@@ -90,29 +111,60 @@ class Cell:
     eval_split: str = "test"
     runs: list[Run] = field(default_factory=list)
     used: list[tuple[Run, dict]] = field(default_factory=list)  # (run, record) behind ``records``
+    points: str = "all"  # experiments.BOTTLENECK_POINTS
 
     @property
     def name(self) -> str:
-        name = f"{self.mode}-{self.init}-b{self.size}"
-        return name if self.method == "dfa" else f"{self.method}-{name}"
+        return cell_name(self.method, self.mode, self.init, self.size, self.points)
 
     @property
     def sort_key(self) -> tuple:
-        known = self.method in METHODS
         return (
-            not known,
-            METHODS.index(self.method) if known else self.method,
+            _rank(self.method, METHODS),
+            _rank(self.points, BOTTLENECK_POINTS),
             self.mode,
             self.init,
             self.size,
         )
 
 
-def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
-    """config's ``bottleneck_point``; else the point named after a Bottleneck layer; else h2."""
+def _rank(name: str, order: Sequence[str]) -> tuple:
+    """Known names in ``order``'s order, then the others alphabetically."""
+    return (order.index(name) if name in order else len(order), name)
+
+
+def point_blocks(runs: Sequence[Run]) -> list[int] | None:
+    """config's ``point_blocks``: the hidden block that each point of the runs reads (None: the
+    runs predate it, or it is malformed; their points are then numbered as recorded)."""
     for run in runs:
-        if isinstance((run.config or {}).get("bottleneck_point"), int):
-            return run.config["bottleneck_point"]
+        blocks = (run.config or {}).get("point_blocks")
+        if isinstance(blocks, list) and all(
+            isinstance(b, int) and not isinstance(b, bool) for b in blocks
+        ):
+            return blocks
+    return None
+
+
+def on_blocks(record: dict, blocks: Sequence[int] | None) -> dict:
+    """``record`` with each alignment entry's ``point`` renumbered to ``blocks[point]``, the
+    hidden block it reads, so that one column is one place in networks of other points."""
+    if blocks is None:
+        return record
+    entries = [
+        {**a, "point": blocks[a["point"]]} if 0 <= a["point"] < len(blocks) else a
+        for a in alignment_of(record)
+    ]
+    return {**record, "alignment": entries}
+
+
+def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
+    """config's ``bottleneck_point`` (on ``point_blocks`` when given); else the point named
+    after a Bottleneck layer; else h2."""
+    blocks = point_blocks(runs)
+    for run in runs:
+        point = (run.config or {}).get("bottleneck_point")
+        if isinstance(point, int):
+            return blocks[point] if blocks and 0 <= point < len(blocks) else point
     for record in records:
         for a in alignment_of(record):
             if "Bottleneck" in str(a.get("name", "")):
@@ -132,8 +184,9 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         config = next((r.config for r in runs if r.config), {})
         m = _FOLDER.fullmatch(folder.name)
         # The config is the authority; the folder name stands in when it is unreadable. Runs
-        # written before methods existed were DFA, and their configs may lack the key.
+        # written before methods (points) existed were DFA (all), their configs may lack the key.
         method = str(config.get("method") or (m and m["method"]) or "dfa")
+        points = str(config.get("bottleneck_points") or (m and m["points"]) or "all")
         mode = str(config.get("bottleneck_mode") or (m and m["mode"]) or "")
         init = str(config.get("init") or (m and m["init"]) or "")
         size = config.get("bottleneck_size") or (m and int(m["size"]))
@@ -144,6 +197,8 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
             continue
         used, missing = final_records(runs, epoch)
         warnings += missing
+        blocks = point_blocks(runs)
+        used = [(run, on_blocks(r, blocks)) for run, r in used]
         records = [r for _, r in used]
         cells.append(
             Cell(
@@ -157,6 +212,7 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
                 config.get("eval_split", "test"),
                 runs,
                 used,
+                points,
             )
         )
     cells.sort(key=lambda c: c.sort_key)
@@ -185,7 +241,8 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
 
 # -- recovered 2019 logs --------------------------------------------------------------------------
 def read_recovered(path: Path) -> list[list[dict]]:
-    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts. UsageError if not."""
+    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts; UsageError if
+    not."""
     try:
         runs = parse_json(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -223,7 +280,7 @@ def recovered_cells(
 
     A module's ``mean`` stands in for ``cos_mean`` (the 2019 logs hold no per-sample angles, so
     degrees stay empty); the bottleneck point is module ``module``, by default the second Linear
-    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered".
+    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered", points "2019".
     """
     if len(sizes) != len(runs):
         raise UsageError(
@@ -277,6 +334,7 @@ def recovered_cells(
             {"done": len(recs)},
             recs,
             recs[0]["bottleneck_point"] if recs else (module or 0),
+            points="2019",
         )
         for size, recs in sorted(grouped.items())
     ]
@@ -337,6 +395,7 @@ def write_outputs(
     eval_name = "/".join(splits)
     md_head = [
         "method",
+        "points",
         "mode",
         "init",
         "size",
@@ -350,6 +409,7 @@ def write_outputs(
     ]
     csv_head = [
         "method",
+        "points",
         "mode",
         "init",
         "size",
@@ -378,6 +438,7 @@ def write_outputs(
         md_rows.append(
             [
                 c.method,
+                c.points,
                 c.mode,
                 c.init,
                 str(c.size),
@@ -393,6 +454,7 @@ def write_outputs(
         csv_rows.append(
             [
                 c.method,
+                c.points,
                 c.mode,
                 c.init,
                 c.size,
@@ -426,6 +488,7 @@ def write_outputs(
         "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
         "bottleneck layer, plotted in alignment_vs_size.png.",
         "",
+        *points_lines(cells, stats, label),
         table,
         "",
         *convergence_lines(flags, eval_name),
@@ -439,7 +502,7 @@ def write_outputs(
             folder / "effects.png",
             name_header="cell",
             rule="size b vs the full width, 800 unless the config "
-            "gives `width`, at the same method, mode and init",
+            "gives `width`, at the same method, points, mode and init",
             panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
             title="Bottleneck sizes",
         ),
@@ -453,19 +516,40 @@ def write_outputs(
     return folder
 
 
+def points_lines(
+    cells: Sequence[Cell], stats: Sequence[dict], label: Callable[[int], str]
+) -> list[str]:
+    """Which feedback points each network of the table has (`points` column), as a paragraph."""
+    have: dict[str, set[int]] = {}
+    for c, s in zip(cells, stats):
+        have.setdefault(c.points, set()).update(s)
+    known = {
+        "all": "a point before every hidden weight layer",
+        "2019": "the 2019 code's network: no point before the bottleneck layer, and its "
+        "input-gradient mask in training (docs/deviations-bottleneck.md)",
+        "2019-nomask": "the 2019 code's points without its input-gradient mask",
+    }
+    parts = [
+        f"`{name}` ({known[name] + '; ' if name in known else ''}points "
+        f"{', '.join(label(p) for p in sorted(points)) or 'none recorded'})"
+        for name, points in sorted(have.items(), key=lambda kv: _rank(kv[0], BOTTLENECK_POINTS))
+    ]
+    return [f"`points`: the network's feedback points: {'; '.join(parts)}.", ""]
+
+
 def bottleneck_effects(
     cells: Sequence[Cell], label: Callable[[int], str] = point_label, split: str = "test"
 ) -> tuple[list[Effect], list[str]]:
     """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
-    same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck point (when both
-    cells name the same one) and ``cos_mean`` averaged over each run's points."""
-    by_key = {(c.method, c.mode, c.init, c.size): c for c in cells}
+    same method, points, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck
+    point (when both cells name the same one) and ``cos_mean`` averaged over each run's points."""
+    by_key = {(c.method, c.points, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:
         width = reference_width(run.config for run in c.runs)
         if c.size == width:
             continue
-        ref = by_key.get((c.method, c.mode, c.init, width))
+        ref = by_key.get((c.method, c.points, c.mode, c.init, width))
         if ref is None:
             missing.append(f"{c.name} (vs size {width})")
             continue
@@ -490,33 +574,42 @@ def bottleneck_metric(point: int, label: Callable[[int], str] = point_label) -> 
     )
 
 
-def _series(cells: Sequence[Cell]) -> dict[tuple[str, str, str], list[int]]:
-    """Indices of ``cells`` per curve (method, init, mode): methods in METHODS order, standard
-    init first, sizes ascending."""
-    series: dict[tuple[str, str, str], list[int]] = {}
+Curve = tuple[str, str, str, str]  # (method, points, init, mode)
+
+
+def _series(cells: Sequence[Cell]) -> dict[Curve, list[int]]:
+    """Indices of ``cells`` per curve (method, points, init, mode): methods in METHODS order,
+    points in BOTTLENECK_POINTS order, standard init first, sizes ascending."""
+    series: dict[Curve, list[int]] = {}
     for i, c in enumerate(cells):
         if c.records:
-            series.setdefault((c.method, c.init, c.mode), []).append(i)
-    rank = lambda name, order: (order.index(name) if name in order else len(order), name)  # noqa: E731
-    key = lambda k: (rank(k[0], list(METHODS)), rank(k[1], list(INIT_NAMES)), k[2])  # noqa: E731
+            series.setdefault((c.method, c.points, c.init, c.mode), []).append(i)
+    key = lambda k: (  # noqa: E731
+        _rank(k[0], METHODS),
+        _rank(k[1], BOTTLENECK_POINTS),
+        _rank(k[2], list(INIT_NAMES)),
+        k[3],
+    )
     return {k: sorted(series[k], key=lambda i: cells[i].size) for k in sorted(series, key=key)}
 
 
-def _styles(series: dict[tuple[str, str, str], list[int]]) -> dict[tuple[str, str, str], dict]:
-    """One colour per (method, init), line and marker by mode, so the two plots read alike."""
-    colours = list(dict.fromkeys((method, init) for method, init, _ in series))
+def _styles(series: dict[Curve, list[int]]) -> dict[Curve, dict]:
+    """One colour per (method, points, init), line and marker by mode, so the two plots read
+    alike."""
+    colours = list(dict.fromkeys(curve[:3] for curve in series))
     styles = {}
-    for method, init, mode in series:
+    for method, points, init, mode in series:
         dashed = mode == "width"
-        styles[method, init, mode] = {
-            "color": f"C{colours.index((method, init)) % 10}",
+        network = POINTS_NAMES.get(points, f"points {points}")
+        styles[method, points, init, mode] = {
+            "color": f"C{colours.index((method, points, init)) % 10}",
             "ls": "--" if dashed else "-",
             "marker": "s" if dashed else "o",
             "ms": 4,
             "capsize": 3,
             "lw": 1.5,
-            "label": f"{METHOD_NAMES.get(method, method)}, {INIT_NAMES.get(init, init)}, "
-            f"{mode} bottleneck",
+            "label": f"{METHOD_NAMES.get(method, method)}, {network + ', ' if network else ''}"
+            f"{INIT_NAMES.get(init, init)}, {mode} bottleneck",
         }
     return styles
 

@@ -59,6 +59,8 @@ def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
         ),
         ("bottleneck.py", ["--methods", "dfa", "nope"], "--methods"),
         ("bottleneck.py", ["--methods", "fa", "--init", "pai"], "--init pai pairs with dfa only"),
+        ("bottleneck.py", ["--points", "2018"], "--points"),
+        ("bottleneck.py", ["--points", "2019", "--mode", "width"], "mask-mode"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
