@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -62,20 +64,37 @@ def _flat_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float((va @ vb) / denom) if denom > 0 else 0.0
 
 
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(N, *, K)`` against class indices ``(N, *)``: every
+    position counts as a sample (``F.cross_entropy`` itself for an ``(N, K)`` output)."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def positions(out: torch.Tensor) -> int:
+    """``P``, the number of positions of an output ``(N, *, K)``: ``N`` for ``(N, K)``."""
+    return out.numel() // out.shape[-1]
+
+
 def measure_alignment(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy
 ) -> list[Alignment]:
-    """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in forward order.
+    """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in the order of
+    the DFA node's points (forward order for :func:`~dfatools.to_dfa` models).
+
+    ``x``: the model's input; ``y``: class indices ``(N, *)``, one per position of the output
+    ``(N, *, K)``. With position dimensions every position is a sample of the cosine: ``h_l``
+    and both signals are compared per position, ``(P, d_l)``.
 
     The signal compared with the true gradient is the one the model's method delivers at
     ``h_l``: the DFA signal ``s_l`` (dfa, and bp models, whose node is only switched off), the
     target projection (drtp; ``y`` are class indices), zeros (shallow: every cosine is undefined
     and counted as 0), or ``N * dL/dh_l`` as the fa/sign layers back-propagate it (fa, sign;
     a second forward pass). ``weight_cos`` compares the weight gradients that signal gives with
-    the true ones.
+    the true ones, over the weight layers that ran between the previous point and this one.
 
     Runs in eval mode on the same weights, with no second copy of the model. The model is left
-    as it was: no ``.grad`` written, train/eval flags restored, no RNG used.
+    as it was: no ``.grad`` written, train/eval flags restored, the RNG streams not advanced
+    (brsf draws its random magnitudes from a forked stream).
     """
     node = find_dfa(model)
     through_layers = layer_method(model) is not None
@@ -89,11 +108,11 @@ def measure_alignment(
             shapes = [h.shape for h in hs]
             if not through_layers:  # fa/sign models use no feedback matrix
                 node.prepare(shapes, out)
-            weights = [[layer.weight for layer in t.below] for t in traces]
+            weights = [[m.weight for m in t.below if m.weight.requires_grad] for t in traces]
             flat_w = [w for ws in weights for w in ws]
             grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
             grad_y, grad_h, grad_w = grads[0], grads[1 : 1 + len(hs)], list(grads[1 + len(hs) :])
-            n = out.shape[0]
+            n = positions(out)
             if not through_layers:
                 signals = node.learning_signals(grad_y, y, shapes)
                 method_w = [
@@ -103,15 +122,16 @@ def measure_alignment(
                     for h, s, ws in zip(hs, signals, weights)
                 ]
         if through_layers:  # outside exact_layers: the model's own backward
-            signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
+            with _forked_rng(out.device):
+                signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
         results = []
-        for l, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
-            cos, undefined = per_sample_cosine(g * n, s)
+        for i, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
+            cos, undefined = per_sample_cosine((g * n).reshape(n, -1), s.reshape(n, -1))
             bp_w = [grad_w.pop(0) for _ in ws]
             results.append(
                 Alignment(
-                    point=l,
-                    name=f"h{l + 1} ({', '.join(type(m).__name__ for m in traces[l].below) or 'input'})",
+                    point=i,
+                    name=_point_name(node, i, traces[i].below),
                     cos_mean=float(cos.mean()),
                     cos_std=float(cos.std(correction=0)),
                     angle_deg=float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()),
@@ -130,14 +150,32 @@ def _layer_signals(
     loss_fn: LossFn,
     weights: list[list[torch.Tensor]],
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-    """``N * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
+    """``P * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
     model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
     with trace_points(model, node) as traces:
         out = model(x)
         hs = [t.h for t in traces]
         flat_w = [w for ws in weights for w in ws]
         grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
-    n = out.shape[0]
+    n = positions(out)
     signals = [g * n for g in grads[: len(hs)]]
     rest = grads[len(hs) :]
     return signals, [[rest.pop(0) for _ in ws] for ws in weights]
+
+
+def _point_name(node: DFA, i: int, below: list[nn.Module]) -> str:
+    """The qualified name of a placed point (``"layer1.0"``), ``"h2 (Linear)"`` otherwise."""
+    point = node.points[i]
+    if point.name:
+        return point.name
+    return f"h{i + 1} ({', '.join(type(m).__name__ for m in below) or 'input'})"
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device) -> Iterator[None]:
+    """Random draws inside the block (brsf's magnitudes) leave the training streams as they were."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield

@@ -1,13 +1,16 @@
-"""Feedback alignment and sign symmetry: weight layers that back-propagate through another matrix.
+"""Feedback alignment and sign symmetry: weight layers that back-propagate through another
+matrix.
 
-In both methods a hidden layer's learning signal is still back-propagated layer by layer, but
+In these methods a hidden layer's learning signal is still back-propagated layer by layer, but
 each ``nn.Linear``/``nn.Conv2d`` (and :class:`~dfatools.Bottleneck`) sends the gradient to its
 input through a backward matrix ``B_l`` of its weight's shape instead of ``W_l``:
 
 * ``fa`` (Lillicrap et al. 2016): ``B_l`` fixed and random, a buffer drawn from a seeded
   ``torch.Generator`` (never the global RNG) and saved in the ``state_dict``;
 * ``sign`` (uSF of Liao, Leibo, Poggio 2016; sign symmetry of Xiao et al. 2018):
-  ``B_l = sign(W_l) * mean(|W_l|)``, from the current weight at every step.
+  ``B_l = sign(W_l) * mean(|W_l|)``, from the current weight at every step;
+* ``frsf`` and ``brsf`` (Moskovitz et al. 2018): ``B_l = |R_l| * sign(W_l)`` with random
+  magnitudes, fixed (``frsf``, a buffer) or redrawn every batch (``brsf``).
 
 How, without costing more than BP: a forward pre-hook hands the layer ``x.detach()``, so the
 layer's own backward computes only its weight and bias gradients (never ``W^T delta``); a
@@ -30,7 +33,7 @@ from torch import nn
 
 from .feedback import DFA, WEIGHT_LAYERS
 
-LAYER_METHODS = ("fa", "sign")
+LAYER_METHODS = ("fa", "sign", "brsf", "frsf")
 
 
 class _BackwardThrough(torch.autograd.Function):
@@ -52,9 +55,15 @@ class _BackwardThrough(torch.autograd.Function):
 def backward_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``B_l`` of a converted layer as a matrix the shape of its weight and a scalar factor
     (None for 1), so the factor can go on whichever of ``B_l`` and the result is smaller."""
-    if layer.feedback_method == "fa":
+    method = layer.feedback_method
+    if method == "fa":
         return layer.feedback_weight, None
     w = layer.weight.detach()
+    if method == "frsf":
+        return torch.sign(w) * layer.feedback_magnitude, None
+    if method == "brsf":  # magnitudes redrawn at every backward, i.e. every batch
+        magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype) * _bound(w)
+        return torch.sign(w) * magnitude, None
     # The scale c minimizing |W - c sign(W)|_F is mean|W|: sign(W) alone is 1/mean|W| times
     # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
     # vector_norm: one read of W, no |W| temporary.
@@ -128,25 +137,36 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
         raise ValueError("found no nn.Linear or nn.Conv2d layer to convert")
     done = [type(m).__name__ for m in layers if hasattr(m, "feedback_method")]
     if done:
-        raise ValueError(f"the model is already converted to fa/sign ({', '.join(done)})")
+        raise ValueError(
+            f"the model is already converted to a layer method ({', '.join(done)}); convert "
+            "the original model"
+        )
     gen = torch.Generator().manual_seed(seed)
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             _conv_padding(layer)
         layer.feedback_method, layer.feedback_enabled = method, True
-        if method == "fa":
+        if method in ("fa", "frsf"):
             w = layer.weight
             # Distributed as PyTorch's default init of W: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
             # the signals start at BP's scale. Drawn on the CPU: CPU and CUDA share one B.
-            bound = 1.0 / math.sqrt(w[0].numel())
-            B = (torch.rand(w.shape, generator=gen) * 2 - 1) * bound
-            layer.register_buffer("feedback_weight", B.to(device=w.device, dtype=w.dtype))
+            B = (torch.rand(w.shape, generator=gen) * 2 - 1) * _bound(w)
+            B = B.to(device=w.device, dtype=w.dtype)
+            if method == "fa":
+                layer.register_buffer("feedback_weight", B)
+            else:  # frsf keeps only the magnitudes; the signs follow W_l
+                layer.register_buffer("feedback_magnitude", B.abs())
         layer.register_forward_pre_hook(_detach_input)
         layer.register_forward_hook(_attach_input)
     for node in model.modules():
         if isinstance(node, DFA):
             node.switch_off()  # the back-propagated signal must cross its points
     return model
+
+
+def _bound(w: torch.Tensor) -> float:
+    """``1/sqrt(fan_in)``: the bound of PyTorch's default ``U(-b, b)`` init of ``w``."""
+    return 1.0 / math.sqrt(w[0].numel())
 
 
 def to_fa(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -178,9 +198,29 @@ def to_sign(model: nn.Module) -> nn.Module:
     return _convert(model, "sign", seed=0)
 
 
+def to_rsf(model: nn.Module, method: str, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` trained by random-magnitude sign-concordant feedback (Moskovitz,
+    Litwin-Kumar, Abbott 2018): each ``nn.Linear``/``nn.Conv2d`` back-propagates through
+    ``B_l = |R_l| * sign(W_l)``, the signs of the current ``W_l`` with random magnitudes.
+
+    * ``method="frsf"`` (fixed random magnitudes): ``|R_l|`` drawn once, as :func:`to_fa` draws
+      ``B_l`` (same generator and order for the same ``seed``), buffer ``feedback_magnitude``.
+    * ``method="brsf"`` (batchwise random magnitudes): ``|R_l|`` drawn anew at every backward
+      pass, i.e. every batch, from the global torch RNG on the weight's device (so a training
+      loop that checkpoints the RNG states resumes exactly); ``seed`` is unused.
+
+    Magnitudes are ``U(0, 1/sqrt(fan_in))``, the absolute value of PyTorch's initial weights,
+    so the signals start at BP's scale, as with :func:`to_fa` and :func:`to_sign`. Otherwise
+    as :func:`to_fa`.
+    """
+    if method not in ("brsf", "frsf"):
+        raise ValueError(f"to_rsf takes method 'brsf' or 'frsf', got {method!r}")
+    return _convert(model, method, seed)
+
+
 def layer_method(model: nn.Module) -> str | None:
-    """``"fa"`` or ``"sign"`` when ``model`` holds layers converted by :func:`to_fa` or
-    :func:`to_sign`, else None."""
+    """``"fa"``, ``"sign"``, ``"brsf"`` or ``"frsf"`` when ``model`` holds layers converted by
+    :func:`to_fa`, :func:`to_sign` or :func:`to_rsf`, else None."""
     methods = {m.feedback_method for m in model.modules() if hasattr(m, "feedback_method")}
     if len(methods) > 1:
         raise ValueError(f"the model mixes layer methods {sorted(methods)}")

@@ -35,21 +35,37 @@ class FeedbackPoint(nn.Module):
     recorded, the point is an identity.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         super().__init__()
+        self.name = name  # where the point sits, for messages ("layer1.0"); "" when placed by hand
         self.dfa_enabled = True
         self._recorded: torch.Tensor | None = None
+        self._handed: torch.Tensor | None = None  # the detached copy given downstream
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if not (self.dfa_enabled and torch.is_grad_enabled()):
             return h
+        if self._recorded is not None:
+            raise RuntimeError(
+                f"feedback point {self.name or '(unnamed)'} ran twice in one forward pass; a "
+                "point must sit on a module that runs once per forward (put it on each call "
+                "site's own module instead)"
+            )
         self._recorded = h
-        return h.detach()
+        self._handed = h.detach()
+        return self._handed
 
     def pop(self) -> torch.Tensor | None:
         """The ``h_l`` recorded by the last forward pass, forgotten once taken."""
-        h, self._recorded = self._recorded, None
+        h, self._recorded, self._handed = self._recorded, None, None
         return h
+
+    def clear(self) -> None:
+        """Forget what a forward pass that never reached the DFA node recorded."""
+        self._recorded = self._handed = None
+
+    def extra_repr(self) -> str:
+        return repr(self.name) if self.name else ""
 
 
 class _DFAFunction(torch.autograd.Function):
@@ -64,7 +80,7 @@ class _DFAFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         node = ctx.node
-        target = node.take_target(grad_y.shape[0]) if node.signal == "target" else None
+        target = node.take_target(grad_y.shape[:-1]) if node.signal == "target" else None
         return (None, grad_y, *node.learning_signals(grad_y, target, ctx.shapes))
 
 
@@ -73,11 +89,16 @@ class DFA(nn.Module):
 
     Args:
         points: the :class:`FeedbackPoint` modules of the network, in forward order.
-        num_classes: ``K``, the size of the network output ``y`` of shape ``(N, K)``.
+        num_classes: ``K``, the last dimension of the network output ``y`` of shape
+            ``(N, K)``, or ``(N, *, K)`` with position dimensions (tokens, pixels): every
+            dimension of ``y`` but the last is then a batch dimension, which every point's
+            ``h_l`` ``(N, *, ...)`` shares, and each position's error is projected onto that
+            position of ``h_l`` (DESIGN.md 9).
         normalize: scale signals as in DESIGN.md 2 (default) or use the raw ``N(0, 1)`` matrix.
         feedback: ``"shared"`` (one ``(K, D)`` matrix, sliced per point) or ``"independent"``
             (one ``(K, d_l)`` matrix per point).
-        error: ``"sum"`` feeds back ``e = N * dL/dy`` (softmax minus one-hot for a mean
+        error: ``"sum"`` feeds back ``e = P * dL/dy`` (``P``: the number of positions, ``N``
+            for an ``(N, K)`` output; softmax minus one-hot per position for a mean
             cross-entropy), ``"mean"`` feeds back ``dL/dy``.
         seed: seed of the ``torch.Generator`` that draws the matrices (never the global RNG).
         signal: what is projected onto the points. ``"error"`` (DFA, default): ``e``.
@@ -144,7 +165,8 @@ class DFA(nn.Module):
 
     @property
     def matrices(self) -> list[torch.Tensor]:
-        """The stored matrices ``M``: ``[(K, D)]`` when shared, ``[(K, d_l) per point]`` otherwise."""
+        """The stored matrices ``M``: ``[(K, D)]`` when shared, ``[(K, d_l) per point]``
+        otherwise."""
         if not self.materialized:
             raise RuntimeError(
                 "feedback matrices are created at the first forward pass; "
@@ -199,14 +221,16 @@ class DFA(nn.Module):
 
     # -- signals -------------------------------------------------------------------------------
     def error_from_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
-        """``e`` of shape ``(N, K)`` from ``dL/dy`` of shape ``(N, K)``."""
-        return grad_y * grad_y.shape[0] if self.error == "sum" else grad_y
+        """``e`` of shape ``(N, *, K)`` from ``dL/dy`` of the same shape (DESIGN.md 2 and 9)."""
+        positions = grad_y.numel() // grad_y.shape[-1]
+        return grad_y * positions if self.error == "sum" else grad_y
 
     def learning_signals(
         self, grad_y: torch.Tensor, target: torch.Tensor | None, shapes: Sequence[torch.Size]
     ) -> list[torch.Tensor]:
         """What this node sends to points of these shapes ``(N, *)``: DFA signals from
-        ``dL/dy`` ``(N, K)``, DRTP signals from the class targets ``(N,)``, or zeros (shallow)."""
+        ``dL/dy`` ``(N, *, K)``, DRTP signals from the class targets ``(N, *)``, or zeros
+        (shallow)."""
         if self.signal == "none":
             return [grad_y.new_zeros(shape) for shape in shapes]
         if self.signal == "target":
@@ -214,37 +238,42 @@ class DFA(nn.Module):
         return self.signals(self.error_from_grad(grad_y), shapes)
 
     def signals(self, error: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
-        """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *)``, from ``e`` ``(N, K)``."""
-        return self._spread(lambda M: error @ M, shapes)
+        """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *, ...)``, from ``e``
+        ``(N, *, K)``: position ``p`` of ``s_l`` is ``e[p] @ M[:, :d_l]``, scaled."""
+        flat = error.reshape(-1, error.shape[-1])  # (P, K)
+        return self._spread(lambda M: flat @ M, shapes)
 
     def target_signals(
         self, target: torch.Tensor, shapes: Sequence[torch.Size]
     ) -> list[torch.Tensor]:
-        """DRTP signals, each of shape ``shapes[l]`` ``(N, *)``, from class targets ``(N,)``.
+        """DRTP signals, each of shape ``shapes[l]`` ``(N, *, ...)``, from class targets
+        ``(N, *)`` (one per position).
 
-        DFA's projection with ``-onehot(target)`` in place of the error ``e`` (times ``1/N``
-        when ``error="mean"``), as a row gather ``-M[target]`` instead of a product. Why the
-        minus sign: for softmax and cross-entropy, ``e = softmax(y) - onehot`` is negative at
-        the target class and positive elsewhere, so ``-onehot`` is the error's sign pattern
-        without its magnitudes (Frenkel et al. call the target a "surrogate for the error
-        sign"). The step ``-lr * signal`` then moves ``h_l`` along ``+onehot @ M``, the
-        direction that, once the layers above align with ``M`` as in DFA, raises the target's
-        logit: it descends. With ``+onehot`` the hidden layers would learn to push away from
-        the target.
+        DFA's projection with ``-onehot(target)`` in place of the error ``e`` (times ``1/P``,
+        ``P`` positions, when ``error="mean"``), as a row gather ``-M[target]`` instead of a
+        product. Why the minus sign: for softmax and cross-entropy, ``e = softmax(y) - onehot``
+        is negative at the target class and positive elsewhere, so ``-onehot`` is the error's
+        sign pattern without its magnitudes (Frenkel et al. call the target a "surrogate for
+        the error sign"). The step ``-lr * signal`` then moves ``h_l`` along ``+onehot @ M``,
+        the direction that, once the layers above align with ``M`` as in DFA, raises the
+        target's logit: it descends. With ``+onehot`` the hidden layers would learn to push
+        away from the target.
         """
-        scale = -1.0 if self.error == "sum" else -1.0 / target.shape[0]
-        return self._spread(lambda M: M.index_select(0, target) * scale, shapes)
+        flat = target.reshape(-1)
+        scale = -1.0 if self.error == "sum" else -1.0 / flat.shape[0]
+        return self._spread(lambda M: M.index_select(0, flat) * scale, shapes)
 
     def _spread(self, project, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
-        """``project(M)`` ``(N, D)`` for each stored ``M``, sliced, scaled and shaped per point."""
-        sizes = [math.prod(s[1:]) for s in shapes]
+        """``project(M)`` ``(P, D)`` for each stored ``M`` (``P`` positions), sliced, scaled
+        and shaped per point."""
         mats = self.matrices
         if self.feedback == "shared":
             M = mats[0]
             D = M.shape[1]
-            projected = project(M)  # (N, D): one product serves every point
+            projected = project(M)  # (P, D): one product serves every point
             out = []
-            for d, shape in zip(sizes, shapes):
+            for shape in shapes:
+                d = math.prod(shape) // projected.shape[0]
                 s = projected[:, :d]
                 if self.normalize and d != D:
                     s = s * math.sqrt(D / d)
@@ -254,59 +283,94 @@ class DFA(nn.Module):
 
     # -- targets (DRTP) --------------------------------------------------------------------------
     def set_target(self, target: torch.Tensor) -> None:
-        """Give the class targets ``(N,)`` of the batch whose ``backward`` comes next (DRTP).
+        """Give the class targets ``(N, *)`` (one per position of the output ``(N, *, K)``) of
+        the batch whose ``backward`` comes next (DRTP).
 
         Used, and forgotten, by that ``backward``; other signal modes ignore it.
         """
         if self.signal != "target":
             return
-        if target.dim() != 1 or target.dtype not in (torch.int64, torch.int32):
+        if target.dtype not in (torch.int64, torch.int32):
             raise ValueError(
-                f"DRTP targets are class indices of shape (N,), got "
+                f"DRTP targets are class indices of shape (N, *), got "
                 f"{tuple(target.shape)} {target.dtype}"
             )
         self._target = target
 
-    def take_target(self, n: int) -> torch.Tensor:
-        """The targets given by :meth:`set_target` for a batch of ``n``, forgotten once taken."""
+    def take_target(self, positions: torch.Size) -> torch.Tensor:
+        """The targets given by :meth:`set_target` for an output whose leading dimensions are
+        ``positions`` (``(N,)`` for an ``(N, K)`` output), forgotten once taken."""
         target, self._target = self._target, None
-        if target is None or target.shape[0] != n:
-            got = "none" if target is None else f"{target.shape[0]} targets"
+        if target is None or target.shape != positions:
+            got = "none" if target is None else f"targets of shape {tuple(target.shape)}"
             raise RuntimeError(
                 f"signal='target' (DRTP) needs the batch's class targets: call "
-                f"set_target(y) on the DFA node before backward (batch of {n}, "
-                f"got {got})"
+                f"set_target(y) on the DFA node before backward (targets of shape "
+                f"{tuple(positions)} expected, got {got})"
             )
         return target.long()
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` of shape ``(N, K)`` in, the same ``y`` out."""
-        if y.dim() != 2 or y.shape[1] != self.num_classes:
+        """``y`` of shape ``(N, K)`` or ``(N, *, K)`` in, the same ``y`` out."""
+        if not isinstance(y, torch.Tensor) or y.dim() < 2 or y.shape[-1] != self.num_classes:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(
-                f"DFA expects the network output of shape (N, {self.num_classes}), "
-                f"got {tuple(y.shape)}; check num_classes"
+                f"DFA expects the network output of shape (N, {self.num_classes}) or "
+                f"(N, *, {self.num_classes}), got {got}; check num_classes"
             )
         if not (self.dfa_enabled and torch.is_grad_enabled()):
             return y
+        self._check_distinct()
         hidden = [p.pop() for p in self.points]
-        missing = [i for i, h in enumerate(hidden) if h is None]
+        missing = [self._label(i) for i, h in enumerate(hidden) if h is None]
         if missing:
             raise RuntimeError(
-                f"feedback points {missing} were not reached in this forward "
+                f"feedback points {', '.join(missing)} were not reached in this forward "
                 "pass; every point passed to DFA must be used before the output"
             )
+        lead = y.shape[:-1]
+        for i, h in enumerate(hidden):
+            if h.shape[: len(lead)] != lead:
+                raise ValueError(
+                    f"feedback point {self._label(i)} has shape {tuple(h.shape)}, but the "
+                    f"output y of shape {tuple(y.shape)} makes {tuple(lead)} the batch "
+                    "dimensions every point must start with"
+                )
         if self.signal == "none":
             # The points handed on detached copies: only the output layer is in the graph.
             return y
         self.prepare([h.shape for h in hidden], y)
         return _DFAFunction.apply(self, y, *hidden)
 
+    def _label(self, i: int) -> str:
+        name = self.points[i].name
+        return f"{i} ({name!r})" if name else str(i)
+
+    def _check_distinct(self) -> None:
+        """Two points on one tensor: the outer one would record a detached copy, so the
+        module between them would get no signal at all."""
+        handed = {id(p._handed): i for i, p in enumerate(self.points) if p._handed is not None}
+        for i, p in enumerate(self.points):
+            j = handed.get(id(p._recorded))
+            if p._recorded is not None and j is not None:
+                for q in self.points:
+                    q.clear()
+                raise ValueError(
+                    f"feedback points {self._label(j)} and {self._label(i)} sit on one tensor "
+                    "(a module and a container whose output is that module's output): keep "
+                    "one of them"
+                )
+
     def prepare(self, shapes: Sequence[torch.Size], like: torch.Tensor) -> None:
-        """Create the matrices for points of these shapes ``(N, *)``, or check they fit."""
+        """Create the matrices for points of these shapes ``(N, *, ...)``, or check they fit.
+
+        ``like``: the output ``y`` ``(N, *, K)``, whose leading dimensions are the positions.
+        """
         if self.signal == "none":
             return  # no matrix to create or check
-        sizes = [math.prod(s[1:]) for s in shapes]
+        positions = like.dim() - 1
+        sizes = [math.prod(s[positions:]) for s in shapes]
         if not self.materialized:
             self._materialize(sizes, like)
         else:

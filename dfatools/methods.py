@@ -6,6 +6,8 @@
 - ``fa``: back-propagated through a fixed random ``B_l`` in place of ``W_l`` (:func:`to_fa`).
 - ``sign``: back-propagated through ``sign(W_l) * mean|W_l|`` in place of ``W_l``
   (:func:`to_sign`).
+- ``frsf``, ``brsf``: back-propagated through ``|R_l| * sign(W_l)``, random magnitudes fixed
+  or redrawn every batch (:func:`to_rsf`).
 - ``drtp``: DFA's projection of ``-onehot(target)`` in place of the error (``signal="target"``).
 - ``shallow``: none; hidden layers keep their initial weights (``signal="none"``).
 
@@ -16,24 +18,26 @@ from __future__ import annotations
 
 from torch import nn
 
-from .fa import to_fa, to_sign
-from .sequential import DFASequential, to_dfa
+from .fa import to_fa, to_rsf, to_sign
+from .inspect import find_dfa
+from .sequential import to_dfa
 
-METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow")
+METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
 _SIGNALS = {"drtp": "target", "shallow": "none"}
 
 
 def to_method(
-    model: nn.Sequential, method: str, num_classes: int, seed: int = 0, **options
-) -> DFASequential:
+    model: nn.Module, method: str, num_classes: int, seed: int = 0, **options
+) -> nn.Module:
     """A deep copy of ``model`` trained by ``method`` with a plain ``loss.backward()``.
 
-    ``options`` go to :func:`~dfatools.to_dfa` (``normalize``, ``feedback``, ``error``,
-    ``exact_top``). Every method keeps the DFA model's feedback points, so
-    :func:`~dfatools.measure_alignment` measures all of them at the same places; ``seed`` seeds
-    the DFA matrices (dfa, drtp) and ``B_l`` (fa). For ``bp`` the points are switched off, and
-    the alignment measured is that of the DFA signal on the BP-trained network (the paper's BP
-    baselines). For ``drtp``, call ``model.feedback.set_target(y)`` before each ``backward``.
+    ``options`` go to :func:`~dfatools.to_dfa` (``points``, ``normalize``, ``feedback``,
+    ``error``, ``exact_top``), so every method works on any model ``to_dfa`` takes. Every
+    method keeps the DFA model's feedback points, so :func:`~dfatools.measure_alignment`
+    measures all of them at the same places; ``seed`` seeds the DFA matrices (dfa, drtp) and
+    ``B_l`` (fa, frsf). For ``bp`` the points are switched off, and the alignment measured is
+    that of the DFA signal on the BP-trained network (the paper's BP baselines). For ``drtp``,
+    call ``model.feedback.set_target(y)`` (class indices ``(N, *)``) before each ``backward``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -42,6 +46,8 @@ def to_method(
         return to_fa(dfa, seed=seed)
     if method == "sign":
         return to_sign(dfa)
+    if method in ("brsf", "frsf"):
+        return to_rsf(dfa, method, seed=seed)
     if method == "bp":
-        dfa.feedback.switch_off()
+        find_dfa(dfa).switch_off()
     return dfa

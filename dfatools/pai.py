@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .alignment import LossFn
+from .alignment import LossFn, cross_entropy, positions
 from .inspect import eval_mode, find_dfa, trace_points
 
 log = logging.getLogger("dfatools")
@@ -33,17 +32,20 @@ def _solve(delta: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
 
 
 def prealign(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy
 ) -> nn.Module:
     """Pre-align ``model`` in place on the batch ``(x, y)`` and return it.
 
     From the top feedback point down, the weight of the Linear layer reading ``h_l`` is set so
     that the true gradient at ``h_l`` equals the DFA signal ``s_l`` on this batch (least squares),
-    then rescaled to unit Frobenius norm. Points read by a Conv2d layer are left as they are.
-    Biases are unchanged; eval mode is used so dropout and batch norm statistics stay put.
+    then rescaled to unit Frobenius norm. With position dimensions (an output ``(N, *, K)``),
+    every position is a row of the least-squares problem. Points not read directly by a Linear
+    layer (a Conv2d, a residual block, a pooling in between) are left as they are, with a
+    logged note. Biases are unchanged; eval mode is used so dropout and batch norm statistics
+    stay put.
     """
     node = find_dfa(model)
-    for l in reversed(range(len(node.points))):
+    for i in reversed(range(len(node.points))):
         # A fresh pass per point: the layers above were just changed.
         with (
             eval_mode(model),
@@ -52,20 +54,22 @@ def prealign(
             trace_points(model, node) as traces,
         ):
             out = model(x)
-            trace = traces[l]
+            trace = traces[i]
             layer = trace.above
-            if not isinstance(layer, nn.Linear) or trace.h[0].numel() != layer.in_features:
+            if not isinstance(layer, nn.Linear) or trace.above_in is not trace.h:
                 log.warning(
-                    "PAI leaves point %d as it is: the layer reading it is %s, not a "
-                    "Linear layer on the flat point",
-                    l,
+                    "PAI leaves point %d as it is: the next weight layer is %s, not a "
+                    "Linear layer reading the point directly",
+                    i,
                     type(layer).__name__,
                 )
                 continue
             loss = loss_fn(out, y)
             grad_y, grad_a = torch.autograd.grad(loss, [out, trace.above_out])
-            n = out.shape[0]
-            node.prepare([t.h.shape for t in traces], out)
-            signal = node.signals(node.error_from_grad(grad_y), [t.h.shape for t in traces])[l]
-            layer.weight.data.copy_(_solve(grad_a * n, signal.flatten(1)))
+            n = positions(out)
+            shapes = [t.h.shape for t in traces]
+            node.prepare(shapes, out)
+            signal = node.signals(node.error_from_grad(grad_y), shapes)[i]
+            delta = grad_a.reshape(n, -1) * n  # (P, out)
+            layer.weight.data.copy_(_solve(delta, signal.reshape(n, -1)))
     return model

@@ -1,4 +1,9 @@
-"""``to_dfa``: turn a plain ``nn.Sequential`` into a DFA-trained one."""
+"""``to_dfa``: turn a model into a DFA-trained one.
+
+Two placements: the paper's rule for a plain ``nn.Sequential`` (a point before every weight
+layer but the first, :class:`DFASequential`), and ``points=`` for any ``nn.Module`` (a point at
+the output of each chosen submodule, attached with hooks: :mod:`dfatools.placement`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from torch import nn
 
 from .fa import exact_layers
 from .feedback import DFA, WEIGHT_LAYERS, FeedbackPoint
+from .placement import PointSpec, attach, suggest_points
 
 
 def _flatten(module: nn.Sequential) -> list[nn.Module]:
@@ -43,13 +49,18 @@ class DFASequential(nn.Sequential):
     @contextlib.contextmanager
     def backprop(self) -> Iterator[None]:
         """Exact back-propagation on this same module within the block (feedback points and
-        fa/sign layers alike)."""
+        fa/sign layers alike); the same as :func:`dfatools.backprop` ``(self)``."""
         with self.feedback.backprop(), exact_layers(self):
             yield
 
+    def forward(self, x):
+        for p in self.feedback.points:
+            p.clear()  # what a pass that raised half-way recorded
+        return super().forward(x)
+
 
 def to_dfa(
-    model: nn.Sequential,
+    model: nn.Module,
     num_classes: int,
     normalize: bool = True,
     feedback: str = "shared",
@@ -57,28 +68,58 @@ def to_dfa(
     seed: int = 0,
     exact_top: int = 1,
     signal: str = "error",
-) -> DFASequential:
+    points: PointSpec | None = None,
+) -> nn.Module:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
-    Nested ``nn.Sequential`` containers are flattened. A feedback point goes before every
+    Train it with one plain ``loss.backward()``: the output layer gets its true gradient, each
+    hidden block the DFA signal at its feedback point, back-propagated through that block only.
+
+    ``points=None`` (an ``nn.Sequential`` only): the paper's rule. Nested ``nn.Sequential``
+    containers are flattened, and a feedback point goes before every
     ``nn.Linear``/``nn.Conv2d``/``Bottleneck`` but the first and the top ``exact_top - 1``; the
     top ``exact_top`` weight layers (default 1: the output layer) get their true gradient,
     back-propagated from the output. ``exact_top=2`` reproduces the 2019 code's CNN, whose last
-    hidden Linear layer was trained by BP. See :class:`DFA` for ``normalize``, ``feedback``,
-    ``error``, ``seed`` and ``signal`` (``"target"``: DRTP, ``"none"``: shallow training).
+    hidden Linear layer was trained by BP. Returns a :class:`DFASequential`.
+
+    ``points`` (any ``nn.Module``): where the signals enter, as module types (the output of
+    every submodule of that type, e.g. ``[torchvision.models.resnet.BasicBlock]`` or
+    ``[nn.TransformerEncoderLayer]``) and qualified names from ``model.named_modules()``
+    (``["layer1.0", "layer2"]``). A point sits at the output of its submodule and hands
+    ``h_l.detach()`` downstream, so no gradient crosses it: everything between one point (or
+    the input) and the next learns from the next point's signal, and the layers after the last
+    point from the true gradient. The copy keeps its class, forward code and ``state_dict``
+    keys; the :class:`DFA` node is added as the submodule ``feedback`` (keys ``feedback.*``,
+    the matrices). The output ``y`` may have position dimensions, ``(N, *, K)``.
+
+    See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed`` and ``signal``
+    (``"target"``: DRTP, ``"none"``: shallow training).
+
+    >>> from torchvision.models import resnet18
+    >>> from torchvision.models.resnet import BasicBlock
+    >>> model = dfatools.to_dfa(resnet18(num_classes=10), 10, points=[BasicBlock])
+    >>> F.cross_entropy(model(x), y).backward()
     """
+    options = dict(normalize=normalize, feedback=feedback, error=error, seed=seed, signal=signal)
+    if points is not None:
+        if exact_top != 1:
+            raise ValueError(
+                "exact_top belongs to the nn.Sequential rule; with points=, leave out the "
+                "points above which layers should get the true gradient"
+            )
+        return attach(model, num_classes, points, **options)
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"to_dfa takes an nn.Sequential, got {type(model).__name__}; for other "
-            "models place dfatools.FeedbackPoint modules yourself and pass the "
-            "output through dfatools.DFA (see the README)"
+            f"to_dfa needs points= for a {type(model).__name__} (only an nn.Sequential has a "
+            f"default placement), e.g. to_dfa(model, {num_classes}, {suggest_points(model)})"
         )
     layers = _flatten(copy.deepcopy(model))
     for layer in layers:
         if not isinstance(layer, WEIGHT_LAYERS) and _has_hidden_weights(layer):
             raise TypeError(
-                f"to_dfa cannot see inside {type(layer).__name__}, which holds "
-                "weight layers; place dfatools.FeedbackPoint modules yourself"
+                f"to_dfa's nn.Sequential rule cannot see inside {type(layer).__name__}, which "
+                f"holds weight layers; say where the points go with points=, e.g. "
+                f"{suggest_points(model)}"
             )
     n_weight = sum(isinstance(m, WEIGHT_LAYERS) for m in layers)
     if n_weight < 2:
@@ -105,15 +146,5 @@ def to_dfa(
                 modules.append(points[-1])
             seen += 1
         modules.append(layer)
-    modules.append(
-        DFA(
-            points,
-            num_classes,
-            normalize=normalize,
-            feedback=feedback,
-            error=error,
-            seed=seed,
-            signal=signal,
-        )
-    )
+    modules.append(DFA(points, num_classes, **options))
     return DFASequential(*modules)

@@ -30,7 +30,13 @@ from .report import alignment_of, fmt, markdown_table, new_figure, number, point
 from .runlog import Run
 
 LEVEL = 0.95  # confidence level of the effect intervals
-REFERENCES = {"fc": "fc-tanh", "conv": "conv-tanh"}  # experiment-name prefix -> its reference
+# experiment-name prefix -> its reference; the models of DESIGN.md 9 are compared with their BP
+REFERENCES = {
+    "fc": "fc-tanh",
+    "conv": "conv-tanh",
+    "resnet": "resnet-bp",
+    "transformer": "transformer-bp",
+}
 FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config gives none
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
 RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's

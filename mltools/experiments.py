@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The learning-signal methods, as dfatools.METHODS names them (a test checks they agree).
-METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow")
+METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
 # Feedback points of the bottleneck net (docs/deviations-bottleneck.md). all: one before every
 # hidden weight layer; 2019: as the 2019 code, none before the bottleneck layer, and its
 # input-gradient mask in training; 2019-nomask: that placement without the mask.
@@ -63,10 +63,24 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
         ("sign", "sign symmetry"),
         ("drtp", "DRTP (target projection)"),
         ("shallow", "shallow (hidden layers fixed)"),
+        ("brsf", "sign-concordant, batchwise random magnitudes"),
+        ("frsf", "sign-concordant, fixed random magnitudes"),
     )
+}
+# DFA on models that are not a chain of layers (DESIGN.md 9): points at every residual block or
+# encoder layer (mltools.models.feedback_points). Run when named, or with --group resnet
+# transformer.
+MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
+    f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method})
+    for arch, label in (
+        ("resnet", "small ResNet, points at its BasicBlocks"),
+        ("transformer", "Transformer on image rows, points at its encoder layers"),
+    )
+    for method, text in (("dfa", "DFA"), ("bp", "backprop"), ("fa", "feedback alignment"))
 }
 DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
 EXPERIMENTS.update(METHOD_EXPERIMENTS)
+EXPERIMENTS.update(MODEL_EXPERIMENTS)
 
 # Figure groups: each a PNG of alignment and test accuracy vs epoch.
 GROUPS: dict[str, list[str]] = {
@@ -83,6 +97,8 @@ GROUPS: dict[str, list[str]] = {
     "batch-norm": ["fc-tanh", "fc-bn", "conv-tanh", "conv-bn"],
     "bp-vs-dfa": ["fc-tanh", "fc-bp", "fc-pai", "conv-tanh", "conv-bp"],
     "cnn-points": ["conv-tanh", "conv-tanh-2019", "conv-bp"],
+    "resnet": [n for n in MODEL_EXPERIMENTS if n.startswith("resnet-")],
+    "transformer": [n for n in MODEL_EXPERIMENTS if n.startswith("transformer-")],
     "methods": [
         "fc-tanh",
         "fc-bp",

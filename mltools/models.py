@@ -233,3 +233,96 @@ def point_blocks(net: nn.Sequential, points: Sequence[str] | None) -> list[int]:
     if points is None:
         return list(range(len(weights) - 1))
     return [sum(i <= int(p) for i in weights) - 1 for p in points]
+
+
+# -- models that are not a chain of layers (DESIGN.md 9): trained through to_dfa(points=...) ------
+def resnet(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    widths: tuple[int, ...] = (16, 32, 64),
+    blocks: int = 1,
+) -> nn.Module:
+    """A small CIFAR-style ResNet of torchvision ``BasicBlock``s: conv 3x3 stem, one stage per
+    width (``blocks`` blocks each, stride 2 from the second stage on), global average pool,
+    Linear(widths[-1], K). Feedback points go at every ``BasicBlock`` (:func:`feedback_points`).
+
+    Shape: ``(N, C, H, W)`` in, ``(N, num_classes)`` out.
+    """
+    from torchvision.models.resnet import BasicBlock
+
+    channels = input_shape[0]
+    stem = [
+        nn.Conv2d(channels, widths[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+    ]
+    stages, c_in = [], widths[0]
+    for i, c_out in enumerate(widths):
+        for b in range(blocks):
+            stride = 2 if i > 0 and b == 0 else 1
+            down = None
+            if stride != 1 or c_in != c_out:
+                down = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                )
+            stages.append(BasicBlock(c_in, c_out, stride=stride, downsample=down))
+            c_in = c_out
+    return nn.Sequential(
+        *stem,
+        *stages,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c_in, num_classes),
+    )
+
+
+class RowTransformer(nn.Module):
+    """A Transformer encoder that reads an image as a sequence of its rows: each row of
+    ``C * W`` pixels is a token, embedded by a Linear layer, plus a learned position;
+    ``layers`` ``nn.TransformerEncoderLayer`` blocks (pre-norm, GELU); the tokens' mean goes
+    through LayerNorm and Linear(d, K). Feedback points go at every encoder layer.
+
+    Shape: ``(N, C, H, W)`` in, ``(N, num_classes)`` out.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        d_model: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.embed = nn.Linear(channels * width, d_model)
+        self.pos = nn.Parameter(torch.zeros(height, d_model))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            heads,
+            4 * d_model,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).flatten(2)  # (N, H, C * W): one token per row
+        h = self.encoder(self.embed(rows) + self.pos)
+        return self.head(self.norm(h.mean(1)))
+
+
+def feedback_points(arch: str) -> list[type] | None:
+    """The ``points=`` of an architecture for ``dfatools.to_dfa``; None: the nn.Sequential rule."""
+    if arch == "resnet":
+        from torchvision.models.resnet import BasicBlock
+
+        return [BasicBlock]
+    if arch == "transformer":
+        return [nn.TransformerEncoderLayer]
+    return None

@@ -35,7 +35,13 @@ from .runlog import Run, load_run
 Echo = Callable[[str], None]
 
 STATUS_ORDER = ("done", "diverged", "failed", "running", "unknown")
-ARCH_NAMES = {"fc": "FC", "cnn": "CNN", "bottleneck": "bottleneck"}
+ARCH_NAMES = {
+    "fc": "FC",
+    "cnn": "CNN",
+    "bottleneck": "bottleneck",
+    "resnet": "ResNet",
+    "transformer": "Transformer",
+}
 METHOD_NAMES = {
     "dfa": "DFA",
     "bp": "BP",

@@ -35,6 +35,7 @@ from .experiments import BOTTLENECK_POINTS
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
+ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer")
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
@@ -50,7 +51,7 @@ class RunConfig:
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    arch: str = "fc"  # fc | cnn | bottleneck
+    arch: str = "fc"  # fc | cnn | bottleneck | resnet | transformer (ARCHS)
     method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
     normalize: bool = True  # feedback normalization
@@ -81,8 +82,8 @@ class RunConfig:
 # -- building blocks ------------------------------------------------------------------------------
 def build_net(
     cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
-) -> tuple[torch.nn.Sequential, list[str] | None]:
-    """The plain network, and ``to_dfa``'s ``points`` for it (None: its default placement)."""
+) -> tuple[torch.nn.Module, list | None]:
+    """The plain network, and ``to_dfa``'s ``points`` for it (None: the nn.Sequential rule)."""
     if cfg.bottleneck_points not in BOTTLENECK_POINTS:
         raise ValueError(
             f"unknown bottleneck_points {cfg.bottleneck_points!r}; choose from {BOTTLENECK_POINTS}"
@@ -124,9 +125,13 @@ def build_net(
             # The 2019 mask has the input gradient's shape at the first (full) batch.
             input_mask_batch=cfg.batch_size if cfg.bottleneck_points == "2019" else None,
         )
+    elif cfg.arch == "resnet":
+        net = models.resnet(input_shape, num_classes)
+    elif cfg.arch == "transformer":
+        net = models.RowTransformer(input_shape, num_classes)
     else:
-        raise ValueError(f"unknown architecture {cfg.arch!r}")
-    return net, models.points_2019(net) if old_neck else None
+        raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
+    return net, models.points_2019(net) if old_neck else models.feedback_points(cfg.arch)
 
 
 def build_model(
@@ -167,7 +172,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def train_epoch(
-    model: dfatools.DFASequential,
+    model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     data: Dataset,
     cfg: RunConfig,
@@ -179,7 +184,7 @@ def train_epoch(
     x, y = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    mode = model.backprop() if cfg.method == "bp" else contextlib.nullcontext()
+    mode = dfatools.backprop(model) if cfg.method == "bp" else contextlib.nullcontext()
     with mode:
         for idx in iterate_batches(len(y), cfg.batch_size, order, x.device):
             out = model(x[idx])

@@ -390,7 +390,8 @@ def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
 def test_method_experiments_are_listed_but_not_run_by_default():
     from mltools.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
 
-    new = [f"{arch}-{m}" for arch in ("fc", "conv") for m in ("fa", "sign", "drtp", "shallow")]
+    others = ("fa", "sign", "drtp", "shallow", "brsf", "frsf")
+    new = [f"{arch}-{m}" for arch in ("fc", "conv") for m in others]
     assert all(EXPERIMENTS[n][1]["method"] == n.split("-")[1] for n in new)
     assert not set(new) & set(DEFAULT_EXPERIMENTS) and len(DEFAULT_EXPERIMENTS) == 18
     assert set(GROUPS["methods"]) == {*new, "fc-tanh", "conv-tanh", "fc-bp", "conv-bp"}
