@@ -179,3 +179,54 @@ def test_bottleneck_methods_sweep(tmp_path):
         ("shallow", "std", "2"),
         ("shallow", "std", "16"),
     ]
+
+
+def test_bottleneck_points_sweep(tmp_path):
+    """--points runs one sweep per placement into its own folders, reported in one table."""
+    result = run(
+        "bottleneck.py",
+        "--points",
+        "all",
+        "2019",
+        "2019-nomask",
+        "--init",
+        "std",
+        "--width",
+        "16",
+        "--sizes",
+        "2",
+        "16",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "128",
+        "--eval-samples",
+        "128",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
+    assert folders == [
+        "mask-std-b16",
+        "mask-std-b16-points2019",
+        "mask-std-b16-points2019-nomask",
+        "mask-std-b2",
+        "mask-std-b2-points2019",
+        "mask-std-b2-points2019-nomask",
+    ]
+    config = json.loads(
+        (tmp_path / "bottleneck" / "mask-std-b2-points2019" / "seed0" / "config.json").read_text()
+    )
+    assert (config["bottleneck_points"], config["point_blocks"]) == ("2019", [1, 2])
+    with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["points"], r["size"]) for r in rows] == [
+        (p, s) for p in ("all", "2019", "2019-nomask") for s in ("2", "16")
+    ]
+    assert all(r["bottleneck_point"] == "h2" and r["cos_h2"] for r in rows)
