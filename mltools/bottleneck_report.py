@@ -502,7 +502,8 @@ def write_outputs(
             folder / "effects.png",
             name_header="cell",
             rule="size b vs the full width, 800 unless the config "
-            "gives `width`, at the same method, points, mode and init",
+            "gives `width`, at the same method, points, mode and init; and a cell of the 2019 "
+            "points vs today's network (points `all`) at the same method, mode, init and size",
             panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
             title="Bottleneck sizes",
         ),
@@ -540,30 +541,38 @@ def points_lines(
 def bottleneck_effects(
     cells: Sequence[Cell], label: Callable[[int], str] = point_label, split: str = "test"
 ) -> tuple[list[Effect], list[str]]:
-    """Effects of each cell against the cell of the full width (config ``width``, else 800) at the
-    same method, points, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck
-    point (when both cells name the same one) and ``cos_mean`` averaged over each run's points."""
+    """Effects (DESIGN.md 8) of each cell against the cell of the full width (config ``width``,
+    else 800) at the same method, points, mode and init: eval top-1, ``cos_mean`` at the
+    bottleneck point (when both cells name the same one) and ``cos_mean`` averaged over each
+    run's points. A cell of other points (2019) is also compared with today's network (points
+    all) at the same method, mode, init and size, when the table has it: top-1 and the
+    bottleneck point only, since a mean over other points is another quantity."""
     by_key = {(c.method, c.points, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:
         width = reference_width(run.config for run in c.runs)
-        if c.size == width:
-            continue
-        ref = by_key.get((c.method, c.points, c.mode, c.init, width))
-        if ref is None:
-            missing.append(f"{c.name} (vs size {width})")
-            continue
-        at_point = []
-        if ref.bottleneck_point == c.bottleneck_point:
-            at_point = [bottleneck_metric(c.bottleneck_point, label)]
-        else:
-            notes.append(
-                f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
-                f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}."
-            )
-        effects += compare(
-            c.name, c.records, ref.name, ref.records, [top1_metric(split), *at_point, MEAN_COS]
-        )
+        pairs = []  # (reference, also the mean over points)
+        if c.size != width:
+            ref = by_key.get((c.method, c.points, c.mode, c.init, width))
+            if ref is None:
+                missing.append(f"{c.name} (vs size {width})")
+            else:
+                pairs.append((ref, True))
+        today = by_key.get((c.method, "all", c.mode, c.init, c.size))
+        if c.points != "all" and today is not None:
+            pairs.append((today, False))
+        for ref, with_mean in pairs:
+            at_point = []
+            if ref.bottleneck_point == c.bottleneck_point:
+                at_point = [bottleneck_metric(c.bottleneck_point, label)]
+            else:
+                notes.append(
+                    f"{c.name}: no bottleneck-point effect against {ref.name}, since its "
+                    f"bottleneck point is {label(c.bottleneck_point)} and {ref.name}'s is "
+                    f"{label(ref.bottleneck_point)}."
+                )
+            metrics = [top1_metric(split), *at_point, *([MEAN_COS] if with_mean else [])]
+            effects += compare(c.name, c.records, ref.name, ref.records, metrics)
     return effects, notes + no_reference_note(missing)
 
 

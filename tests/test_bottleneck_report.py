@@ -224,11 +224,18 @@ def test_2019_points_line_up_by_hidden_layer(tmp_path):
         assert float(row["cos_h3"]) == pytest.approx(finals(*key, after + 1).mean(), abs=1e-6)
         assert float(row["bottleneck_cos_mean"]) == pytest.approx(float(row["cos_h2"]), abs=1e-6)
         assert (row["cos_h1"] == "") == (row["points"] != "all")
-    effects = {(r["cell"], r["metric"]): r for r in read_rows(figures / "effects.csv")}
-    row = effects["mask-std-b1-points2019", "bottleneck_cos"]
-    assert row["reference"] == "mask-std-b800-points2019"
+    effects = {
+        (r["cell"], r["reference"], r["metric"]): r for r in read_rows(figures / "effects.csv")
+    }
+    row = effects["mask-std-b1-points2019", "mask-std-b800-points2019", "bottleneck_cos"]
     diff = finals("2019", 1, 0).mean() - finals("2019", 800, 0).mean()
     assert float(row["difference"]) == pytest.approx(diff, abs=1e-6)
+    # Against today's network at the same size: at h2 in both, and no mean over other points.
+    row = effects["mask-std-b1-points2019-nomask", "mask-std-b1", "bottleneck_cos"]
+    diff = finals("2019-nomask", 1, 0).mean() - finals("all", 1, 1).mean()
+    assert float(row["difference"]) == pytest.approx(diff, abs=1e-6)
+    assert ("mask-std-b1-points2019", "mask-std-b1", "cos_mean_points") not in effects
+    assert ("mask-std-b800-points2019", "mask-std-b800", "eval_top1") in effects
     md = (figures / "bottleneck_table.md").read_text()
     assert "`2019` (" in md and "points h2, h3)" in md and "points h1, h2, h3)" in md
 
