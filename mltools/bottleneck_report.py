@@ -604,8 +604,9 @@ def _series(cells: Sequence[Cell]) -> dict[Curve, list[int]]:
 
 def _styles(series: dict[Curve, list[int]]) -> dict[Curve, dict]:
     """One colour per (method, points, init), line and marker by mode, so the two plots read
-    alike."""
+    alike; labels name the mode only when the plot has both."""
     colours = list(dict.fromkeys(curve[:3] for curve in series))
+    both_modes = len({curve[3] for curve in series}) > 1
     styles = {}
     for method, points, init, mode in series:
         dashed = mode == "width"
@@ -618,7 +619,7 @@ def _styles(series: dict[Curve, list[int]]) -> dict[Curve, dict]:
             "capsize": 3,
             "lw": 1.5,
             "label": f"{METHOD_NAMES.get(method, method)}, {network + ', ' if network else ''}"
-            f"{INIT_NAMES.get(init, init)}, {mode} bottleneck",
+            f"{INIT_NAMES.get(init, init)}{f', {mode} bottleneck' if both_modes else ''}",
         }
     return styles
 
@@ -634,13 +635,19 @@ def _size_axis(ax, sizes: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend_height(curves: int, columns: int) -> float:
+    """Inches a legend of ``curves`` entries in ``columns`` adds below the axes (outside them,
+    so it never covers a curve)."""
+    return 0.25 * math.ceil(curves / columns)
+
+
 def plot_alignment(
     path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str
 ) -> None:
-    fig = new_figure(7.0, 4.6)
+    series = _series(cells)
+    fig = new_figure(7.0, 4.6 + _legend_height(len(series), 2))
     ax = fig.subplots()
     low, high = 0.0, 1.0
-    series = _series(cells)
     styles = _styles(series)
     for curve, idx in series.items():
         x = [cells[i].size for i in idx]
@@ -662,14 +669,14 @@ def plot_alignment(
     ax.set_ylim(max(low, -1.05), min(high, 1.05))
     ax.set_ylabel(f"alignment after the bottleneck (cos at {', '.join(map(label, points))})")
     ax.set_title(f"Alignment vs bottleneck size ({at})")
-    ax.legend(frameon=False)
+    fig.legend(loc="outside lower center", ncol=2, frameon=False)
     fig.savefig(path, dpi=110)
 
 
 def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) -> None:
-    fig = new_figure(11.0, 4.4)
-    axes = fig.subplots(1, 2, sharey=True)
     series = _series(cells)
+    fig = new_figure(11.0, 4.4 + _legend_height(len(series), 3))
+    axes = fig.subplots(1, 2, sharey=True)
     styles = _styles(series)
     for curve, idx in series.items():
         x = [cells[i].size for i in idx]
@@ -683,6 +690,7 @@ def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) ->
         _size_axis(ax, sizes)
         ax.set_title(title)
     axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[0].legend(frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Accuracy vs bottleneck size ({at})")
     fig.savefig(path, dpi=110)
