@@ -124,34 +124,18 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert not (metrics.parent / "run.lock").exists()
 
 
-def test_bottleneck_methods_sweep(tmp_path):
-    """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
+def tiny_bottleneck_sweep(out: Path, *args: str) -> None:
+    """bottleneck.py with ``args`` at width 16, sizes 2 and 16, one seed, one epoch."""
+    small = "--width 16 --sizes 2 16 --seeds 1 --epochs 1 --train-samples 128 --eval-samples 128"
     result = run(
-        "bottleneck.py",
-        "--methods",
-        "dfa",
-        "fa",
-        "shallow",
-        "--width",
-        "16",
-        "--sizes",
-        "2",
-        "16",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--train-samples",
-        "128",
-        "--eval-samples",
-        "128",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(tmp_path),
+        "bottleneck.py", *args, *small.split(), "--device", "cpu", "--quiet", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_bottleneck_methods_sweep(tmp_path):
+    """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
+    tiny_bottleneck_sweep(tmp_path, "--methods", "dfa", "fa", "shallow")
     folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
     assert folders == [
         "fa-mask-std-b16",
@@ -183,34 +167,7 @@ def test_bottleneck_methods_sweep(tmp_path):
 
 def test_bottleneck_points_sweep(tmp_path):
     """--points runs one sweep per placement into its own folders, reported in one table."""
-    result = run(
-        "bottleneck.py",
-        "--points",
-        "all",
-        "2019",
-        "2019-nomask",
-        "--init",
-        "std",
-        "--width",
-        "16",
-        "--sizes",
-        "2",
-        "16",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--train-samples",
-        "128",
-        "--eval-samples",
-        "128",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr
+    tiny_bottleneck_sweep(tmp_path, "--points", "all", "2019", "2019-nomask", "--init", "std")
     folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
     assert folders == [
         "mask-std-b16",
