@@ -5,10 +5,12 @@ python best_practices.py --preset paper --data-dir data --download   # the paper
 python best_practices.py --list                # experiments and their settings
 python best_practices.py --group methods       # FA, sign, DRTP, shallow next to DFA and BP
 python best_practices.py --report-only         # report and figures from saved runs
+python best_practices.py --preset fashion-fair  # every method at its own lr and epochs, vs BP
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def parse_args():
         action="store_true",
         help="write the report and figures from saved runs, no training",
     )
-    cli.add_sweep_arguments(parser)
+    cli.add_sweep_arguments(parser, BEST_PRACTICES_PRESETS)
     return parser.parse_args()
 
 
@@ -66,17 +68,23 @@ def list_experiments() -> None:
             if p.train_samples
             else "all training samples"
         )
+        seeds = f"{p.seeds} seeds" + (f" ({p.cnn_seeds} for the CNN)" if p.cnn_seeds else "")
+        schedule = (
+            f"lr and epochs per experiment (mltools/{p.choices}), effects vs {p.reference}"
+            if p.choices
+            else f"{p.epochs} epochs, lr {p.lr}"
+        )
         print(
-            f"preset {preset}: {p.dataset}, {p.seeds} seeds, {p.epochs} epochs, "
-            f"batch {p.batch_size}, lr {p.lr}, {p.eval_split} mode, {samples}, "
+            f"preset {preset}: {p.dataset}, {seeds}, {schedule}, batch {p.batch_size}, "
+            f"{p.eval_split} mode, {samples}, "
             f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}"
         )
 
 
-def chosen_experiments(args) -> list[str]:
-    """--experiments then --group's, each once, in that order; the default set when neither."""
+def chosen_experiments(args, default: list[str]) -> list[str]:
+    """--experiments then --group's, each once, in that order; ``default`` when neither."""
     if not args.experiments and not args.group:
-        return DEFAULT_EXPERIMENTS
+        return default
     names = [*(args.experiments or []), *(n for g in args.group for n in GROUPS[g])]
     return list(dict.fromkeys(names))
 
@@ -89,31 +97,38 @@ def main() -> int:
     from mltools.report import write_best_practices_report
 
     out = Path(args.out)
+    # A per-method preset reports against BP: --report-only takes the reference from --preset.
+    reference = BEST_PRACTICES_PRESETS[args.preset].reference if args.preset else "dfa"
+    write_report = functools.partial(write_best_practices_report, reference=reference)
     if args.report_only:
         if not (out / "best_practices").is_dir():
             raise cli.UsageError(f"no best-practices runs under {out}; train some first")
-        cli.write_or_stop(write_best_practices_report, cli.writable_dir(out))
+        cli.write_or_stop(write_report, cli.writable_dir(out))
         return 0
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
+    choices = cli.preset_choices(BEST_PRACTICES_PRESETS[settings["preset"]])
     from mltools import sweep
     from mltools.train import RunConfig
 
-    shared = sweep.shared_settings(settings, args)
-    specs = [
-        sweep.RunSpec(
-            RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
-            out / "best_practices" / name / f"seed{seed}",
-        )
-        for name in chosen_experiments(args)
-        for seed in range(settings["seeds"])
-    ]
+    specs = []
+    for name in chosen_experiments(args, list(choices) or DEFAULT_EXPERIMENTS):
+        own = cli.experiment_settings(settings, choices, name, args)
+        shared = sweep.shared_settings(own, args)
+        specs += [
+            sweep.RunSpec(
+                RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
+                out / "best_practices" / name / f"seed{seed}",
+            )
+            for seed in range(own["seeds"])
+        ]
     headline = f"{sweep.describe(settings)} -> {out / 'best_practices'}"
+    preset = f" --preset {args.preset}" if reference != "dfa" else ""
     return sweep.execute(
         specs,
         args,
         headline,
-        write_best_practices_report,
-        f"python {PROG} --report-only --out {shlex.quote(str(out))}",
+        write_report,
+        f"python {PROG} --report-only{preset} --out {shlex.quote(str(out))}",
     )
 
 

@@ -64,7 +64,7 @@ def parse_args():
     parser.add_argument(
         "--width", type=cli.positive_int, default=800, help="network width (default 800)"
     )
-    cli.add_sweep_arguments(parser)
+    cli.add_sweep_arguments(parser, BOTTLENECK_PRESETS)
     return parser.parse_args()
 
 

@@ -118,14 +118,18 @@ def bench_arch(
 
     # The 2019 data path starts from the same images as uint8, unnormalized.
     mean, std = NORMALIZATION["cifar10"]
-    to_uint8 = lambda x: (
-        (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1))
-        .clamp(0, 1)
-        .mul(255)
-        .byte()
-        .permute(0, 2, 3, 1)
-        .numpy()
-    )
+
+    def to_uint8(x: torch.Tensor) -> np.ndarray:
+        """Normalized (N, 3, H, W) images back to uint8 (N, H, W, 3), as PIL reads them."""
+        return (
+            (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1))
+            .clamp(0, 1)
+            .mul(255)
+            .byte()
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
+
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     train_set = UInt8Images(to_uint8(data.x_train), data.y_train.cpu().numpy(), tf)
     eval_set = UInt8Images(to_uint8(data.x_eval), data.y_eval.cpu().numpy(), tf)
@@ -205,7 +209,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{args.samples} train + {args.eval_samples} eval samples, batch {BATCH}, median of {args.epochs}",
+        f"{args.samples} train + {args.eval_samples} eval samples, batch {BATCH}, "
+        f"median of {args.epochs}",
         flush=True,
     )
     results = []
@@ -218,7 +223,8 @@ def main() -> None:
     print(f"\n| model | row | epoch (s) | ratio to row 1 | {peak_label} |\n|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['arch']} | {r['row']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {r['peak_mb']:.0f} |"
+            f"| {r['arch']} | {r['row']} | {r['median_s']:.2f} | {r['ratio']:.3f} "
+            f"| {r['peak_mb']:.0f} |"
         )
     if args.json:
         args.json.write_text(

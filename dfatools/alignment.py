@@ -6,7 +6,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,7 @@ def measure_alignment(
             shapes = [h.shape for h in hs]
             if not through_layers:  # fa/sign models use no feedback matrix
                 node.prepare(shapes, out)
-            weights = [[m.weight for m in t.below if m.weight.requires_grad] for t in traces]
+            weights = [_weights(t.below) for t in traces]
             flat_w = [w for ws in weights for w in ws]
             grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
             grad_y, grad_h, grad_w = grads[0], grads[1 : 1 + len(hs)], list(grads[1 + len(hs) :])
@@ -161,6 +161,12 @@ def _layer_signals(
     signals = [g * n for g in grads[: len(hs)]]
     rest = grads[len(hs) :]
     return signals, [[rest.pop(0) for _ in ws] for ws in weights]
+
+
+def _weights(layers: list[nn.Module]) -> list[torch.Tensor]:
+    """The trainable weights of ``layers`` (weight layers: Linear, Conv2d)."""
+    weights = [cast(torch.Tensor, m.weight) for m in layers]
+    return [w for w in weights if w.requires_grad]
 
 
 def _point_name(node: DFA, i: int, below: list[nn.Module]) -> str:

@@ -20,6 +20,9 @@ class Bottleneck(nn.Linear):
     Shape: ``(N, in_features)`` in, ``(N, out_features)`` out.
     """
 
+    weight_mask: torch.Tensor
+    bias_mask: torch.Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -48,7 +51,7 @@ class Bottleneck(nn.Linear):
         # Values are the full weight; gradient flows only to the kept entries.
         weight = torch.where(self.weight_mask, self.weight, self.weight.detach())
         bias = None
-        if self.bias is not None:
+        if self.bias is not None and self.bias_mask is not None:
             bias = torch.where(self.bias_mask, self.bias, self.bias.detach())
         return F.linear(x, weight, bias)
 

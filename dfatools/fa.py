@@ -27,9 +27,11 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.grad import conv2d_input
 
 from .feedback import DFA, WEIGHT_LAYERS
 
@@ -55,12 +57,12 @@ class _BackwardThrough(torch.autograd.Function):
 def backward_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``B_l`` of a converted layer as a matrix the shape of its weight and a scalar factor
     (None for 1), so the factor can go on whichever of ``B_l`` and the result is smaller."""
-    method = layer.feedback_method
+    method = layer.__dict__["feedback_method"]
     if method == "fa":
-        return layer.feedback_weight, None
-    w = layer.weight.detach()
+        return layer.get_buffer("feedback_weight"), None
+    w = _weight(layer).detach()
     if method == "frsf":
-        return torch.sign(w) * layer.feedback_magnitude, None
+        return torch.sign(w) * layer.get_buffer("feedback_magnitude"), None
     if method == "brsf":  # magnitudes redrawn at every backward, i.e. every batch
         magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype) * _bound(w)
         return torch.sign(w) * magnitude, None
@@ -86,7 +88,8 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
         return (0, 0)
     if isinstance(layer.padding, str):
         raise ValueError(f"fa/sign need an explicit Conv2d padding, got {layer.padding!r}")
-    return tuple(layer.padding)
+    top, side = layer.padding
+    return (int(top), int(side))
 
 
 def input_gradient(
@@ -101,7 +104,7 @@ def input_gradient(
     if scale is not None and B.numel() <= math.prod(input_shape):
         B, scale = B * scale, None  # scale the smaller of B and the result
     if isinstance(layer, nn.Conv2d):
-        grad = torch.nn.grad.conv2d_input(
+        grad = conv2d_input(
             input_shape,
             B,
             grad_out,
@@ -117,7 +120,7 @@ def input_gradient(
 
 def _detach_input(layer: nn.Module, args: tuple):
     x = args[0]
-    if not (layer.feedback_enabled and torch.is_grad_enabled() and x.requires_grad):
+    if not (layer.__dict__["feedback_enabled"] and torch.is_grad_enabled() and x.requires_grad):
         return None
     layer.__dict__["_feedback_input"] = x  # for _attach_input, right after this call
     return (x.detach(), *args[1:])
@@ -145,7 +148,8 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             _conv_padding(layer)
-        layer.feedback_method, layer.feedback_enabled = method, True
+        # Plain attributes (what nn.Module.__setattr__ does with a str or a bool).
+        layer.__dict__.update(feedback_method=method, feedback_enabled=True)
         if method in ("fa", "frsf"):
             w = layer.weight
             # Distributed as PyTorch's default init of W: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
@@ -162,6 +166,10 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
         if isinstance(node, DFA):
             node.switch_off()  # the back-propagated signal must cross its points
     return model
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, layer.weight)
 
 
 def _bound(w: torch.Tensor) -> float:
@@ -221,7 +229,9 @@ def to_rsf(model: nn.Module, method: str, seed: int = 0) -> nn.Module:
 def layer_method(model: nn.Module) -> str | None:
     """``"fa"``, ``"sign"``, ``"brsf"`` or ``"frsf"`` when ``model`` holds layers converted by
     :func:`to_fa`, :func:`to_sign` or :func:`to_rsf`, else None."""
-    methods = {m.feedback_method for m in model.modules() if hasattr(m, "feedback_method")}
+    methods = {
+        m.__dict__["feedback_method"] for m in model.modules() if hasattr(m, "feedback_method")
+    }
     if len(methods) > 1:
         raise ValueError(f"the model mixes layer methods {sorted(methods)}")
     return methods.pop() if methods else None
@@ -230,12 +240,12 @@ def layer_method(model: nn.Module) -> str | None:
 @contextlib.contextmanager
 def exact_layers(model: nn.Module) -> Iterator[None]:
     """Within the block, converted layers back-propagate through ``W_l``: exact gradients."""
-    layers = [m for m in model.modules() if hasattr(m, "feedback_enabled")]
-    saved = [m.feedback_enabled for m in layers]
-    for m in layers:
-        m.feedback_enabled = False
+    flags = [m.__dict__ for m in model.modules() if hasattr(m, "feedback_enabled")]
+    saved = [f["feedback_enabled"] for f in flags]
+    for f in flags:
+        f["feedback_enabled"] = False
     try:
         yield
     finally:
-        for m, flag in zip(layers, saved):
-            m.feedback_enabled = flag
+        for f, flag in zip(flags, saved):
+            f["feedback_enabled"] = flag

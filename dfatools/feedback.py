@@ -234,6 +234,8 @@ class DFA(nn.Module):
         if self.signal == "none":
             return [grad_y.new_zeros(shape) for shape in shapes]
         if self.signal == "target":
+            if target is None:
+                raise ValueError("signal='target' (DRTP) needs the class targets")
             return self.target_signals(target, shapes)
         return self.signals(self.error_from_grad(grad_y), shapes)
 
@@ -329,8 +331,9 @@ class DFA(nn.Module):
                 f"feedback points {', '.join(missing)} were not reached in this forward "
                 "pass; every point passed to DFA must be used before the output"
             )
+        recorded = [h for h in hidden if h is not None]
         lead = y.shape[:-1]
-        for i, h in enumerate(hidden):
+        for i, h in enumerate(recorded):
             if h.shape[: len(lead)] != lead:
                 raise ValueError(
                     f"feedback point {self._label(i)} has shape {tuple(h.shape)}, but the "
@@ -340,8 +343,8 @@ class DFA(nn.Module):
         if self.signal == "none":
             # The points handed on detached copies: only the output layer is in the graph.
             return y
-        self.prepare([h.shape for h in hidden], y)
-        return _DFAFunction.apply(self, y, *hidden)
+        self.prepare([h.shape for h in recorded], y)
+        return _DFAFunction.apply(self, y, *recorded)
 
     def _label(self, i: int) -> str:
         name = self.points[i].name

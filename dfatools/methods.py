@@ -23,6 +23,7 @@ from .inspect import find_dfa
 from .sequential import to_dfa
 
 METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
+"""Every method name :func:`to_method` takes, in the order the reports list them."""
 _SIGNALS = {"drtp": "target", "shallow": "none"}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,9 @@ class DFASequential(nn.Sequential):
     @property
     def feedback(self) -> DFA:
         """The DFA output node that owns the feedback matrices."""
-        return self[-1]
+        node = self[-1]
+        assert isinstance(node, DFA)
+        return node
 
     @property
     def feedback_points(self) -> list[FeedbackPoint]:
@@ -100,7 +103,9 @@ def to_dfa(
     >>> model = dfatools.to_dfa(resnet18(num_classes=10), 10, points=[BasicBlock])
     >>> F.cross_entropy(model(x), y).backward()
     """
-    options = dict(normalize=normalize, feedback=feedback, error=error, seed=seed, signal=signal)
+    options: dict[str, Any] = dict(
+        normalize=normalize, feedback=feedback, error=error, seed=seed, signal=signal
+    )
     if points is not None:
         if exact_top != 1:
             raise ValueError(
@@ -138,13 +143,15 @@ def to_dfa(
             f"num_classes={num_classes} does not match the output layer "
             f"({last.out_features} outputs)"
         )
-    modules, points, seen = [], [], 0
+    modules: list[nn.Module] = []
+    feedback_points: list[FeedbackPoint] = []
+    seen = 0
     for layer in layers:
         if isinstance(layer, WEIGHT_LAYERS):
             if 0 < seen <= n_weight - exact_top:
-                points.append(FeedbackPoint())
-                modules.append(points[-1])
+                feedback_points.append(FeedbackPoint())
+                modules.append(feedback_points[-1])
             seen += 1
         modules.append(layer)
-    modules.append(DFA(points, num_classes, **options))
+    modules.append(DFA(feedback_points, num_classes, **options))
     return DFASequential(*modules)

@@ -50,8 +50,11 @@ from .effects import (
 )
 from .experiments import BOTTLENECK_POINTS, METHODS
 from .report import (
+    BP_MARK,
+    OTHER_ALIGNMENT,
     Echo,
     alignment_of,
+    cos_cell,
     final_records,
     fmt,
     fmt_counts,
@@ -241,8 +244,7 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
 
 # -- recovered 2019 logs --------------------------------------------------------------------------
 def read_recovered(path: Path) -> list[list[dict]]:
-    """The JSON written by log_retrieval.py for a 2019 log: runs of epoch dicts; UsageError if
-    not."""
+    """The JSON that log_retrieval.py writes for a 2019 log: runs of epoch dicts; UsageError."""
     try:
         runs = parse_json(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -435,6 +437,7 @@ def write_outputs(
         tr = mean_std(r.get("train_top1") for r in c.records)
         ev = mean_std(r.get("eval_top1") for r in c.records)
         bn = s.get(c.bottleneck_point, {})
+        defined = OTHER_ALIGNMENT.get(c.method) != "undefined"  # shallow: no cosine to write
         md_rows.append(
             [
                 c.method,
@@ -447,8 +450,8 @@ def write_outputs(
                 fmt_pm(tr[0], tr[1], 2),
                 fmt_pm(ev[0], ev[1], 2),
                 label(c.bottleneck_point),
-                *(fmt(s.get(p, {}).get("cos"), 3) for p in points),
-                *(fmt(s.get(p, {}).get("deg"), 1) for p in with_deg),
+                *(cos_cell(s.get(p, {}).get("cos"), 3, c.method) for p in points),
+                *(cos_cell(s.get(p, {}).get("deg"), 1, c.method) for p in with_deg),
             ]
         )
         csv_rows.append(
@@ -469,10 +472,10 @@ def write_outputs(
                 fmt(ev[0], 4),
                 fmt(ev[1], 4),
                 label(c.bottleneck_point),
-                fmt(bn.get("cos"), 6),
-                fmt(bn.get("cos_std"), 6),
-                *(fmt(s.get(p, {}).get("cos"), 6) for p in points),
-                *(fmt(s.get(p, {}).get("deg"), 4) for p in with_deg),
+                fmt(bn.get("cos"), 6) if defined else "",
+                fmt(bn.get("cos_std"), 6) if defined else "",
+                *(fmt(s.get(p, {}).get("cos"), 6) if defined else "" for p in points),
+                *(fmt(s.get(p, {}).get("deg"), 4) if defined else "" for p in with_deg),
                 *([fmt(u, 6)] if with_undefined else []),
             ]
         )
@@ -486,14 +489,18 @@ def write_outputs(
         "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
         "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
         "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
-        "bottleneck layer, plotted in alignment_vs_size.png.",
+        "bottleneck layer, plotted in alignment_vs_size.png. Shallow delivers no signal, so "
+        f"its cosines are undefined (and not plotted); {BP_MARK} BP: the cosine of the DFA "
+        "signal on the BP-trained network.",
         "",
         *points_lines(cells, stats, label),
         table,
         "",
         *convergence_lines(flags, eval_name),
         *undefined_lines(
-            undefined_note(c.name, s, [c.bottleneck_point], label) for c, s in zip(cells, stats)
+            undefined_note(c.name, s, [c.bottleneck_point], label)
+            for c, s in zip(cells, stats)
+            if OTHER_ALIGNMENT.get(c.method) != "undefined"  # shallow: undefined by definition
         ),
         *write_effects(
             effects,
@@ -544,9 +551,10 @@ def bottleneck_effects(
     """Effects (DESIGN.md 8) of each cell against the cell of the full width (config ``width``,
     else 800) at the same method, points, mode and init: eval top-1, ``cos_mean`` at the
     bottleneck point (when both cells name the same one) and ``cos_mean`` averaged over each
-    run's points. A cell of other points (2019) is also compared with today's network (points
-    all) at the same method, mode, init and size, when the table has it: top-1 and the
-    bottleneck point only, since a mean over other points is another quantity."""
+    run's points; top-1 only where the method's cosine is undefined (shallow). A cell of other
+    points (2019) is also compared with today's network (points all) at the same method, mode,
+    init and size, when the table has it: top-1 and the bottleneck point only, since a mean over
+    other points is another quantity."""
     by_key = {(c.method, c.points, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:
@@ -562,6 +570,9 @@ def bottleneck_effects(
         if c.points != "all" and today is not None:
             pairs.append((today, False))
         for ref, with_mean in pairs:
+            if OTHER_ALIGNMENT.get(c.method) == "undefined":
+                effects += compare(c.name, c.records, ref.name, ref.records, [top1_metric(split)])
+                continue
             at_point = []
             if ref.bottleneck_point == c.bottleneck_point:
                 at_point = [bottleneck_metric(c.bottleneck_point, label)]
@@ -650,6 +661,8 @@ def plot_alignment(
     low, high = 0.0, 1.0
     styles = _styles(series)
     for curve, idx in series.items():
+        if OTHER_ALIGNMENT.get(curve[0]) == "undefined":
+            continue  # shallow: no signal, no alignment to draw
         x = [cells[i].size for i in idx]
         y = np.array(
             [stats[i].get(cells[i].bottleneck_point, {}).get("cos", math.nan) for i in idx]
@@ -679,6 +692,8 @@ def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) ->
     axes = fig.subplots(1, 2, sharey=True)
     styles = _styles(series)
     for curve, idx in series.items():
+        if OTHER_ALIGNMENT.get(curve[0]) == "undefined":
+            continue  # shallow: no signal, no alignment to draw
         x = [cells[i].size for i in idx]
         for ax, key in zip(axes, ("train_top1", "eval_top1")):
             ms = [mean_std(r.get(key) for r in cells[i].records) for i in idx]

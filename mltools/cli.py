@@ -142,14 +142,19 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
     sys.exit(code or 0)
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
     """The flags both experiment scripts share; None means "take it from the preset"."""
     parser.add_argument(
         "--preset",
-        choices=["paper", "quick", "fashion"],
+        choices=list(presets),
         help="paper: the paper's settings (default whenever --dataset is given); "
         "quick: digits, a few epochs (the default otherwise); fashion: the "
-        "published Fashion-MNIST study (README, Results)",
+        "published Fashion-MNIST study (docs/results.md)"
+        + (
+            "; fashion-fair: every method at its own lr and epochs (docs/results-fair.md)"
+            if "fashion-fair" in presets
+            else ""
+        ),
     )
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
@@ -196,9 +201,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write TensorBoard event files in each run folder (tensorboard --logdir RESULTS)",
     )
-    slurm = parser.add_argument_group(
-        "cluster (submitit; README, Running the full study on a cluster)"
-    )
+    slurm = parser.add_argument_group("cluster (submitit; docs/paper-study.md)")
     slurm.add_argument(
         "--slurm",
         nargs="?",
@@ -258,5 +261,38 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "train_samples": args.train_samples or p.train_samples,
         "eval_samples": args.eval_samples,
         "cnn_min_side": p.cnn_min_side,
+        "choices": p.choices,
+        "cnn_seeds": args.seeds or p.cnn_seeds or p.seeds,
     }
     return chosen
+
+
+def preset_choices(preset) -> dict[str, tuple[float, int]]:
+    """``{experiment: (lr, epochs)}`` of a per-method preset (its ``choices`` file in mltools/);
+    empty for the others. UsageError when the file is missing or malformed."""
+    if not preset.choices:
+        return {}
+    from .lr_grid import read_choices
+
+    return read_choices(Path(__file__).parent / preset.choices)
+
+
+def experiment_settings(
+    settings: dict, choices: dict[str, tuple[float, int]], name: str, args
+) -> dict:
+    """``settings`` for one experiment: the CNN seed count, and under a per-method preset the lr
+    and epochs that ``choices`` give it; --lr and --epochs, when given, still override."""
+    from .experiments import EXPERIMENTS
+
+    own = dict(settings)
+    if EXPERIMENTS[name][1].get("arch") == "cnn":
+        own["seeds"] = settings["cnn_seeds"]
+    if not choices:
+        return own
+    if name not in choices:
+        raise UsageError(
+            f"the {settings['preset']} preset has no chosen lr and epochs for {name} "
+            f"(mltools/{settings['choices']} has {' '.join(choices)})"
+        )
+    lr, epochs = choices[name]
+    return {**own, "lr": args.lr or lr, "epochs": args.epochs or epochs}

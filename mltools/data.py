@@ -6,7 +6,8 @@ to [0, 1], normalize per channel and move to the device once. torchvision is use
 files (``download=True``); it never reads them, so there is exactly one way data enters a run.
 
     ds = load_dataset("cifar10", data_dir="data")
-    for idx in iterate_batches(len(ds.y_train), 128, torch.Generator().manual_seed(0), ds.x_train.device):
+    order = torch.Generator().manual_seed(0)
+    for idx in iterate_batches(len(ds.y_train), 128, order, ds.x_train.device):
         x, y = ds.x_train[idx], ds.y_train[idx]
 """
 
@@ -21,7 +22,6 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ class DataError(Exception):
 
 @dataclass
 class Dataset:
-    """A loaded dataset: normalized float32 images (N, C, H, W) and int64 labels (N,), on one device."""
+    """A loaded dataset: normalized float32 images (N, C, H, W) and int64 labels (N,), on one
+    device."""
 
     name: str
     x_train: torch.Tensor = field(repr=False)  # (N, C, H, W) float32, normalized
@@ -143,7 +144,8 @@ class CifarUnpickler(pickle.Unpickler):
 
 def unpickle_cifar(path: Path) -> dict:
     """The dict of one CIFAR batch file, keys as str. The real files were pickled by Python 2
-    (their keys load as bytes with ``encoding="bytes"``); files re-saved by Python 3 have str keys."""
+    (their keys load as bytes with ``encoding="bytes"``); files re-saved by Python 3 have str
+    keys."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
@@ -206,7 +208,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     expected = math.prod(dims)  # exact: np.prod would wrap around for absurd headers
     if len(raw) - header != expected:
         raise DataError(
-            f"{path}: size mismatch: header dims {dims} need {expected} bytes, file has {len(raw) - header}"
+            f"{path}: size mismatch: header dims {dims} need {expected} bytes, "
+            f"file has {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -224,7 +227,7 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
 
 def find_dir(
     candidates: Sequence[Path], names: Sequence[str], allow_gz: bool
-) -> Optional[dict[str, Path]]:
+) -> dict[str, Path] | None:
     """First candidate folder holding every file of `names` (raw, else .gz), as name -> path."""
     for folder in candidates:
         found = {}
@@ -348,7 +351,8 @@ def load_digits_arrays():
 
 
 def synthetic_arrays(shape: Sequence[int], num_classes: int, sizes: Sequence[int]):
-    """Standard-normal float32 images of `shape` and uniform labels; fixed seed. For benchmarks only."""
+    """Standard-normal float32 images of `shape` and uniform labels; fixed seed. For benchmarks
+    only."""
     shape = tuple(int(s) for s in shape)
     sizes = tuple(int(s) for s in sizes)
     if len(shape) != 3 or min(shape) < 1:
@@ -379,7 +383,8 @@ def val_split(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_tensor(x: np.ndarray, stats, device: torch.device) -> torch.Tensor:
-    """(N, C, H, W) array -> float32 tensor on device: uint8 scaled to [0, 1], then (x - mean) / std."""
+    """(N, C, H, W) array -> float32 tensor on device: uint8 scaled to [0, 1], then
+    (x - mean) / std."""
     # Move before converting: uint8 is 4x less to copy to a GPU, and the math then runs there.
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
     # For float32 input .float() is a no-op and the in-place ops below write into `x`: fine, every
@@ -419,10 +424,11 @@ def load_dataset(
 ) -> Dataset:
     """Load `name` as normalized tensors on `device`.
 
-    eval_split "test": train on the whole training set, evaluate on the test set. "val": a fixed-seed
-    85/15 split of the training set; eval is the 15% part and the test set is not read.
-    train_samples keeps the first N training samples (after the val split), eval_samples the first N
-    evaluation samples (smoke runs and benchmarks: the alignment batch is their first 128).
+    eval_split "test": train on the whole training set, evaluate on the test set. "val": a
+    fixed-seed 85/15 split of the training set; eval is the 15% part and the test set is not
+    read. train_samples keeps the first N training samples (after the val split), eval_samples
+    the first N evaluation samples (smoke runs and benchmarks: the alignment batch is their
+    first 128).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -482,7 +488,8 @@ def load_dataset(
 def iterate_batches(
     n: int, batch_size: int, generator: torch.Generator, device
 ) -> Iterator[torch.Tensor]:
-    """Yield index tensors (on device) of a seeded random permutation of range(n), in batches of batch_size (last one smaller)."""
+    """Yield index tensors (on device) of a seeded random permutation of range(n), in batches of
+    batch_size (the last one smaller)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # randperm must run where the generator lives; the indices then move to the data's device once.

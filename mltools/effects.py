@@ -3,8 +3,9 @@
 Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
 
 * **Effects** (DESIGN.md 8): an experiment's difference from its reference (``fc-*`` vs
-  ``fc-tanh``, ``conv-*`` vs ``conv-tanh``; a bottleneck size vs the full width at the same mode
-  and init) in a final metric: mean over the experiment's done seeds minus mean over the
+  ``fc-tanh``, ``conv-*`` vs ``conv-tanh``, or vs ``fc-bp`` and ``conv-bp`` in a per-method
+  study, DESIGN.md 10; a bottleneck size vs the full width at the same mode and init) in a
+  final metric: mean over the experiment's done seeds minus mean over the
   reference's, with a 95% Welch confidence interval. An interval that excludes 0 is a *clear
   effect*; otherwise the effect is *within noise*. Fewer than 2 done seeds on a side: no interval.
 * **Convergence**: :func:`unconverged` flags a run whose eval top-1 was still rising at its last
@@ -26,16 +27,34 @@ from typing import Callable
 
 import numpy as np
 
-from .report import alignment_of, fmt, markdown_table, new_figure, number, point_label, write_csv
+from .report import (
+    alignment_of,
+    fmt,
+    markdown_table,
+    new_figure,
+    number,
+    own_alignment,
+    point_label,
+    write_csv,
+)
 from .runlog import Run
 
 LEVEL = 0.95  # confidence level of the effect intervals
-# experiment-name prefix -> its reference; the models of DESIGN.md 9 are compared with their BP
+# reference method -> {experiment-name prefix -> the reference experiment}; the models of
+# DESIGN.md 9 are compared with their BP in either case
 REFERENCES = {
-    "fc": "fc-tanh",
-    "conv": "conv-tanh",
-    "resnet": "resnet-bp",
-    "transformer": "transformer-bp",
+    "dfa": {
+        "fc": "fc-tanh",
+        "conv": "conv-tanh",
+        "resnet": "resnet-bp",
+        "transformer": "transformer-bp",
+    },
+    "bp": {
+        "fc": "fc-bp",
+        "conv": "conv-bp",
+        "resnet": "resnet-bp",
+        "transformer": "transformer-bp",
+    },
 }
 FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config gives none
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
@@ -51,11 +70,12 @@ UNDEFINED_EXPLANATION = (
 
 
 # -- references -----------------------------------------------------------------------------------
-def reference_of(experiment: str) -> str | None:
+def reference_of(experiment: str, method: str = "dfa") -> str | None:
     """The experiment that ``experiment``'s effects are measured against, from its name's prefix
-    (``fc-*`` -> ``fc-tanh``, ``conv-*`` -> ``conv-tanh``), so new experiments need no list.
-    None for a reference itself and for a name with another prefix."""
-    reference = REFERENCES.get(experiment.split("-", 1)[0])
+    (``fc-*`` -> ``fc-tanh``, ``conv-*`` -> ``conv-tanh``; with ``method="bp"``, ``fc-bp`` and
+    ``conv-bp``), so new experiments need no list. None for a reference itself and for a name
+    with another prefix."""
+    reference = REFERENCES[method].get(experiment.split("-", 1)[0])
     return None if reference == experiment else reference
 
 
@@ -144,7 +164,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
 
 @dataclass(frozen=True)
 class Effect:
-    """``metric`` of ``name`` minus that of ``reference``; ``n``, ``n_ref``: the seeds that count."""
+    """``metric`` of ``name`` minus that of ``reference``; ``n``, ``n_ref``: seeds that count."""
 
     name: str
     reference: str
@@ -155,7 +175,7 @@ class Effect:
 
     @property
     def clear(self) -> bool | None:
-        """True: the interval excludes 0 (a clear effect); False: within noise; None: no interval."""
+        """True: the interval excludes 0 (clear effect); False: within noise; None: no interval."""
         if not math.isfinite(self.interval.low):
             return None
         return self.interval.low > 0 or self.interval.high < 0
@@ -186,24 +206,34 @@ def compare(
 
 
 def experiment_effects(
-    finals: dict[str, list[dict]], split: str = "test"
+    finals: dict[str, list[dict]],
+    split: str = "test",
+    reference_method: str = "dfa",
+    methods: dict[str, str] | None = None,
 ) -> tuple[list[Effect], list[str]]:
     """Effects of each experiment of ``finals`` (name -> final records of its done seeds, in table
     order) against its reference, and notes on what could not be compared.
 
     Metrics: eval top-1, ``cos_mean`` per feedback point, and ``cos_mean`` averaged over each
     run's points. Per point only when both experiments have the same points: with 3 points
-    against 4, the same index is a different layer.
+    against 4, the same index is a different layer. Cosines only when both sides measure their
+    own signal (``methods``: name -> method; see :func:`mltools.report.own_alignment`): a BP
+    run's cosine is the DFA signal's on a BP net, shallow's is undefined.
     """
-    effects, notes, missing = [], [], []
+    methods = methods or {}
+    effects, notes, missing, top1_only = [], [], [], []
     for name, records in finals.items():
-        reference = reference_of(name)
+        reference = reference_of(name, reference_method)
         if reference is None:
             continue
         if reference not in finals:
             missing.append(f"{name} (vs {reference})")
             continue
         ref_records = finals[reference]
+        if not (own_alignment(methods.get(name)) and own_alignment(methods.get(reference))):
+            top1_only.append(name)
+            effects += compare(name, records, reference, ref_records, [top1_metric(split)])
+            continue
         points, ref_points = points_of(records), points_of(ref_records)
         per_point = []
         if points == ref_points:
@@ -216,6 +246,12 @@ def experiment_effects(
             )
         effects += compare(
             name, records, reference, ref_records, [top1_metric(split), *per_point, MEAN_COS]
+        )
+    if top1_only:
+        notes.append(
+            f"{', '.join(top1_only)}: top-1 only. Alignment is compared only between methods "
+            f"that each measure their own learning signal: a BP run's cosine is that of the "
+            f"DFA signal on the BP-trained network, and shallow's is undefined (no signal)."
         )
     return effects, notes + no_reference_note(missing)
 
@@ -344,7 +380,7 @@ def write_effects(
 
 
 def _marker(clear: bool | None) -> dict:
-    """Line2D style of an effect: filled dot, clear; hollow dot, within noise; grey cross, no interval."""
+    """Line2D style of an effect: filled dot, clear; hollow, within noise; grey cross, no CI."""
     if clear is None:
         return {"marker": "x", "ls": "none", "color": "0.45", "ms": 6}
     color = "C3" if clear else "C0"
@@ -508,8 +544,8 @@ def undefined_lines(notes: Iterable[str | None]) -> list[str]:
         return []
     return (
         [
-            f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} at a point, "
-            "done seeds):",
+            f"Undefined cosines (mean final `undefined_frac` above {UNDEFINED_LIMIT:.0%} at a "
+            "point, done seeds):",
             "",
         ]
         + [f"- {n}" for n in notes]

@@ -47,7 +47,7 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "conv-bp": ("CNN, tanh, backprop", {"arch": "cnn", "method": "bp"}),
     "fc-pai": ("FC, tanh, PAI", {"arch": "fc", "init": "pai"}),
     # Not a row of the paper: the 2019 code's CNN had no feedback point before its output layer,
-    # so its Linear(576, 128) was trained by BP (README, deviations).
+    # so its Linear(576, 128) was trained by BP (docs/deviations.md).
     "conv-tanh-2019": (
         "CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
         {"arch": "cnn", "cnn_points": "2019"},
@@ -71,10 +71,14 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
 # encoder layer (mltools.models.feedback_points). Run when named, or with --group resnet
 # transformer.
 MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
-    f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method})
-    for arch, label in (
-        ("resnet", "small ResNet, points at its BasicBlocks"),
-        ("transformer", "Transformer on image rows, points at its encoder layers"),
+    f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method, **extra})
+    for arch, label, extra in (
+        ("resnet", "small ResNet, points at its BasicBlocks", {}),
+        (
+            "transformer",
+            "Transformer on image rows, points at its encoder layers, Adam",
+            {"optimizer": "adam"},
+        ),
     )
     for method, text in (("dfa", "DFA"), ("bp", "backprop"), ("fa", "feedback alignment"))
 }
@@ -112,17 +116,26 @@ GROUPS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Preset:
-    """Sweep-wide settings; explicit command-line flags override them."""
+    """Sweep-wide settings; explicit command-line flags override them.
+
+    A per-method preset (DESIGN.md 10) names a ``choices`` file of mltools/ (written by
+    ``python -m mltools.lr_grid --per-method``) that gives every experiment its own lr and
+    epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of the CNN experiments
+    and measures effects against the experiments of method ``reference``.
+    """
 
     dataset: str
     seeds: int
-    epochs: int
+    epochs: int | None
     batch_size: int
-    lr: float
+    lr: float | None
     eval_split: str = "test"
     train_samples: int | None = None  # None: the whole training set
     cnn_min_side: int = 32  # CNN inputs smaller than this are upsampled to it
     bottleneck_sizes: tuple[int, ...] = field(default=())
+    choices: str | None = None
+    cnn_seeds: int | None = None  # None: ``seeds``
+    reference: str = "dfa"  # effects are against fc-/conv- experiments of this method
 
 
 PAPER_BOTTLENECK_SIZES = (1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800)
@@ -132,13 +145,40 @@ BEST_PRACTICES_PRESETS = {
     "paper": Preset("cifar10", seeds=10, epochs=50, batch_size=128, lr=5e-4),
     # digits is tiny: batches of 64 give 23 steps an epoch. 8x8 images are upsampled to 16x16
     # for the CNN (not 32x32: 6x less compute, 64 features after the pools). lr: the grid rule
-    # of mltools/lr_grid.py on the val split (README, "The default run").
+    # of mltools/lr_grid.py on the val split (docs/presets.md).
     "quick": Preset("digits", seeds=3, epochs=20, batch_size=64, lr=0.1, cnn_min_side=16),
-    # The published Fashion-MNIST study (README, Results): the paper's optimizer on 10,000
+    # The published Fashion-MNIST study (docs/results.md): the paper's optimizer on 10,000
     # training images, so all 18 experiments x 3 seeds and the bottleneck sweep fit in about
     # 90 minutes on a 2-core CPU. lr: the grid rule of FASHION_LR_GRID.
     "fashion": Preset(
         "fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03, train_samples=10_000
+    ),
+    # Every method at its own best (docs/results-fair.md): the fashion preset's data in test
+    # mode, each experiment at the lr and epochs that mltools/fashion_fair.json gives it (the
+    # per-method rule of mltools/lr_grid.py on the val split), effects against BP.
+    "fashion-fair": Preset(
+        "fashion-mnist",
+        seeds=5,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_fair.json",
+        cnn_seeds=3,
+        reference="bp",
+    ),
+    # DFA on models that are not a chain of layers (docs/any-model.md): the small ResNet and the
+    # row Transformer by dfa, bp and fa, each at the lr that mltools/fashion_any.json gives it
+    # (the per-method rule on the val split); run with --epochs 10 (docs/any-model.md says why).
+    "fashion-any": Preset(
+        "fashion-mnist",
+        seeds=3,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_any.json",
+        reference="bp",
     ),
 }
 

@@ -239,7 +239,7 @@ def point_blocks(net: nn.Sequential, points: Sequence[str] | None) -> list[int]:
 def resnet(
     input_shape: tuple[int, int, int],
     num_classes: int,
-    widths: tuple[int, ...] = (16, 32, 64),
+    widths: tuple[int, ...] = (8, 16, 32),
     blocks: int = 1,
 ) -> nn.Module:
     """A small CIFAR-style ResNet of torchvision ``BasicBlock``s: conv 3x3 stem, one stage per
@@ -289,7 +289,7 @@ class RowTransformer(nn.Module):
         self,
         input_shape: tuple[int, int, int],
         num_classes: int,
-        d_model: int = 64,
+        d_model: int = 32,
         layers: int = 2,
         heads: int = 4,
     ) -> None:

@@ -49,7 +49,29 @@ METHOD_NAMES = {
     "sign": "sign",
     "drtp": "DRTP",
     "shallow": "shallow",
+    "brsf": "BRSF",
+    "frsf": "FRSF",
 }
+# What a row's cosines measure, where it is not the method's own learning signal against the
+# BP gradient (DESIGN.md 3, 7): a BP run delivers no signal of its own, so its cosine is that
+# of the DFA signal on the BP-trained network (the paper's BP baselines), a different quantity;
+# shallow delivers none at all, so its cosine is undefined.
+OTHER_ALIGNMENT = {"bp": "DFA signal on the BP net", "shallow": "undefined"}
+BP_MARK = "†"  # marks a BP row's cosines in tables
+
+
+def own_alignment(method: str | None) -> bool:
+    """Whether a run of ``method`` measures the alignment of its own learning signal."""
+    return method not in OTHER_ALIGNMENT
+
+
+def cos_cell(value: float | None, decimals: int, method: str | None) -> str:
+    """A table cell of a cosine (or angle) of a ``method`` row: ``undefined`` for shallow,
+    marked with BP_MARK for BP."""
+    cell = fmt(value, decimals)
+    if OTHER_ALIGNMENT.get(method) == "undefined":
+        return "undefined" if cell else ""  # '' where the point does not exist
+    return f"{cell} {BP_MARK}" if cell and method == "bp" else cell
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -232,8 +254,9 @@ def alignment_ylim(ax, lows: Iterable[float]) -> None:
 def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
     """One PNG: alignment vs epoch at each feedback point, then eval top-1 vs epoch.
 
-    ``curves``: experiment -> {"label", "runs", "eval_label", "arch"}; mean over the done runs,
-    band = sample std over seeds.
+    ``curves``: experiment -> {"label", "runs", "eval_label", "arch", "alignment"}; mean over
+    the done runs, band = sample std over seeds. A curve whose ``alignment`` is False (shallow:
+    undefined) is left out of the alignment panels.
     """
     points = sorted(
         {
@@ -249,10 +272,10 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
     colors = [f"C{i}" for i in range(10)]
     handles, labels = [], []
     eval_labels = sorted({c["eval_label"] for c in curves.values()})
-    for i, (name, c) in enumerate(curves.items()):
+    for i, c in enumerate(curves.values()):
         style = {"color": colors[i % 10], "ls": "--" if c["arch"] == "cnn" else "-", "lw": 1.6}
         lows = []
-        for ax, point in zip(axes, points):
+        for ax, point in zip(axes, points if c.get("alignment", True) else []):
             x, m, s = epoch_curve(c["runs"], alignment_value(point))
             if len(x) == 0:
                 continue
@@ -301,6 +324,25 @@ class Row:
     def eval_split(self) -> str:
         return self.config.get("eval_split", "test")
 
+    def setting(self, key: str, default: object = "") -> object:
+        """A setting from the run's config, else the experiment's definition, else default."""
+        return self.config.get(key, EXPERIMENTS.get(self.name, ("", {}))[1].get(key, default))
+
+    @property
+    def method(self) -> str:
+        return str(self.setting("method", "dfa"))
+
+    @property
+    def epochs(self) -> str:
+        """The epochs of the final records, ``/``-joined (one in a sweep)."""
+        return "/".join(map(str, sorted({r["epoch"] for r in self.records})))
+
+    @property
+    def lrs(self) -> str:
+        """The learning rates of the done seeds, ``/``-joined (one in a sweep)."""
+        lrs = sorted({r.config.get("lr") for r, _ in self.used if number(r.config.get("lr"))})
+        return "/".join(f"{lr:g}" for lr in lrs)
+
     @property
     def records(self) -> list[dict]:
         """The final records that enter the means."""
@@ -324,11 +366,18 @@ def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
     return rows, warnings
 
 
-def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
+def write_best_practices_report(out: Path, echo: Echo = print, reference: str = "dfa") -> Path:
     """Write ``report.md``, ``summary.csv``, ``effects.csv`` and ``figures/*.png`` under
-    ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md."""
+    ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md.
+
+    ``reference``: the method whose fc-/conv- experiments the effects are measured against;
+    with ``"bp"`` (a per-method study, DESIGN.md 10) the report also has an ``Against BP``
+    table and a figure of eval top-1 vs epoch per method.
+    """
     # Imported here: mltools.effects builds on this module's helpers.
     from .effects import (
+        MEAN_COS,
+        REFERENCES,
         convergence_flags,
         convergence_lines,
         experiment_effects,
@@ -361,10 +410,12 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         "architecture",
         "setting",
         "epochs",
+        "lr",
         "seeds",
         "unconverged",
         eval_head,
         "train top-1",
+        "mean cos",
         *(f"cos {point_label(p)}" for p in points),
         *(f"deg {point_label(p)}" for p in points),
     ]
@@ -374,6 +425,7 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         "architecture",
         "setting",
         "epochs",
+        "lr",
         "seeds_done",
         "seeds_diverged",
         "seeds_failed",
@@ -387,21 +439,20 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         "eval_top1_std",
         "train_top1_mean",
         "train_top1_std",
+        "alignment",
+        "cos_mean_points",
         *(f"cos_{point_label(p)}" for p in points),
         *(f"deg_{point_label(p)}" for p in points),
         *(f"undefined_{point_label(p)}" for p in undefined),
     ]
     md_rows, csv_rows, diverged = [], [], []
     for row, stats, flag in zip(rows, all_stats, flags):
-        config, records = row.config, row.records
+        records, method, arch = row.records, row.method, row.setting("arch")
         setting = EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0]
-        defaults = EXPERIMENTS.get(row.name, ("", {}))[1]
-        method = config.get("method", defaults.get("method", "dfa"))
-        arch = config.get("arch", defaults.get("arch", ""))
         counts = status_counts(row.runs)
         ev = mean_std(r.get("eval_top1") for r in records)
         tr = mean_std(r.get("train_top1") for r in records)
-        epochs = sorted({r["epoch"] for r in records})
+        cos = mean_std(map(MEAN_COS.value, records))[0]
         seeds = fmt_counts(counts)
         for run in row.runs:
             if run.status == "diverged":
@@ -419,25 +470,29 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
                 METHOD_NAMES.get(method, method),
                 ARCH_NAMES.get(arch, arch),
                 setting,
-                "/".join(map(str, epochs)),
+                row.epochs,
+                row.lrs,
                 seeds,
                 flag.cell(),
                 ev_cell,
                 fmt_pm(tr[0], tr[1], 2),
-                *(fmt(stats.get(p, {}).get("cos"), 3) for p in points),
-                *(fmt(stats.get(p, {}).get("deg"), 1) for p in points),
+                cos_cell(cos, 3, method),
+                *(cos_cell(stats.get(p, {}).get("cos"), 3, method) for p in points),
+                *(cos_cell(stats.get(p, {}).get("deg"), 1, method) for p in points),
             ]
         )
         other = sum(
             n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running")
         )
+        defined = OTHER_ALIGNMENT.get(method) != "undefined"  # shallow: no cosine to write
         csv_rows.append(
             [
                 row.name,
                 method,
                 arch,
                 setting,
-                "/".join(map(str, epochs)),
+                row.epochs,
+                row.lrs,
                 counts.get("done", 0),
                 counts.get("diverged", 0),
                 counts.get("failed", 0),
@@ -451,8 +506,10 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
                 fmt(ev[1], 4),
                 fmt(tr[0], 4),
                 fmt(tr[1], 4),
-                *(fmt(stats.get(p, {}).get("cos"), 6) for p in points),
-                *(fmt(stats.get(p, {}).get("deg"), 4) for p in points),
+                OTHER_ALIGNMENT.get(method, "own signal"),
+                fmt(cos, 6) if defined else "",
+                *(fmt(stats.get(p, {}).get("cos"), 6) if defined else "" for p in points),
+                *(fmt(stats.get(p, {}).get("deg"), 4) if defined else "" for p in points),
                 *(fmt(stats.get(p, {}).get("undefined"), 6) for p in undefined),
             ]
         )
@@ -460,7 +517,15 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
     table = markdown_table(md_head, md_rows)
     write_csv(root / "summary.csv", csv_head, csv_rows)
     figures = write_group_figures(root, rows)
-    effects, notes = experiment_effects({row.name: row.records for row in rows}, split)
+    if reference == "bp" and any(row.used for row in rows):
+        figures.append(plot_top1_per_method(root / "figures" / "top1-per-method.png", rows))
+    effects, notes = experiment_effects(
+        {row.name: row.records for row in rows},
+        split,
+        reference,
+        {row.name: row.method for row in rows},
+    )
+    references = REFERENCES[reference]
 
     text = [
         "# Best-practices report",
@@ -470,8 +535,12 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         "seeds, where std is the sample standard deviation (ddof = 1); `± -` means a single "
         "done seed. `cos hK` is the mean over done seeds of `cos_mean` (cosine between the DFA "
         "signal and the BP gradient) at feedback point hK, counted from the input; `deg hK` is "
-        "the mean of `angle_deg`. For FA, sign and DRTP the signal is the one that method "
-        "delivers; shallow delivers none, so its cosines are undefined and shown as 0.",
+        "the mean of `angle_deg`; `mean cos` averages `cos_mean` over a run's points. For FA, "
+        "sign and DRTP the signal is the one that method delivers; shallow delivers none, so "
+        f"its cosines are undefined. {BP_MARK} BP rows: BP trains with the exact gradient, so "
+        "their cosine is that of the DFA signal on the BP-trained network (the paper's BP "
+        "baselines), a different quantity from the other rows'; it is not compared with them "
+        "in Effects. `lr`: the learning rate of the done seeds.",
         "",
         table,
         "",
@@ -485,15 +554,19 @@ def write_best_practices_report(out: Path, echo: Echo = print) -> Path:
         ]
     text += convergence_lines(flags, split)
     text += undefined_lines(
-        undefined_note(row.name, stats, points) for row, stats in zip(rows, all_stats)
+        undefined_note(row.name, stats, points)
+        for row, stats in zip(rows, all_stats)
+        if OTHER_ALIGNMENT.get(row.method) != "undefined"  # shallow: undefined by definition
     )
+    if reference == "bp":
+        text += against_bp_lines(rows, effects, flags, split)
     text += write_effects(
         effects,
         notes,
         root / "effects.csv",
         root / "figures" / "effects.png",
         name_header="experiment",
-        rule="`fc-*` vs `fc-tanh`, `conv-*` vs `conv-tanh`",
+        rule=f"`fc-*` vs `{references['fc']}`, `conv-*` vs `{references['conv']}`",
         panels=["eval_top1", "cos_mean_points"],
         title="Best practices",
     )
@@ -522,11 +595,15 @@ def write_group_figures(root: Path, rows: Sequence[Row]) -> list[Path]:
                 continue
             runs = [run for run, _ in row.used]
             setting = EXPERIMENTS.get(name, (name, {}))[0]
+            other = OTHER_ALIGNMENT.get(row.method)
             curves[name] = {
-                "label": f"{name}: {setting} ({len(runs)} seeds)",
+                "label": f"{name}: {setting} ({len(runs)} seeds"
+                + (f"; cos: {other}" if other else "")
+                + ")",
                 "runs": runs,
                 "eval_label": f"{row.eval_split} top-1",
                 "arch": row.config.get("arch"),
+                "alignment": other != "undefined",
             }
         if not curves:
             continue
@@ -535,3 +612,108 @@ def write_group_figures(root: Path, rows: Sequence[Row]) -> list[Path]:
         plot_group(path, group, curves)
         written.append(path)
     return written
+
+
+# -- a per-method study: against BP ---------------------------------------------------------------
+def by_architecture(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """The rows with done seeds, per architecture (ARCH_NAMES order), in table order."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.used:
+            groups.setdefault(str(row.setting("arch")), []).append(row)
+    order = list(ARCH_NAMES)
+    return dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+
+
+def row_label(row: Row) -> str:
+    """``DFA (fc-tanh), lr 0.03, 12 epochs``: the method and its own settings."""
+    method = METHOD_NAMES.get(row.method, row.method)
+    return f"{method} ({row.name}), lr {row.lrs}, {row.epochs} epochs"
+
+
+def plot_top1_per_method(path: Path, rows: Sequence[Row]) -> Path:
+    """One panel per architecture: eval top-1 against epoch for every experiment at its own
+    lr and epochs, mean over done seeds, band = sample std over seeds."""
+    groups = by_architecture(rows)
+    fig = new_figure(6.0 * len(groups), 4.8)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, (arch, group) in zip(axes, groups.items()):
+        for i, row in enumerate(group):
+            runs = [run for run, _ in row.used]
+            x, m, sd = epoch_curve(runs, lambda r: r.get("eval_top1"))
+            color = f"C{i % 10}"
+            ax.plot(x, m, color=color, lw=1.6, label=f"{row_label(row)}, {len(runs)} seeds")
+            ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.18, lw=0)
+        split = group[0].eval_split
+        ax.set_title(f"{ARCH_NAMES.get(arch, arch)}: {split} top-1, each method at its own lr")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{split} top-1 (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Mean over done seeds, band = ± 1 sample std")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def against_bp_lines(
+    rows: Sequence[Row], effects: Sequence, flags: Sequence, split: str
+) -> list[str]:
+    """The ``## Against BP`` section: per architecture, every method's settings, final top-1,
+    difference from BP with its Welch interval, mean cos and convergence flags; then one
+    sentence per architecture for DFA."""
+    from .effects import MEAN_COS, REFERENCES, fmt_signed
+
+    top1 = {e.name: e for e in effects if e.metric.key == "eval_top1"}
+    flag_of = {row.name: f for row, f in zip(rows, flags)}
+    lines = [
+        "## Against BP",
+        "",
+        "Each method at its own learning rate and number of epochs (chosen on the val split; "
+        f"`lr`, `epochs`). Difference = method − BP in {split} top-1 (percentage points), "
+        "with its 95% Welch interval (Effects, below); **bold**: the interval excludes 0. "
+        f"`mean cos`: `cos_mean` averaged over the feedback points ({BP_MARK}: the DFA "
+        "signal on the BP net).",
+        "",
+    ]
+    table, sentences = [], []
+    for arch, group in by_architecture(rows).items():
+        for row in group:
+            e = top1.get(row.name)
+            ev = mean_std(r.get("eval_top1") for r in row.records)
+            cos = mean_std(map(MEAN_COS.value, row.records))[0]
+            diff = ci = "reference" if row.name in REFERENCES["bp"].values() else "-"
+            if e is not None:
+                d = fmt_signed(e.interval.diff, 2)
+                diff = f"**{d}**" if e.clear else d
+                if e.clear is not None:
+                    ci = f"[{fmt_signed(e.interval.low, 2)}, {fmt_signed(e.interval.high, 2)}]"
+            table.append(
+                [
+                    ARCH_NAMES.get(arch, arch),
+                    METHOD_NAMES.get(row.method, row.method),
+                    row.name,
+                    row.lrs,
+                    row.epochs,
+                    str(len(row.records)),
+                    fmt_pm(ev[0], ev[1], 2),
+                    diff,
+                    ci,
+                    cos_cell(cos, 3, row.method),
+                    flag_of[row.name].cell(),
+                ]
+            )
+            if row.method == "dfa" and e is not None and e.clear is not None:
+                where = "below" if e.interval.diff < 0 else "above"
+                sentences.append(
+                    f"- {ARCH_NAMES.get(arch, arch)}: DFA ({row.name}) is "
+                    f"{abs(e.interval.diff):.2f} points {where} BP ({e.reference}): DFA − BP = "
+                    f"{fmt_signed(e.interval.diff, 2)}, 95% CI [{fmt_signed(e.interval.low, 2)}, "
+                    f"{fmt_signed(e.interval.high, 2)}], {e.verdict}."
+                )
+    head = ["architecture", "method", "experiment", "lr", "epochs", "seeds", f"{split} top-1"]
+    head += ["− BP", "95% CI", "mean cos", "unconverged"]
+    return lines + [markdown_table(head, table), "", *sentences, *([""] if sentences else [])]

@@ -43,7 +43,8 @@ OPTIONAL_ALIGN_FIELDS = ("undefined_frac",)  # absent from runs written before i
 
 # -- writing --------------------------------------------------------------------------------------
 def fsync_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically: temp file, fsync, rename. A crash leaves old or new, never half."""
+    """Replace ``path`` atomically: temp file, fsync, rename. A crash leaves the old file or the
+    new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -135,7 +136,8 @@ def parse_json(text: str) -> Any:
 
 
 def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
-    """Records of a ``.jsonl`` file; a damaged line is skipped with a warning naming file and line."""
+    """Records of a ``.jsonl`` file; a damaged line is skipped with a warning naming file and
+    line."""
     records, warnings = [], []
     try:
         text = Path(path).read_bytes().decode("utf-8", errors="replace")

@@ -327,11 +327,16 @@ def describe(settings: dict) -> str:
     samples = (
         f", first {settings['train_samples']} training samples" if settings["train_samples"] else ""
     )
-    return (
-        f"{settings['preset']} preset: {settings['dataset']}, {settings['seeds']} seed(s), "
-        f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
-        f"{samples}"
-    )
+    schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
+    if settings.get("choices"):  # a per-method preset: each experiment its own
+        schedule = (
+            f"batch {settings['batch_size']}, lr and epochs per experiment "
+            f"(mltools/{settings['choices']})"
+        )
+    seeds = f"{settings['seeds']} seed(s)"
+    if settings.get("cnn_seeds", settings["seeds"]) != settings["seeds"]:
+        seeds += f" ({settings['cnn_seeds']} for the CNN)"
+    return f"{settings['preset']} preset: {settings['dataset']}, {seeds}, {schedule}{samples}"
 
 
 def execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:

@@ -36,6 +36,7 @@ ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
 ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer")
+OPTIMIZERS = ("sgd", "adam")
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
@@ -70,6 +71,7 @@ class RunConfig:
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4
+    optimizer: str = "sgd"  # sgd (the paper's: no momentum, no weight decay) | adam (OPTIMIZERS)
     seed: int = 0
     trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
     tensorboard: bool = False  # also write TensorBoard event files (mltools.board)
@@ -155,6 +157,17 @@ def bottleneck_layout(cfg: RunConfig) -> dict:
     """
     blocks = models.point_blocks(*build_net(cfg, (1, 1, 1), 2))  # the layout only
     return {"point_blocks": blocks, "bottleneck_point": blocks.index(models.BOTTLENECK_BLOCK)}
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Plain SGD at ``cfg.lr`` (the paper's), or Adam with PyTorch's defaults otherwise: the
+    optimizer DFA Transformers were trained with (Launay et al. 2020), because with SGD the
+    DFA signal, which does not shrink as a block's output grows, blows attention weights up."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {OPTIMIZERS}")
 
 
 @torch.no_grad()
@@ -259,6 +272,8 @@ def provenance(device: torch.device) -> dict:
         },
         "git_commit": git_commit(),
         "pid": os.getpid(),  # which process trained the run last (sweeps with --jobs)
+        # CPU results depend on it (the order of floating-point sums); set by OMP_NUM_THREADS.
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -360,7 +375,7 @@ class Trainer:
         self.data = get_data(cfg, device)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
+        self.opt = make_optimizer(cfg, self.model)
         self.order = torch.Generator().manual_seed(cfg.seed)
         self.board = None  # mltools.board.RunBoard with --tensorboard, from start()
 

@@ -412,3 +412,48 @@ def test_errors_name_the_problem():
         dfatools.to_dfa(Summary(), V, points=["summary"])(seq)
     with torch.no_grad():  # no gradient, no DFA: evaluation runs whatever the points
         assert dfatools.to_dfa(Summary(), V, points=["summary"])(seq).shape == (4, T, V)
+
+
+# -- a point on a residual branch: the skip path still carries the true gradient -------------------
+class Residual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+
+    def forward(self, h):
+        return h + self.branch(h)
+
+
+class ResidualNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(5, 6)
+        self.block = Residual(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.block(torch.tanh(self.stem(x))))
+
+
+@pytest.mark.parametrize("point", ["block", "block.branch"])
+def test_point_on_a_block_or_on_its_branch(point):
+    torch.manual_seed(0)
+    net = ResidualNet()
+    model = dfatools.to_dfa(net, 3, seed=1, points=[point])
+    x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    got = converted_grads(model, x, y)
+    net = copy_weights(model, ResidualNet())
+    h = torch.tanh(net.stem(x))
+    b = net.block.branch(h)
+    if point == "block":  # the whole block: its output is detached, nothing reaches the stem
+        hidden = h + b  # ... but the DFA signal, through the block (skip included)
+        out = net.head(hidden.detach())
+    else:  # the branch only: the skip path h -> head still carries the true gradient
+        hidden = b
+        out = net.head(h + b.detach())
+    loss = F.cross_entropy(out, y)
+    e = (torch.softmax(out, -1) - F.one_hot(y, 3)).detach()
+    s = e @ model.feedback.matrix  # one point: D = d = 6
+    grads = torch.autograd.grad([loss, hidden], list(net.parameters()), [None, s])
+    want = dict(zip((n for n, _ in net.named_parameters()), grads))
+    assert_same_grads(got, want)

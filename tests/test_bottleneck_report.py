@@ -148,18 +148,15 @@ def test_methods_compared_within_method(sweep):
     results, done, figures = sweep
     effects = {(r["cell"], r["metric"]): r for r in read_rows(figures / "effects.csv")}
     for method, prefix in (("dfa", ""), ("fa", "fa-")):
-        cos = {
-            size: np.array(
-                [
-                    rec[EPOCHS]["alignment"][1]["cos_mean"]
-                    for rec in done[method, "mask", "std", size]
-                ]
-            )
-            for size in (1, 800)
-        }
+
+        def cos(size: int, method: str = method) -> np.ndarray:
+            """Final ``cos_mean`` after the bottleneck, per seed, of one size of ``method``."""
+            final = [rec[EPOCHS] for rec in done[method, "mask", "std", size]]
+            return np.array([r["alignment"][1]["cos_mean"] for r in final])
+
         row = effects[f"{prefix}mask-std-b1", "bottleneck_cos"]
         assert row["reference"] == f"{prefix}mask-std-b800"
-        assert float(row["difference"]) == pytest.approx(cos[1].mean() - cos[800].mean(), abs=1e-6)
+        assert float(row["difference"]) == pytest.approx(cos(1).mean() - cos(800).mean(), abs=1e-6)
     md = (figures / "bottleneck_table.md").read_text()
     assert [r["method"] for r in md_rows(md, "method")] == [c[0] for c in sorted(CELLS)]
 

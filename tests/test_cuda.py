@@ -121,7 +121,10 @@ def test_bottleneck_masks_are_the_same_on_cpu_and_cuda():
 
 def test_checkpoint_written_on_cuda_resumes_there_and_loads_on_the_cpu(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    run = lambda epochs: small(epochs=epochs, dropout=0.3)  # dropout draws from the CUDA RNG
+
+    def run(epochs: int):
+        return small(epochs=epochs, dropout=0.3)  # dropout draws from the CUDA RNG
+
     train_run(run(3), a, CUDA, quiet=True)
     train_run(run(1), b, CUDA, quiet=True)
     train_run(run(3), b, CUDA, quiet=True)  # resumes at epoch 2, CUDA RNG state restored
@@ -160,7 +163,10 @@ def test_alignment_and_pai_on_cuda_agree_with_the_cpu(exact_float32):
     on_cuda = copy.deepcopy(on_cpu).to(CUDA)
     xa, ya = data.x_eval[:128], data.y_eval[:128]  # the alignment batch (DESIGN.md 3)
     xp, yp = data.x_train[:128], data.y_train[:128]  # PAI's batch, as in training
-    measure = lambda model, device: dfatools.measure_alignment(model, xa.to(device), ya.to(device))
+
+    def measure(model, device):
+        return dfatools.measure_alignment(model, xa.to(device), ya.to(device))
+
     assert_alignment_close(measure(on_cuda, CUDA), measure(on_cpu, CPU))
 
     dfatools.prealign(on_cpu, xp, yp)

@@ -1,4 +1,5 @@
-"""Tests of mltools.data on tiny files written in the real on-disk formats (no network, CPU only)."""
+"""Tests of mltools.data on tiny files written in the real on-disk formats (no network, CPU
+only)."""
 
 import codecs
 import gzip
@@ -25,7 +26,7 @@ def no_system_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
 
 
-# ----------------------------------------------------------------------------- writers of real formats
+# ------------------------------------------------------------------------- writers of real formats
 
 
 def cifar_rows(n, seed):
@@ -69,7 +70,8 @@ def write_batch(path, batch, style="protocol2"):
 
 
 def write_cifar10(folder, per_batch=4, seed=1, style="protocol2"):
-    """data_batch_1..5 and test_batch as python pickles; returns (train rows, train labels, test rows, test labels)."""
+    """data_batch_1..5 and test_batch as python pickles; returns (train rows, train labels,
+    test rows, test labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     train_rows, train_labels = [], []
@@ -104,7 +106,8 @@ def write_cifar10(folder, per_batch=4, seed=1, style="protocol2"):
 
 
 def write_cifar100(folder, seed=2):
-    """train and test pickles with fine and coarse labels; returns (train rows, fine, test rows, fine)."""
+    """train and test pickles with fine and coarse labels; returns (train rows, fine, test rows,
+    fine)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []
@@ -136,7 +139,8 @@ def idx_labels(labels):
 
 
 def write_idx_set(folder, n_train=40, n_test=6, gz=False, seed=3):
-    """The four MNIST IDX files (raw or .gz). Pixel [0, 0] of training image i is i, to identify it."""
+    """The four MNIST IDX files (raw or .gz). Pixel [0, 0] of training image i is i, to identify
+    it."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     x_train = rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8)
@@ -279,7 +283,7 @@ def test_cifar_pickle_of_the_wrong_shape_is_one_line(tmp_path, batch, problem):
     assert "data_batch_1" in str(err.value)
 
 
-# ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
+# --------------------------------------------------------------------------- MNIST / Fashion-MNIST
 
 
 @pytest.mark.parametrize(

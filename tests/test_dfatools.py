@@ -230,18 +230,20 @@ def test_alignment_matches_hand_computation():
     )
     e = (torch.softmax(out, 1) - F.one_hot(y, K)).detach().double().numpy()
     slices, _ = feedback_matrices("shared", True, [7, 5], seed=2)
-    for l, (g, h, w, gw) in enumerate([(g1, h1, net[0].weight, gw1), (g2, h2, net[2].weight, gw2)]):
+    for point, (g, h, w, gw) in enumerate(
+        [(g1, h1, net[0].weight, gw1), (g2, h2, net[2].weight, gw2)]
+    ):
         bp = g.double().numpy() * len(x)
-        s = e @ slices[l]
+        s = e @ slices[point]
         cos = (bp * s).sum(1) / (np.linalg.norm(bp, axis=1) * np.linalg.norm(s, axis=1))
-        assert result[l].cos_mean == pytest.approx(cos.mean(), abs=1e-5)
-        assert result[l].cos_std == pytest.approx(cos.std(), abs=1e-5)
-        assert result[l].angle_deg == pytest.approx(np.degrees(np.arccos(cos)).mean(), abs=1e-3)
+        assert result[point].cos_mean == pytest.approx(cos.mean(), abs=1e-5)
+        assert result[point].cos_std == pytest.approx(cos.std(), abs=1e-5)
+        assert result[point].angle_deg == pytest.approx(np.degrees(np.arccos(cos)).mean(), abs=1e-3)
         dfa_w = torch.autograd.grad(h, w, torch.from_numpy(s).float(), retain_graph=True)[
             0
         ].flatten()
         wcos = float(dfa_w @ gw.flatten() / (dfa_w.norm() * gw.norm()))
-        assert result[l].weight_cos == pytest.approx(wcos, abs=1e-5)
+        assert result[point].weight_cos == pytest.approx(wcos, abs=1e-5)
 
 
 def test_alignment_is_one_when_feedback_equals_output_weight():

@@ -1,4 +1,5 @@
-"""Tests of mltools.effects and of the Effects, convergence and undefined-cosine parts of both reports.
+"""Tests of mltools.effects and of the Effects, convergence and undefined-cosine parts of both
+reports.
 
 Intervals are checked against an independent computation: scipy's Welch t-test.
 """
@@ -222,7 +223,7 @@ def test_missing_reference_is_said(tmp_path):
     assert not (tmp_path / "best_practices" / "figures" / "effects.png").exists()
 
 
-# -- convergence ------------------------------------------------------------------------------------
+# -- convergence -----------------------------------------------------------------------------------
 def test_unconverged_criterion(tmp_path):
     def run(name, recs):
         write_run(tmp_path / name, recs)
@@ -275,7 +276,7 @@ def test_convergence_flags_in_report(tmp_path):
     assert "undefined_h1" not in rows["fc-tanh"]  # runs without undefined_frac: no such columns
 
 
-# -- undefined cosines -------------------------------------------------------------------------------
+# -- undefined cosines -----------------------------------------------------------------------------
 def test_undefined_fraction_noted(tmp_path):
     write_experiment(tmp_path, "fc-tanh", BEST["fc-tanh"])  # older runs: no undefined_frac
     write_experiment(tmp_path, "fc-relu", BEST["fc-relu"][:2], undefined=[0.0, 0.61, 0.04])
@@ -378,7 +379,8 @@ def test_bottleneck_effects(tmp_path):
 def test_no_torch_and_lazy_scipy():
     code = (
         "import sys, mltools.effects, mltools.report, mltools.bottleneck_report\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy')], 'heavy import'\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy')]\n"
+        "assert not heavy, 'heavy import'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

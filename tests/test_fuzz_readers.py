@@ -158,16 +158,18 @@ LEGACY = (
         [
             "2019-05-03 14:02:11 -- Seeding with \x1b[1m0\x1b[0m.",
             "2019-05-03 14:02:11 --    EPOCH 1/2:",
-            "2019-05-03 14:02:11 --        Batch 1/390 (loaded in 0.0126s, last batch forward in 0.0011s, "
-            "and backward in 0.0020s)",
-            "2019-05-03 14:02:21 -- 0_Linear(in_features=3072, out_features=800, bias=True) -- mean:0.0018, "
-            "std:0.0427",
+            "2019-05-03 14:02:11 --        Batch 1/390 (loaded in 0.0126s, "
+            "last batch forward in 0.0011s, and backward in 0.0020s)",
+            "2019-05-03 14:02:21 -- 0_Linear(in_features=3072, out_features=800, bias=True) "
+            "-- mean:0.0018, std:0.0427",
             "2019-05-03 14:02:21 -- 1_Tanh() -- mean:0.4657, std:0.0679",
-            "2019-05-03 14:02:21 --    Training loss: 1.2345 (top-1:45.7%) -- Validation loss: 1.3456 "
-            "(top-1:44.0%).",
+            "2019-05-03 14:02:21 --    Training loss: 1.2345 (top-1:45.7%) "
+            "-- Validation loss: 1.3456 (top-1:44.0%).",
             "[MODL] INFO.    EPOCH 2/2, last epoch processed in 0:00:10.5:",
-            "[MODL] INFO.        Batch 0/390 (loaded in 0s)\r[DMOD] INFO. 0_Linear() -- mean:0.1, std:0.2",
-            "[MODL] INFO.    Training loss: 1.1 (top-1:50.0%) -- Validation loss: 1.2 (top-1:48.5%).",
+            "[MODL] INFO.        Batch 0/390 (loaded in 0s)\r"
+            "[DMOD] INFO. 0_Linear() -- mean:0.1, std:0.2",
+            "[MODL] INFO.    Training loss: 1.1 (top-1:50.0%) "
+            "-- Validation loss: 1.2 (top-1:48.5%).",
         ]
     )
     + "\n"

@@ -1,4 +1,5 @@
-"""Tests of log_retrieval.py (mltools.retrieval): our log.txt and 2019-format logs back to metrics."""
+"""Tests of log_retrieval.py (mltools.retrieval): our log.txt and 2019-format logs back to
+metrics."""
 
 import json
 import shutil
@@ -119,7 +120,7 @@ def test_unusable_inputs(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-# -- 2019-format logs -------------------------------------------------------------------------------
+# -- 2019-format logs ------------------------------------------------------------------------------
 def legacy_text():
     """Two runs in one file, ANSI codes and [DMOD] INFO. tags, a damaged line, a truncated tail."""
     lin = "Linear(in_features=3072, out_features=800, bias=True)"
@@ -129,8 +130,8 @@ def legacy_text():
         tag + "EPOCH 1/2, last epoch processed in 3.5s:",
         tag + f"0_{lin} -- mean:0.0100, std:0.2000",
         tag + "1_Tanh() -- mean:0.5000, std:0.1000",
-        tag
-        + "Training loss: 2.0000 (top-1:\x1b[1m20.50%\x1b[0m) -- Validation loss: 2.1000 (top-1:19.25%).",
+        tag + "Training loss: 2.0000 (top-1:\x1b[1m20.50%\x1b[0m) "
+        "-- Validation loss: 2.1000 (top-1:19.25%).",
         tag + "EPOCH 2/2, last epoch processed in 3.4s:",
         tag + f"0_{lin} -- mean:0.0200, std:0.2100",
         tag + "1_Tanh() -- mean:0.6000, std:0.0900",
@@ -138,7 +139,8 @@ def legacy_text():
         "[DMOD] INFO. EPOCH 1/2, last epoch processed in 3.6s:",  # run 2 starts
         f"[DMOD] INFO. 0_{lin} -- mean:0.0300, std:0.2200",
         "[DMOD] INFO. 1_Tanh() -- mean:0.4000, std:0.1100",
-        "[DMOD] INFO. Training loss: 1.9000 (top-1:22.00%) -- Validation loss: 2.0000 (top-1:21.50%).",
+        "[DMOD] INFO. Training loss: 1.9000 (top-1:22.00%) "
+        "-- Validation loss: 2.0000 (top-1:21.50%).",
         "[DMOD] INFO. EPOCH 2/2, last epoch processed in 3.3s:",
         "[DMOD] INFO. 0_Lin#@! mean:: std",  # damaged module line
         "[DMOD] INFO. 1_Tanh() -- mean:0.7000, std:0.0800",
@@ -170,7 +172,7 @@ def test_legacy_log_to_json(tmp_path):
     assert proc.returncode == 0 and json.loads((tmp_path / "out.json").read_text()) == runs
 
 
-# -- the recovery story: lose metrics.jsonl, rebuild it from log.txt, same bottleneck table ------------
+# -- the recovery story: lose metrics.jsonl, rebuild it from log.txt, same bottleneck table --------
 def write_bottleneck_run(results, mode, init, size, seed, records):
     folder = results / "bottleneck" / f"{mode}-{init}-b{size}" / f"seed{seed}"
     folder.mkdir(parents=True)

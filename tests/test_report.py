@@ -75,7 +75,8 @@ def write_run(
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A small sweep and its report, written once for the tests that only read them (plots are slow)."""
+    """A small sweep and its report, written once for the tests that only read them (plots are
+    slow)."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(0)
     runs = {}

@@ -28,7 +28,7 @@ class Clock:
         return self.now
 
 
-# -- progress -----------------------------------------------------------------------------------------
+# -- progress --------------------------------------------------------------------------------------
 def test_progress_counts_and_eta_from_epoch_times():
     clock, lines = Clock(), []
     progress = SweepProgress([4, 4, 3, 4], bar=False, echo=lines.append, every=2, clock=clock)
@@ -61,7 +61,7 @@ def test_format_seconds():
     assert [format_seconds(s) for s in (4.4, 65, 3725)] == ["4s", "1m05s", "1h02m"]
 
 
-# -- TensorBoard --------------------------------------------------------------------------------------
+# -- TensorBoard -----------------------------------------------------------------------------------
 def small(**changes) -> RunConfig:
     base = dict(
         experiment="fc-tanh",
@@ -167,7 +167,7 @@ def test_a_finished_run_gets_its_events_when_asked_later(tmp_path):
     assert [s for s, _ in read_events(run)["top1/eval"]] == [0, 1, 2]
 
 
-# -- submitit ---------------------------------------------------------------------------------------
+# -- submitit --------------------------------------------------------------------------------------
 def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The published Fashion-MNIST study, end to end (README, "Results"). Needs the Debian package
+# The published Fashion-MNIST study, end to end (docs/results.md). Needs the Debian package
 # dataset-fashion-mnist. Every step resumes where it stopped: run it again after a crash.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
