@@ -3,6 +3,7 @@ standard initialization and with PAI, then the figures and table of bottleneck_f
 
     python bottleneck.py                        # quick preset on the embedded digits data
     python bottleneck.py --methods dfa fa shallow   # one curve per learning-signal method
+    python bottleneck.py --points all 2019 2019-nomask   # the 2019 code's network beside ours
     python bottleneck.py --preset paper --data-dir data --download   # the paper, CIFAR-10
 """
 
@@ -12,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BOTTLENECK_PRESETS, METHODS
+from mltools.experiments import BOTTLENECK_POINTS, BOTTLENECK_PRESETS, METHODS
 
 PROG = "bottleneck.py"
 
@@ -51,6 +52,16 @@ def parse_args():
         "entries (the paper); width: a genuinely narrow layer",
     )
     parser.add_argument(
+        "--points",
+        nargs="+",
+        choices=BOTTLENECK_POINTS,
+        default=["all"],
+        metavar="POINTS",
+        help="feedback points, a sweep each: all (default: one before every hidden weight "
+        "layer), 2019 (the 2019 code's network: none before the bottleneck layer, and its "
+        "input-gradient mask), 2019-nomask (that placement without the mask); mask mode only",
+    )
+    parser.add_argument(
         "--width", type=cli.positive_int, default=800, help="network width (default 800)"
     )
     cli.add_sweep_arguments(parser, BOTTLENECK_PRESETS)
@@ -66,37 +77,43 @@ def main() -> int:
     bad = [b for b in sizes if b > args.width]
     if bad:
         raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
+    points_list = list(dict.fromkeys(args.points))
+    if args.mode != "mask" and points_list != ["all"]:
+        raise cli.UsageError("--points 2019 and 2019-nomask are the 2019 code's mask-mode net")
     cells = sweep_cells(args.methods, args.init)
     out = Path(args.out)
     from mltools import launch, sweep
-    from mltools.bottleneck_report import write_bottleneck_report
+    from mltools.bottleneck_report import cell_name, write_bottleneck_report
     from mltools.train import RunConfig
 
     shared = sweep.shared_settings(settings, args)
     specs = []
-    for method, init in cells:
-        for size in sizes:
-            name = run_name(method, args.mode, init, size)
-            specs += [
-                sweep.RunSpec(
-                    RunConfig(
-                        experiment=name,
-                        arch="bottleneck",
-                        method=method,
-                        bottleneck_size=size,
-                        bottleneck_mode=args.mode,
-                        width=args.width,
-                        init=init,
-                        seed=seed,
-                        **shared,
-                    ),
-                    out / "bottleneck" / name / f"seed{seed}",
-                )
-                for seed in range(settings["seeds"])
-            ]
+    for points in points_list:
+        for method, init in cells:
+            for size in sizes:
+                name = cell_name(method, args.mode, init, size, points)
+                specs += [
+                    sweep.RunSpec(
+                        RunConfig(
+                            experiment=name,
+                            arch="bottleneck",
+                            method=method,
+                            bottleneck_size=size,
+                            bottleneck_mode=args.mode,
+                            bottleneck_points=points,
+                            width=args.width,
+                            init=init,
+                            seed=seed,
+                            **shared,
+                        ),
+                        out / "bottleneck" / name / f"seed{seed}",
+                    )
+                    for seed in range(settings["seeds"])
+                ]
     headline = (
         f"{sweep.describe(settings)}, sizes {sizes}, "
-        f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode -> {out / 'bottleneck'}"
+        f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode, "
+        f"points {' '.join(points_list)} -> {out / 'bottleneck'}"
     )
     return launch.execute(
         specs,
@@ -121,13 +138,6 @@ def sweep_cells(methods: list[str], inits: list[str] | None) -> list[tuple[str, 
             f"add --init std to run {' '.join(orphans)}"
         )
     return cells
-
-
-def run_name(method: str, mode: str, init: str, size: int) -> str:
-    """``<mode>-<init>-b<size>``, prefixed by the method unless it is dfa (the names of the
-    sweeps written before other methods existed)."""
-    name = f"{mode}-{init}-b{size}"
-    return name if method == "dfa" else f"{method}-{name}"
 
 
 if __name__ == "__main__":

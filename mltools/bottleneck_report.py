@@ -1,15 +1,20 @@
 """Bottleneck report (DESIGN.md 5): alignment and accuracy against the bottleneck size.
 
-From run folders ``<results>/bottleneck/[<method>-]<mode>-<init>-b<size>/seed<k>/`` (no method
-prefix for dfa; or from a 2019 log recovered by log_retrieval.py) it writes into a figures folder:
+From run folders ``<results>/bottleneck/<cell name>/seed<k>/`` (:func:`cell_name`; or from a
+2019 log recovered by log_retrieval.py) it writes into a figures folder:
 
 * ``alignment_vs_size.png``: ``cos_mean`` at the point right after the bottleneck layer, one
-  curve per (method, init, mode);
+  curve per (method, points, init, mode);
 * ``accuracy_vs_size.png``: train and eval top-1;
-* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, mode, init, size),
-  with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
+* ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, points, mode, init,
+  size), with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
 * ``effects.csv`` / ``effects.png``: each size against the full width (800 unless the config
-  says ``width``) at the same method, mode and init, with 95% Welch intervals (DESIGN.md 8).
+  says ``width``) at the same method, points, mode and init, with 95% Welch intervals
+  (DESIGN.md 8).
+
+Networks with other feedback points (``--points 2019``) have fewer points; each run's
+``point_blocks`` (config.json) renumbers its points by the hidden layer they read, so a column
+``cos hX`` is one place in every network, empty where a network has no point.
 
 Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
 seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
@@ -43,7 +48,7 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import METHODS
+from .experiments import BOTTLENECK_POINTS, METHODS
 from .runlog import Run, parse_json
 from .tables import (
     BP_MARK,
@@ -66,7 +71,9 @@ from .tables import (
     write_csv,
 )
 
-_FOLDER = re.compile(r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)")
+_FOLDER = re.compile(
+    r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)(?:-points(?P<points>.+))?"
+)
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
 METHOD_NAMES = {
     "dfa": "DFA",
@@ -76,12 +83,26 @@ METHOD_NAMES = {
     "drtp": "DRTP",
     "shallow": "shallow",
 }
+POINTS_NAMES = {
+    "all": "",
+    "2019": "2019 network",
+    "2019-nomask": "2019 points, no input mask",
+}
+
+
+def cell_name(method: str, mode: str, init: str, size: int, points: str = "all") -> str:
+    """A sweep cell's folder name: ``<mode>-<init>-b<size>``, prefixed by ``<method>-`` unless it
+    is dfa and suffixed by ``-points<points>`` unless they are all (so the folders written before
+    methods and points existed keep their names)."""
+    name = f"{mode}-{init}-b{size}"
+    name = name if method == "dfa" else f"{method}-{name}"
+    return name if points == "all" else f"{name}-points{points}"
 
 
 @dataclass
 class Cell:
-    """One (method, mode, init, size) of the sweep: its runs' counts and the records that enter
-    means."""
+    """One (method, points, mode, init, size) of the sweep: its runs' counts and the records that
+    enter means, their alignment points numbered by hidden block (:func:`on_blocks`)."""
 
     method: str
     mode: str
@@ -93,29 +114,60 @@ class Cell:
     eval_split: str = "test"
     runs: list[Run] = field(default_factory=list)
     used: list[tuple[Run, dict]] = field(default_factory=list)  # (run, record) behind ``records``
+    points: str = "all"  # experiments.BOTTLENECK_POINTS
 
     @property
     def name(self) -> str:
-        name = f"{self.mode}-{self.init}-b{self.size}"
-        return name if self.method == "dfa" else f"{self.method}-{name}"
+        return cell_name(self.method, self.mode, self.init, self.size, self.points)
 
     @property
     def sort_key(self) -> tuple:
-        known = self.method in METHODS
         return (
-            not known,
-            METHODS.index(self.method) if known else self.method,
+            _rank(self.method, METHODS),
+            _rank(self.points, BOTTLENECK_POINTS),
             self.mode,
             self.init,
             self.size,
         )
 
 
-def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
-    """config's ``bottleneck_point``; else the point named after a Bottleneck layer; else h2."""
+def _rank(name: str, order: Sequence[str]) -> tuple:
+    """Known names in ``order``'s order, then the others alphabetically."""
+    return (order.index(name) if name in order else len(order), name)
+
+
+def point_blocks(runs: Sequence[Run]) -> list[int] | None:
+    """config's ``point_blocks``: the hidden block that each point of the runs reads (None: the
+    runs predate it, or it is malformed; their points are then numbered as recorded)."""
     for run in runs:
-        if isinstance((run.config or {}).get("bottleneck_point"), int):
-            return run.config["bottleneck_point"]
+        blocks = (run.config or {}).get("point_blocks")
+        if isinstance(blocks, list) and all(
+            isinstance(b, int) and not isinstance(b, bool) for b in blocks
+        ):
+            return blocks
+    return None
+
+
+def on_blocks(record: dict, blocks: Sequence[int] | None) -> dict:
+    """``record`` with each alignment entry's ``point`` renumbered to ``blocks[point]``, the
+    hidden block it reads, so that one column is one place in networks of other points."""
+    if blocks is None:
+        return record
+    entries = [
+        {**a, "point": blocks[a["point"]]} if 0 <= a["point"] < len(blocks) else a
+        for a in alignment_of(record)
+    ]
+    return {**record, "alignment": entries}
+
+
+def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
+    """config's ``bottleneck_point`` (on ``point_blocks`` when given); else the point named
+    after a Bottleneck layer; else h2."""
+    blocks = point_blocks(runs)
+    for run in runs:
+        point = (run.config or {}).get("bottleneck_point")
+        if isinstance(point, int):
+            return blocks[point] if blocks and 0 <= point < len(blocks) else point
     for record in records:
         for a in alignment_of(record):
             if "Bottleneck" in str(a.get("name", "")):
@@ -135,8 +187,9 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         config = next((r.config for r in runs if r.config), {})
         m = _FOLDER.fullmatch(folder.name)
         # The config is the authority; the folder name stands in when it is unreadable. Runs
-        # written before methods existed were DFA, and their configs may lack the key.
+        # written before methods (points) existed were DFA (all), their configs may lack the key.
         method = str(config.get("method") or (m and m["method"]) or "dfa")
+        points = str(config.get("bottleneck_points") or (m and m["points"]) or "all")
         mode = str(config.get("bottleneck_mode") or (m and m["mode"]) or "")
         init = str(config.get("init") or (m and m["init"]) or "")
         size = config.get("bottleneck_size") or (m and int(m["size"]))
@@ -147,6 +200,8 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
             continue
         used, missing = final_records(runs, epoch)
         warnings += missing
+        blocks = point_blocks(runs)
+        used = [(run, on_blocks(r, blocks)) for run, r in used]
         records = [r for _, r in used]
         cells.append(
             Cell(
@@ -160,6 +215,7 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
                 config.get("eval_split", "test"),
                 runs,
                 used,
+                points,
             )
         )
     cells.sort(key=lambda c: c.sort_key)
@@ -226,7 +282,7 @@ def recovered_cells(
 
     A module's ``mean`` stands in for ``cos_mean`` (the 2019 logs hold no per-sample angles, so
     degrees stay empty); the bottleneck point is module ``module``, by default the second Linear
-    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered".
+    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered", points "2019".
     """
     if len(sizes) != len(runs):
         raise UsageError(
@@ -280,6 +336,7 @@ def recovered_cells(
             {"done": len(recs)},
             recs,
             recs[0]["bottleneck_point"] if recs else (module or 0),
+            points="2019",
         )
         for size, recs in sorted(grouped.items())
     ]
@@ -340,6 +397,7 @@ def write_outputs(
     eval_name = "/".join(splits)
     md_head = [
         "method",
+        "points",
         "mode",
         "init",
         "size",
@@ -353,6 +411,7 @@ def write_outputs(
     ]
     csv_head = [
         "method",
+        "points",
         "mode",
         "init",
         "size",
@@ -382,6 +441,7 @@ def write_outputs(
         md_rows.append(
             [
                 c.method,
+                c.points,
                 c.mode,
                 c.init,
                 str(c.size),
@@ -397,6 +457,7 @@ def write_outputs(
         csv_rows.append(
             [
                 c.method,
+                c.points,
                 c.mode,
                 c.init,
                 c.size,
@@ -432,6 +493,7 @@ def write_outputs(
         f"its cosines are undefined (and not plotted); {BP_MARK} BP: the cosine of the DFA "
         "signal on the BP-trained network.",
         "",
+        *points_lines(cells, stats, label),
         table,
         "",
         *convergence_lines(flags, eval_name),
@@ -447,7 +509,8 @@ def write_outputs(
             folder / "effects.png",
             name_header="cell",
             rule="size b vs the full width, 800 unless the config "
-            "gives `width`, at the same method, mode and init",
+            "gives `width`, at the same method, points, mode and init; and a cell of the 2019 "
+            "points vs today's network (points `all`) at the same method, mode, init and size",
             panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
             title="Bottleneck sizes",
         ),
@@ -461,37 +524,66 @@ def write_outputs(
     return folder
 
 
+def points_lines(
+    cells: Sequence[Cell], stats: Sequence[dict], label: Callable[[int], str]
+) -> list[str]:
+    """Which feedback points each network of the table has (`points` column), as a paragraph."""
+    have: dict[str, set[int]] = {}
+    for c, s in zip(cells, stats):
+        have.setdefault(c.points, set()).update(s)
+    known = {
+        "all": "a point before every hidden weight layer",
+        "2019": "the 2019 code's network: no point before the bottleneck layer, and its "
+        "input-gradient mask in training (docs/deviations-bottleneck.md)",
+        "2019-nomask": "the 2019 code's points without its input-gradient mask",
+    }
+    parts = [
+        f"`{name}` ({known[name] + '; ' if name in known else ''}points "
+        f"{', '.join(label(p) for p in sorted(points)) or 'none recorded'})"
+        for name, points in sorted(have.items(), key=lambda kv: _rank(kv[0], BOTTLENECK_POINTS))
+    ]
+    return [f"`points`: the network's feedback points: {'; '.join(parts)}.", ""]
+
+
 def bottleneck_effects(
     cells: Sequence[Cell], label: Callable[[int], str] = point_label, split: str = "test"
 ) -> tuple[list[Effect], list[str]]:
-    """Effects of each cell against the cell of the full width (config ``width``, else 800) at
-    the same method, mode and init (DESIGN.md 8): eval top-1, ``cos_mean`` at the bottleneck
-    point (when both cells name the same one) and ``cos_mean`` averaged over each run's points;
-    top-1 only where the method's cosine is undefined (shallow)."""
-    by_key = {(c.method, c.mode, c.init, c.size): c for c in cells}
+    """Effects (DESIGN.md 8) of each cell against the cell of the full width (config ``width``,
+    else 800) at the same method, points, mode and init: eval top-1, ``cos_mean`` at the
+    bottleneck point (when both cells name the same one) and ``cos_mean`` averaged over each
+    run's points; top-1 only where the method's cosine is undefined (shallow). A cell of other
+    points (2019) is also compared with today's network (points all) at the same method, mode,
+    init and size, when the table has it: top-1 and the bottleneck point only, since a mean over
+    other points is another quantity."""
+    by_key = {(c.method, c.points, c.mode, c.init, c.size): c for c in cells}
     effects, notes, missing = [], [], []
     for c in cells:
         width = reference_width(run.config for run in c.runs)
-        if c.size == width:
-            continue
-        ref = by_key.get((c.method, c.mode, c.init, width))
-        if ref is None:
-            missing.append(f"{c.name} (vs size {width})")
-            continue
-        if OTHER_ALIGNMENT.get(c.method) == "undefined":
-            effects += compare(c.name, c.records, ref.name, ref.records, [top1_metric(split)])
-            continue
-        at_point = []
-        if ref.bottleneck_point == c.bottleneck_point:
-            at_point = [bottleneck_metric(c.bottleneck_point, label)]
-        else:
-            notes.append(
-                f"{c.name}: no bottleneck-point effect, since its bottleneck point is "
-                f"{label(c.bottleneck_point)} and {ref.name}'s is {label(ref.bottleneck_point)}."
-            )
-        effects += compare(
-            c.name, c.records, ref.name, ref.records, [top1_metric(split), *at_point, MEAN_COS]
-        )
+        pairs = []  # (reference, also the mean over points)
+        if c.size != width:
+            ref = by_key.get((c.method, c.points, c.mode, c.init, width))
+            if ref is None:
+                missing.append(f"{c.name} (vs size {width})")
+            else:
+                pairs.append((ref, True))
+        today = by_key.get((c.method, "all", c.mode, c.init, c.size))
+        if c.points != "all" and today is not None:
+            pairs.append((today, False))
+        for ref, with_mean in pairs:
+            if OTHER_ALIGNMENT.get(c.method) == "undefined":
+                effects += compare(c.name, c.records, ref.name, ref.records, [top1_metric(split)])
+                continue
+            at_point = []
+            if ref.bottleneck_point == c.bottleneck_point:
+                at_point = [bottleneck_metric(c.bottleneck_point, label)]
+            else:
+                notes.append(
+                    f"{c.name}: no bottleneck-point effect against {ref.name}, since its "
+                    f"bottleneck point is {label(c.bottleneck_point)} and {ref.name}'s is "
+                    f"{label(ref.bottleneck_point)}."
+                )
+            metrics = [top1_metric(split), *at_point, *([MEAN_COS] if with_mean else [])]
+            effects += compare(c.name, c.records, ref.name, ref.records, metrics)
     return effects, notes + no_reference_note(missing)
 
 
@@ -502,33 +594,43 @@ def bottleneck_metric(point: int, label: Callable[[int], str] = point_label) -> 
     )
 
 
-def _series(cells: Sequence[Cell]) -> dict[tuple[str, str, str], list[int]]:
-    """Indices of ``cells`` per curve (method, init, mode): methods in METHODS order, standard
-    init first, sizes ascending."""
-    series: dict[tuple[str, str, str], list[int]] = {}
+Curve = tuple[str, str, str, str]  # (method, points, init, mode)
+
+
+def _series(cells: Sequence[Cell]) -> dict[Curve, list[int]]:
+    """Indices of ``cells`` per curve (method, points, init, mode): methods in METHODS order,
+    points in BOTTLENECK_POINTS order, standard init first, sizes ascending."""
+    series: dict[Curve, list[int]] = {}
     for i, c in enumerate(cells):
         if c.records:
-            series.setdefault((c.method, c.init, c.mode), []).append(i)
-    rank = lambda name, order: (order.index(name) if name in order else len(order), name)  # noqa: E731
-    key = lambda k: (rank(k[0], list(METHODS)), rank(k[1], list(INIT_NAMES)), k[2])  # noqa: E731
+            series.setdefault((c.method, c.points, c.init, c.mode), []).append(i)
+    key = lambda k: (  # noqa: E731
+        _rank(k[0], METHODS),
+        _rank(k[1], BOTTLENECK_POINTS),
+        _rank(k[2], list(INIT_NAMES)),
+        k[3],
+    )
     return {k: sorted(series[k], key=lambda i: cells[i].size) for k in sorted(series, key=key)}
 
 
-def _styles(series: dict[tuple[str, str, str], list[int]]) -> dict[tuple[str, str, str], dict]:
-    """One colour per (method, init), line and marker by mode, so the two plots read alike."""
-    colours = list(dict.fromkeys((method, init) for method, init, _ in series))
+def _styles(series: dict[Curve, list[int]]) -> dict[Curve, dict]:
+    """One colour per (method, points, init), line and marker by mode, so the two plots read
+    alike; labels name the mode only when the plot has both."""
+    colours = list(dict.fromkeys(curve[:3] for curve in series))
+    both_modes = len({curve[3] for curve in series}) > 1
     styles = {}
-    for method, init, mode in series:
+    for method, points, init, mode in series:
         dashed = mode == "width"
-        styles[method, init, mode] = {
-            "color": f"C{colours.index((method, init)) % 10}",
+        network = POINTS_NAMES.get(points, f"points {points}")
+        styles[method, points, init, mode] = {
+            "color": f"C{colours.index((method, points, init)) % 10}",
             "ls": "--" if dashed else "-",
             "marker": "s" if dashed else "o",
             "ms": 4,
             "capsize": 3,
             "lw": 1.5,
-            "label": f"{METHOD_NAMES.get(method, method)}, {INIT_NAMES.get(init, init)}, "
-            f"{mode} bottleneck",
+            "label": f"{METHOD_NAMES.get(method, method)}, {network + ', ' if network else ''}"
+            f"{INIT_NAMES.get(init, init)}{f', {mode} bottleneck' if both_modes else ''}",
         }
     return styles
 
@@ -544,13 +646,19 @@ def _size_axis(ax, sizes: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend_height(curves: int, columns: int) -> float:
+    """Inches a legend of ``curves`` entries in ``columns`` adds below the axes (outside them,
+    so it never covers a curve)."""
+    return 0.25 * math.ceil(curves / columns)
+
+
 def plot_alignment(
     path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str
 ) -> None:
-    fig = new_figure(7.0, 4.6)
+    series = _series(cells)
+    fig = new_figure(7.0, 4.6 + _legend_height(len(series), 2))
     ax = fig.subplots()
     low, high = 0.0, 1.0
-    series = _series(cells)
     styles = _styles(series)
     for curve, idx in series.items():
         if OTHER_ALIGNMENT.get(curve[0]) == "undefined":
@@ -574,14 +682,14 @@ def plot_alignment(
     ax.set_ylim(max(low, -1.05), min(high, 1.05))
     ax.set_ylabel(f"alignment after the bottleneck (cos at {', '.join(map(label, points))})")
     ax.set_title(f"Alignment vs bottleneck size ({at})")
-    ax.legend(frameon=False)
+    fig.legend(loc="outside lower center", ncol=2, frameon=False)
     fig.savefig(path, dpi=110)
 
 
 def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) -> None:
-    fig = new_figure(11.0, 4.4)
-    axes = fig.subplots(1, 2, sharey=True)
     series = _series(cells)
+    fig = new_figure(11.0, 4.4 + _legend_height(len(series), 3))
+    axes = fig.subplots(1, 2, sharey=True)
     styles = _styles(series)
     for curve, idx in series.items():
         if OTHER_ALIGNMENT.get(curve[0]) == "undefined":
@@ -597,6 +705,7 @@ def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) ->
         _size_axis(ax, sizes)
         ax.set_title(title)
     axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[0].legend(frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Accuracy vs bottleneck size ({at})")
     fig.savefig(path, dpi=110)

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 # The learning-signal methods, as dfatools.METHODS names them (a test checks they agree).
 METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
+# Feedback points of the bottleneck net (docs/deviations-bottleneck.md). all: one before every
+# hidden weight layer; 2019: as the 2019 code, none before the bottleneck layer, and its
+# input-gradient mask in training; 2019-nomask: that placement without the mask.
+BOTTLENECK_POINTS = ("all", "2019", "2019-nomask")
 
 # name -> (short description, settings that differ from the FC tanh DFA default)
 EXPERIMENTS: dict[str, tuple[str, dict]] = {

@@ -7,6 +7,7 @@ backprop mode, so both methods train exactly the same architecture.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ import dfatools
 
 ACTIVATIONS = ("tanh", "relu", "leaky0.5", "leaky0.1", "leaky0.01")
 CNN_SIDE = 32  # the paper's CNN is laid out for 32x32 inputs
+BOTTLENECK_BLOCK = 1  # the bottleneck layer produces hidden block 1 (h2) in both modes
+# The input mask's generator gets seed + this: seeded with ``seed`` itself, its bits would be
+# those of the Bottleneck's weight mask (same generator, same keep probability), row for row.
+INPUT_MASK_SEED_OFFSET = 2019
 
 
 def activation(name: str) -> nn.Module:
@@ -113,6 +118,53 @@ def cnn(
     return nn.Sequential(*mods)
 
 
+class InputGradMask(nn.Module):
+    """The 2019 code's bottleneck input-gradient mask: an identity whose backward multiplies the
+    gradient by a fixed random 0/1 mask ``(batch, features)``, by batch position and unit, each
+    entry kept with probability ``keep`` (docs/deviations-bottleneck.md). Not a DFA feature: it
+    reproduces an old network, in every backward pass (the 2019 BP reference had it too).
+
+    The 2019 code drew the mask once, with the shape of the gradient at the first batch; a batch
+    of ``n <= batch`` rows uses its first ``n`` rows, a larger one (an alignment batch bigger than
+    the training batch) the rows repeated. The mask is a buffer drawn from a ``torch.Generator``
+    seeded by ``seed``, so a reloaded checkpoint has the same one.
+
+    Shape: ``(N, features)`` in, the same out.
+    """
+
+    def __init__(self, batch: int, features: int, keep: float, seed: int = 0) -> None:
+        if batch < 1 or features < 1 or not 0.0 <= keep <= 1.0:
+            raise ValueError(
+                f"InputGradMask needs batch, features >= 1 and keep in [0, 1], "
+                f"got {batch}, {features}, {keep}"
+            )
+        super().__init__()
+        self.keep = keep
+        self.seed = seed
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("mask", torch.rand(batch, features, generator=gen) < keep)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """The mask rows ``(n, features)`` that a batch of ``n`` gets."""
+        batch = self.mask.shape[0]
+        mask = self.mask if n <= batch else self.mask.repeat(math.ceil(n / batch), 1)
+        return mask[:n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.mask.shape[1]:
+            raise ValueError(
+                f"InputGradMask expects (N, {self.mask.shape[1]}) inputs, got {tuple(x.shape)}"
+            )
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return x
+        # Values are x everywhere; gradient flows only through the kept entries.
+        return torch.where(self.rows(x.shape[0]), x, x.detach())
+
+    def extra_repr(self) -> str:
+        batch, features = self.mask.shape
+        return f"batch={batch}, features={features}, keep={self.keep:.4g}, seed={self.seed}"
+
+
 def bottleneck_net(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -120,12 +172,15 @@ def bottleneck_net(
     mode: str = "mask",
     width: int = 800,
     seed: int = 0,
+    input_mask_batch: int | None = None,
 ) -> nn.Sequential:
     """Flatten, Linear(in, W), tanh, <bottleneck>, tanh, Linear(W, W), tanh, Linear(W, K).
 
     ``mode="mask"``: the bottleneck is ``dfatools.Bottleneck(W, W, size)``, a full-width layer
     with a fraction ``size / W`` of trainable entries. ``mode="width"``: a genuinely narrow layer,
     Linear(W, size), tanh, Linear(size, W), so one hidden layer has ``size`` units.
+    ``input_mask_batch`` (mask mode only): put the 2019 code's :class:`InputGradMask`
+    ``(input_mask_batch, W)``, keep ``size / W``, right before the bottleneck layer.
     """
     if not 1 <= size <= width:
         raise ValueError(f"bottleneck size must be in 1..{width} (the width), got {size}")
@@ -135,6 +190,11 @@ def bottleneck_net(
         neck = [nn.Linear(width, size), nn.Tanh(), nn.Linear(size, width)]
     else:
         raise ValueError(f"unknown bottleneck mode {mode!r}; choose from ('mask', 'width')")
+    if input_mask_batch is not None:
+        if mode != "mask":
+            raise ValueError("the 2019 input-gradient mask belongs to the mask-mode bottleneck")
+        seed_mask = seed + INPUT_MASK_SEED_OFFSET
+        neck.insert(0, InputGradMask(input_mask_batch, width, size / width, seed=seed_mask))
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(math.prod(input_shape), width),
@@ -145,6 +205,34 @@ def bottleneck_net(
         nn.Tanh(),
         nn.Linear(width, num_classes),
     )
+
+
+def _weight_indices(net: nn.Sequential, exact: bool = False) -> list[int]:
+    """Positions of the weight layers in ``net``; ``exact``: only modules whose type is exactly
+    ``nn.Linear`` or ``nn.Conv2d`` (the 2019 converter's test), so no Bottleneck."""
+    if exact:
+        return [i for i, m in enumerate(net) if type(m) in (nn.Linear, nn.Conv2d)]
+    return [i for i, m in enumerate(net) if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def points_2019(net: nn.Sequential) -> list[str]:
+    """``to_dfa``'s ``points`` for the 2019 code's placement in the flat ``net``: the output of
+    the module before every exact ``nn.Linear``/``nn.Conv2d`` but the first. Its converter
+    tested the type exactly, so the Bottleneck (an ``nn.Linear`` subclass) got no point before
+    it: in the bottleneck net the points are after the bottleneck's and the third layer's tanh.
+    """
+    return [str(i - 1) for i in _weight_indices(net, exact=True)[1:]]
+
+
+def point_blocks(net: nn.Sequential, points: Sequence[str] | None) -> list[int]:
+    """The hidden block (0-based; block b outputs h_{b+1}, b+1 weight layers from the input)
+    that each feedback point of the flat ``net`` reads: ``points`` names modules as
+    :func:`points_2019` does; None is ``to_dfa``'s default, a point before every weight layer
+    but the first. Reports use it to line up networks whose points differ."""
+    weights = _weight_indices(net)
+    if points is None:
+        return list(range(len(weights) - 1))
+    return [sum(i <= int(p) for i in weights) - 1 for p in points]
 
 
 # -- models that are not a chain of layers (DESIGN.md 9): trained through to_dfa(points=...) ------

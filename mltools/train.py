@@ -30,6 +30,7 @@ import dfatools
 from . import models, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
+from .experiments import BOTTLENECK_POINTS
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
@@ -65,6 +66,7 @@ class RunConfig:
     init: str = "std"  # std | pai
     bottleneck_size: int | None = None
     bottleneck_mode: str = "mask"  # mask | width
+    bottleneck_points: str = "all"  # all | 2019 | 2019-nomask (experiments.BOTTLENECK_POINTS)
     width: int = 800  # bottleneck net width
     epochs: int = 50
     batch_size: int = 128
@@ -80,9 +82,20 @@ class RunConfig:
 
 
 # -- building blocks ------------------------------------------------------------------------------
-def build_model(
+def build_net(
     cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, list | None]:
+    """The plain network, and ``to_dfa``'s ``points`` for it (None: the nn.Sequential rule)."""
+    if cfg.bottleneck_points not in BOTTLENECK_POINTS:
+        raise ValueError(
+            f"unknown bottleneck_points {cfg.bottleneck_points!r}; choose from {BOTTLENECK_POINTS}"
+        )
+    old_neck = cfg.bottleneck_points != "all"
+    if old_neck and (cfg.arch != "bottleneck" or cfg.bottleneck_mode != "mask"):
+        raise ValueError(
+            f"bottleneck_points {cfg.bottleneck_points!r} is the 2019 code's mask-mode "
+            f"bottleneck net; got arch {cfg.arch!r}, mode {cfg.bottleneck_mode!r}"
+        )
     if cfg.arch == "fc":
         net = models.fc(
             input_shape,
@@ -111,6 +124,8 @@ def build_model(
             mode=cfg.bottleneck_mode,
             width=cfg.width,
             seed=cfg.seed,
+            # The 2019 mask has the input gradient's shape at the first (full) batch.
+            input_mask_batch=cfg.batch_size if cfg.bottleneck_points == "2019" else None,
         )
     elif cfg.arch == "resnet":
         net = models.resnet(input_shape, num_classes)
@@ -118,15 +133,30 @@ def build_model(
         net = models.RowTransformer(input_shape, num_classes)
     else:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
+    return net, models.points_2019(net) if old_neck else models.feedback_points(cfg.arch)
+
+
+def build_model(
+    cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
+) -> torch.nn.Module:
+    net, points = build_net(cfg, input_shape, num_classes)
     if cfg.cnn_points not in CNN_POINTS:
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
-    placement: dict = {"points": models.feedback_points(cfg.arch)}
-    if placement["points"] is None:  # the nn.Sequential rule
-        placement = {"exact_top": 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1}
+    exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
+    placement = {"exact_top": exact_top} if points is None else {"points": points}
     # Every method keeps the DFA model's feedback points, where alignment is measured.
     return dfatools.to_method(
         net, cfg.method, num_classes, normalize=cfg.normalize, seed=cfg.seed, **placement
     )
+
+
+def bottleneck_layout(cfg: RunConfig) -> dict:
+    """``point_blocks``: the hidden block each feedback point reads (0 = h1, see
+    :func:`models.point_blocks`), and ``bottleneck_point``: the index of the point right after
+    the bottleneck layer. Recorded in config.json so reports line up networks of other points.
+    """
+    blocks = models.point_blocks(*build_net(cfg, (1, 1, 1), 2))  # the layout only
+    return {"point_blocks": blocks, "bottleneck_point": blocks.index(models.BOTTLENECK_BLOCK)}
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -304,7 +334,7 @@ def train_run(
     log = runlog.RunLog(run_dir)
     config = {**asdict(cfg), **provenance(device), "status": "running", "diverged_epoch": None}
     if cfg.arch == "bottleneck":
-        config["bottleneck_point"] = 1  # the point right after the bottleneck layer
+        config.update(bottleneck_layout(cfg))
     runlog.write_config(run_dir, config)
     try:
         status = _train(

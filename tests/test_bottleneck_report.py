@@ -18,7 +18,7 @@ EPOCHS = 2
 POINTS = 3  # mask mode: h1, h2 (after the bottleneck), h3
 
 
-def make_records(rng):
+def make_records(rng, points=POINTS):
     return [
         {
             "epoch": e,
@@ -36,17 +36,18 @@ def make_records(rng):
                     "angle_deg": float(rng.uniform(0, 90)),
                     "weight_cos": None,
                 }
-                for p in range(POINTS)
+                for p in range(points)
             ],
         }
         for e in range(EPOCHS + 1)
     ]
 
 
-def write_run(results, method, mode, init, size, seed, records, status="done"):
-    """A run folder as bottleneck.py names it; dfa runs get no ``method`` key, as the runs
-    written before other methods existed."""
+def write_run(results, method, mode, init, size, seed, records, status="done", points="all"):
+    """A run folder as bottleneck.py names it; dfa runs get no ``method`` key, and runs of all
+    points no ``bottleneck_points`` or ``point_blocks``, as the runs written before them."""
     name = f"{mode}-{init}-b{size}" if method == "dfa" else f"{method}-{mode}-{init}-b{size}"
+    name = name if points == "all" else f"{name}-points{points}"
     folder = results / "bottleneck" / name / f"seed{seed}"
     folder.mkdir(parents=True)
     config = {
@@ -56,6 +57,11 @@ def write_run(results, method, mode, init, size, seed, records, status="done"):
         "init": init,
         "bottleneck_size": size,
         "bottleneck_point": 1,
+        **(
+            {}
+            if points == "all"
+            else {"bottleneck_points": points, "point_blocks": [1, 2], "bottleneck_point": 0}
+        ),
         "epochs": EPOCHS,
         "seed": seed,
         "eval_split": "test",
@@ -185,6 +191,50 @@ def test_epoch_option(tmp_path):
     check_rows(read_rows(figures / "bottleneck_table.csv"), done, 1)
     with pytest.raises(UsageError, match="epoch 7"):
         write_bottleneck_report(tmp_path, epoch=7, echo=lambda _: None)
+
+
+def test_2019_points_line_up_by_hidden_layer(tmp_path):
+    """2019 runs (points at h2 and h3 only, config point_blocks [1, 2]) sit beside today's: their
+    point 0 fills the cos h2 column, cos h1 stays empty, and each network's sizes are compared
+    with its own size 800."""
+    rng = np.random.default_rng(7)
+    done = {}
+    for points, n_points in (("2019-nomask", 2), ("2019", 2), ("all", 3)):
+        for size in (1, 800):
+            done[points, size] = [make_records(rng, n_points) for _ in range(2)]
+            for seed, records in enumerate(done[points, size]):
+                write_run(tmp_path, "dfa", "mask", "std", size, seed, records, points=points)
+    figures = write_bottleneck_report(tmp_path, echo=lambda _: None)
+    rows = read_rows(figures / "bottleneck_table.csv")
+    assert [(r["points"], r["size"]) for r in rows] == [
+        (p, s) for p in ("all", "2019", "2019-nomask") for s in ("1", "800")
+    ]
+
+    def finals(points, size, point):
+        return np.array([rec[EPOCHS]["alignment"][point]["cos_mean"] for rec in done[points, size]])
+
+    for row in rows:
+        key = row["points"], int(row["size"])
+        after = 1 if row["points"] == "all" else 0  # the point right after the bottleneck
+        assert row["bottleneck_point"] == "h2"
+        assert float(row["cos_h2"]) == pytest.approx(finals(*key, after).mean(), abs=1e-6)
+        assert float(row["cos_h3"]) == pytest.approx(finals(*key, after + 1).mean(), abs=1e-6)
+        assert float(row["bottleneck_cos_mean"]) == pytest.approx(float(row["cos_h2"]), abs=1e-6)
+        assert (row["cos_h1"] == "") == (row["points"] != "all")
+    effects = {
+        (r["cell"], r["reference"], r["metric"]): r for r in read_rows(figures / "effects.csv")
+    }
+    row = effects["mask-std-b1-points2019", "mask-std-b800-points2019", "bottleneck_cos"]
+    diff = finals("2019", 1, 0).mean() - finals("2019", 800, 0).mean()
+    assert float(row["difference"]) == pytest.approx(diff, abs=1e-6)
+    # Against today's network at the same size: at h2 in both, and no mean over other points.
+    row = effects["mask-std-b1-points2019-nomask", "mask-std-b1", "bottleneck_cos"]
+    diff = finals("2019-nomask", 1, 0).mean() - finals("all", 1, 1).mean()
+    assert float(row["difference"]) == pytest.approx(diff, abs=1e-6)
+    assert ("mask-std-b1-points2019", "mask-std-b1", "cos_mean_points") not in effects
+    assert ("mask-std-b800-points2019", "mask-std-b800", "eval_top1") in effects
+    md = (figures / "bottleneck_table.md").read_text()
+    assert "`2019` (" in md and "points h2, h3)" in md and "points h1, h2, h3)" in md
 
 
 # -- recovered 2019 logs ---------------------------------------------------------------------------

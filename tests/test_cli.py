@@ -59,6 +59,8 @@ def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
         ),
         ("bottleneck.py", ["--methods", "dfa", "nope"], "--methods"),
         ("bottleneck.py", ["--methods", "fa", "--init", "pai"], "--init pai pairs with dfa only"),
+        ("bottleneck.py", ["--points", "2018"], "--points"),
+        ("bottleneck.py", ["--points", "2019", "--mode", "width"], "mask-mode"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
@@ -122,34 +124,18 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert not (metrics.parent / "run.lock").exists()
 
 
-def test_bottleneck_methods_sweep(tmp_path):
-    """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
+def tiny_bottleneck_sweep(out: Path, *args: str) -> None:
+    """bottleneck.py with ``args`` at width 16, sizes 2 and 16, one seed, one epoch."""
+    small = "--width 16 --sizes 2 16 --seeds 1 --epochs 1 --train-samples 128 --eval-samples 128"
     result = run(
-        "bottleneck.py",
-        "--methods",
-        "dfa",
-        "fa",
-        "shallow",
-        "--width",
-        "16",
-        "--sizes",
-        "2",
-        "16",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--train-samples",
-        "128",
-        "--eval-samples",
-        "128",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(tmp_path),
+        "bottleneck.py", *args, *small.split(), "--device", "cpu", "--quiet", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_bottleneck_methods_sweep(tmp_path):
+    """--methods runs one sweep per method (PAI for dfa only) and the table has a row for each."""
+    tiny_bottleneck_sweep(tmp_path, "--methods", "dfa", "fa", "shallow")
     folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
     assert folders == [
         "fa-mask-std-b16",
@@ -177,3 +163,27 @@ def test_bottleneck_methods_sweep(tmp_path):
         ("shallow", "std", "2"),
         ("shallow", "std", "16"),
     ]
+
+
+def test_bottleneck_points_sweep(tmp_path):
+    """--points runs one sweep per placement into its own folders, reported in one table."""
+    tiny_bottleneck_sweep(tmp_path, "--points", "all", "2019", "2019-nomask", "--init", "std")
+    folders = sorted(p.name for p in (tmp_path / "bottleneck").iterdir() if p.name != "figures")
+    assert folders == [
+        "mask-std-b16",
+        "mask-std-b16-points2019",
+        "mask-std-b16-points2019-nomask",
+        "mask-std-b2",
+        "mask-std-b2-points2019",
+        "mask-std-b2-points2019-nomask",
+    ]
+    config = json.loads(
+        (tmp_path / "bottleneck" / "mask-std-b2-points2019" / "seed0" / "config.json").read_text()
+    )
+    assert (config["bottleneck_points"], config["point_blocks"]) == ("2019", [1, 2])
+    with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["points"], r["size"]) for r in rows] == [
+        (p, s) for p in ("all", "2019", "2019-nomask") for s in ("2", "16")
+    ]
+    assert all(r["bottleneck_point"] == "h2" and r["cos_h2"] for r in rows)

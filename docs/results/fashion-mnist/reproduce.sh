@@ -16,6 +16,11 @@ python bottleneck.py --preset fashion --out results/fashion --quiet
 #    bottleneck sweep for each (standard init; the dfa runs of step 2 are found finished).
 python best_practices.py --preset fashion --group methods --out results/fashion --quiet
 python bottleneck.py --preset fashion --methods dfa fa sign drtp shallow --out results/fashion --quiet
-# 4. Publish: reports, figures, and every run's config.json and metrics.jsonl.
+# 4. The 2019 code's bottleneck network (docs/deviations-bottleneck.md): no feedback point before
+#    the bottleneck layer, with its input-gradient mask (2019) and without it (2019-nomask);
+#    standard init, 14 sizes x 3 seeds each; two workers of one thread each (the published runs
+#    were trained so; a thread count changes the last digits). Today's network is step 2's.
+python bottleneck.py --preset fashion --points 2019 2019-nomask --init std --jobs 2 --out results/fashion --quiet
+# 5. Publish: reports, figures, and every run's config.json and metrics.jsonl.
 python -m mltools.publish results/lr-grid/fashion docs/results/fashion-mnist/lr-grid --no-figures
 python -m mltools.publish results/fashion docs/results/fashion-mnist
