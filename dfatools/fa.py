@@ -144,7 +144,7 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
             f"the model is already converted to a layer method ({', '.join(done)}); convert "
             "the original model"
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(feedback_seed(seed))
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             _conv_padding(layer)
@@ -168,6 +168,18 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
     return model
 
 
+# Mixed into the seed of B_l's generator (the 64-bit golden ratio). With the seed itself, a model
+# built right after torch.manual_seed(seed) would get B_l equal to W_l wherever the two streams
+# line up: the first layer always, and every layer of a bias-free net (a torchvision ResNet's
+# convolutions), where FA then back-propagated exactly.
+STREAM = 0x9E3779B97F4A7C15
+
+
+def feedback_seed(seed: int) -> int:
+    """The seed of the generator that draws ``B_l`` (fa) and ``|R_l|`` (frsf) for ``seed``."""
+    return (int(seed) ^ STREAM) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _weight(layer: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, layer.weight)
 
@@ -182,8 +194,9 @@ def to_fa(model: nn.Module, seed: int = 0) -> nn.Module:
 
     Every ``nn.Linear``/``nn.Conv2d`` (``Bottleneck`` included) back-propagates to its input
     through a fixed random ``B_l`` (buffer ``feedback_weight``, the shape of ``W_l``), drawn in
-    ``model.modules()`` order from a ``torch.Generator`` seeded by ``seed``. Entries are
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the distribution of PyTorch's initial weights.
+    ``model.modules()`` order from a ``torch.Generator`` seeded by :func:`feedback_seed` of
+    ``seed`` (never the stream that ``torch.manual_seed(seed)`` initialized the weights
+    from). Entries are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the distribution of PyTorch's initial weights.
     Works on any ``nn.Module``. A :class:`~dfatools.DFA` node inside is switched off: its points
     become markers where :func:`~dfatools.measure_alignment` measures. Train with a plain
     ``loss.backward()``; ``with model.backprop()`` (a :class:`~dfatools.DFASequential`) or

@@ -457,3 +457,26 @@ def test_point_on_a_block_or_on_its_branch(point):
     grads = torch.autograd.grad([loss, hidden], list(net.parameters()), [None, s])
     want = dict(zip((n for n, _ in net.named_parameters()), grads))
     assert_same_grads(got, want)
+
+
+@pytest.mark.parametrize("method", ["fa", "frsf"])
+def test_feedback_matrices_do_not_repeat_the_initial_weights(method):
+    """torch.manual_seed(s), a bias-free net, then seed=s: B_l must not be W_l's own draw."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, bias=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, K, bias=False),
+    )
+    model = dfatools.to_method(net, method, K, seed=0)
+    name = "feedback_weight" if method == "fa" else "feedback_magnitude"
+    layers = [m for m in model.modules() if hasattr(m, name)]
+    assert len(layers) == 3
+    for m in layers:
+        B, W = getattr(m, name).flatten(), m.weight.detach().flatten()
+        W = W if method == "fa" else W.abs()
+        centred = F.cosine_similarity(B - B.mean(), W - W.mean(), dim=0)
+        assert abs(float(centred)) < 0.3, (m, float(centred))

@@ -74,8 +74,9 @@ def hand_fc_backward(net, x, y, backward_mats):
 
 
 def hand_fa_matrices(shapes, seed):
-    """B_l as documented: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in layer order."""
-    gen = torch.Generator().manual_seed(seed)
+    """B_l as documented: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in layer order from a
+    generator seeded by seed XOR the 64-bit golden ratio."""
+    gen = torch.Generator().manual_seed(seed ^ 0x9E3779B97F4A7C15)
     return [
         ((torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(math.prod(shape[1:])))
         for shape in shapes
