@@ -196,7 +196,8 @@ def to_fa(model: nn.Module, seed: int = 0) -> nn.Module:
     through a fixed random ``B_l`` (buffer ``feedback_weight``, the shape of ``W_l``), drawn in
     ``model.modules()`` order from a ``torch.Generator`` seeded by :func:`feedback_seed` of
     ``seed`` (never the stream that ``torch.manual_seed(seed)`` initialized the weights
-    from). Entries are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the distribution of PyTorch's initial weights.
+    from). Entries are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the distribution of PyTorch's
+    initial weights.
     Works on any ``nn.Module``. A :class:`~dfatools.DFA` node inside is switched off: its points
     become markers where :func:`~dfatools.measure_alignment` measures. Train with a plain
     ``loss.backward()``; ``with model.backprop()`` (a :class:`~dfatools.DFASequential`) or
