@@ -75,7 +75,7 @@ class _DFAFunction(torch.autograd.Function):
     def forward(ctx, node: DFA, y: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
         ctx.node = node
         ctx.shapes = [h.shape for h in hidden]
-        return y.clone()
+        return y.view_as(y)  # an identity: no copy of the output
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
