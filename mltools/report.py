@@ -474,8 +474,8 @@ def against_bp_lines(
     lines = [
         "## Against BP",
         "",
-        "Each method at its own learning rate and number of epochs (chosen on the val split; "
-        f"`lr`, `epochs`). Difference = method − BP in {split} top-1 (percentage points), "
+        "Each method at its own learning rate and number of epochs (`lr`, `epochs`: those of "
+        f"its runs). Difference = method − BP in {split} top-1 (percentage points), "
         "with its 95% Welch interval (Effects, below); **bold**: the interval excludes 0. "
         f"`mean cos`: `cos_mean` averaged over the feedback points ({BP_MARK}: the DFA "
         "signal on the BP net).",
