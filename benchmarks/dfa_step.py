@@ -2,8 +2,10 @@
 
 Each method trains its own copy of the same network (``dfatools.to_method``), all in one
 process and interleaved step by step, in an order that rotates every step, so machine noise
-hits every method alike. The script prints the median step of each method, its ratio to BP,
-and the FLOP floor: the method's FLOPs per step over BP's, counted by
+hits every method alike. The script prints the median step of each method, its ratio to BP
+(wall clock), the same ratio in CPU time (on the CPU; the steadier of the two on a shared
+machine, where the wall clock also counts the time slices given to other processes), and the
+FLOP floor: the method's FLOPs per step over BP's, counted by
 ``torch.utils.flop_counter`` (matrix products and convolutions), which is what the saved
 ``W^T delta`` products allow at best. Models, on random data:
 
@@ -67,13 +69,14 @@ def step(model, opt, x, y) -> None:
     opt.step()
 
 
-def step_time(model, opt, x, y, device) -> float:
-    """Seconds for one SGD step of ``model`` on ``(x, y)``."""
+def step_time(model, opt, x, y, device) -> tuple[float, float]:
+    """Seconds for one SGD step of ``model`` on ``(x, y)``: wall clock, and the CPU time of
+    this process (every thread's)."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     step(model, opt, x, y)
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def step_flops(model, opt, x, y) -> int:
@@ -94,17 +97,27 @@ def bench(
     x, y = (t.to(device) for t in data)
     flops = {m: step_flops(trained[m], opts[m], x, y) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     for i in range(warmup + steps):
         shift = i % len(methods)
         for m in methods[shift:] + methods[:shift]:
-            t = step_time(trained[m], opts[m], x, y, device)
+            wall, used = step_time(trained[m], opts[m], x, y, device)
             if i >= warmup:
-                times[m].append(t)
+                times[m].append(wall)
+                cpu[m].append(used)
     medians = {m: statistics.median(ts) for m, ts in times.items()}
+    cpu_medians = {m: statistics.median(ts) for m, ts in cpu.items()}
     for m in methods:
-        ratio = f"{medians[m] / medians['bp']:.3f}" if "bp" in medians else "-"
-        floor = f"{flops[m] / flops['bp']:.3f}" if "bp" in flops else "-"
-        print(f"| {name} | {m} | {medians[m] * 1e3:.2f} | {ratio} | {floor} |", flush=True)
+        ratio, cpu_ratio, floor = "-", "-", "-"
+        if "bp" in methods:
+            ratio = f"{medians[m] / medians['bp']:.3f}"
+            floor = f"{flops[m] / flops['bp']:.3f}"
+            if device.type == "cpu":  # on a GPU the CPU time is the launch overhead only
+                cpu_ratio = f"{cpu_medians[m] / cpu_medians['bp']:.3f}"
+        print(
+            f"| {name} | {m} | {medians[m] * 1e3:.2f} | {ratio} | {cpu_ratio} | {floor} |",
+            flush=True,
+        )
     return medians
 
 
@@ -170,15 +183,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
+    big_steps = max(args.steps // 3, 5)  # resnet18 and transformer steps take 5-10x longer
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"batch {args.batch_size}, median of {args.steps} interleaved steps per method\n"
+        f"batch {args.batch_size}, median of {args.steps} interleaved steps per method "
+        f"({big_steps} for resnet18 and transformer)\n"
     )
-    print("| model | method | step (ms) | ratio to BP | FLOP floor |\n|---|---|---|---|---|")
+    print(
+        "| model | method | step (ms) | ratio to BP | CPU-time ratio | FLOP floor |\n"
+        "|---|---|---|---|---|---|"
+    )
     loads = workloads(args.batch_size)
     for name in args.models:
         build, points, data, k = loads[name]
-        steps = args.steps if name in ("fc", "cnn") else max(args.steps // 3, 5)
+        steps = args.steps if name in ("fc", "cnn") else big_steps
         bench(name, build(), points, data, k, args.methods, device, steps, args.warmup)
 
 

@@ -170,14 +170,30 @@ def measure(
         text=True,
         timeout=10 * timeout,
     )
-    resumed = again.returncode == 0 and all_records(out) == reference
     return dict(
         code=code,
         gone=gone,
         hint="run the same command again" in err.lower(),
         locks=locks,
-        resumed=resumed,
+        resumed=difference(again, out, reference),
     )
+
+
+def difference(again: subprocess.CompletedProcess, out: Path, reference: dict) -> str:
+    """``yes`` when the command run again ended well with the reference's records, else what
+    differed first: its exit code, a run's number of records, or an epoch's keys."""
+    if again.returncode != 0:
+        return f"NO (exit code {again.returncode}: {again.stderr.strip()[-200:]})"
+    found = all_records(out)
+    for name, expected in reference.items():
+        got = found.get(name, [])
+        if len(got) != len(expected):
+            return f"NO ({name}: {len(got)} records, {len(expected)} expected)"
+        for a, b in zip(got, expected):
+            keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            if keys:
+                return f"NO ({name} epoch {b['epoch']}: {', '.join(keys)})"
+    return "yes"
 
 
 def reference_records(out: Path, jobs: int, timeout: float) -> dict:
@@ -221,7 +237,7 @@ def main() -> None:
             r = measure(out, args.jobs, extra, signum, group, reference, args.timeout)
             print(
                 f"| {label} | {r['code']} | {r['gone']:.1f} s | {'yes' if r['hint'] else 'no'} "
-                f"| {r['locks']} | {'yes' if r['resumed'] else 'NO'} |",
+                f"| {r['locks']} | {r['resumed']} |",
                 flush=True,
             )
 
