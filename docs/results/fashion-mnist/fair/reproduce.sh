@@ -67,7 +67,7 @@ for folder in "$GRID"/lr*; do
 done
 python -m mltools.lr_grid "$GRID" --per-method >/dev/null
 python -m mltools.publish "$GRID" docs/results/fashion-mnist/fair/lr-grid --no-figures
-python -m mltools.publish results/fair docs/results/fashion-mnist/fair
+python -m mltools.publish results/fair docs/results/fashion-mnist/fair/rule-epochs
 # 6. The same study with every method trained to its architecture's stated maximum (40 epochs
 #    FC, 20 CNN), each at its chosen rate: the rule's early-stopping epochs left most runs of
 #    step 2 still rising (docs/results-fair.md); the rates were chosen on 40- and 20-epoch runs.
