@@ -165,6 +165,20 @@ def test_resume_is_exact_and_layout_recorded(tmp_path, points):
     assert ("3.mask" in state) == (points == "2019")
 
 
+def test_tensorboard_names_the_2019_points_by_their_layers(tmp_path):
+    """The 2019 network's two points read h2 and h3: TensorBoard's tags say so, as the reports."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_run(small("2019", epochs=1, tensorboard=True), tmp_path, CPU, quiet=True)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = {t for t in acc.Tags()["scalars"] if t.startswith("alignment/cos_mean/h")}
+    assert tags == {"alignment/cos_mean/h2", "alignment/cos_mean/h3"}
+    last = records(tmp_path)[-1]["alignment"]
+    assert acc.Scalars("alignment/cos_mean/h3")[-1].value == pytest.approx(last[1]["cos_mean"])
+
+
 def test_today_layout_recorded(tmp_path):
     train_run(small("all", epochs=1, experiment="mask-std-b5"), tmp_path, CPU, quiet=True)
     cfg = json.loads((tmp_path / runlog.CONFIG).read_text())
