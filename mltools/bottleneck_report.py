@@ -60,6 +60,7 @@ from .tables import (
     fmt,
     fmt_counts,
     fmt_pm,
+    legend_height,
     load_seeds,
     markdown_table,
     mean_std,
@@ -646,17 +647,11 @@ def _size_axis(ax, sizes: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _legend_height(curves: int, columns: int) -> float:
-    """Inches a legend of ``curves`` entries in ``columns`` adds below the axes (outside them,
-    so it never covers a curve)."""
-    return 0.25 * math.ceil(curves / columns)
-
-
 def plot_alignment(
     path: Path, cells: Sequence[Cell], stats: Sequence[dict], label, at: str
 ) -> None:
     series = _series(cells)
-    fig = new_figure(7.0, 4.6 + _legend_height(len(series), 2))
+    fig = new_figure(7.0, 4.6 + legend_height(len(series), 2))
     ax = fig.subplots()
     low, high = 0.0, 1.0
     styles = _styles(series)
@@ -688,7 +683,7 @@ def plot_alignment(
 
 def plot_accuracy(path: Path, cells: Sequence[Cell], eval_name: str, at: str) -> None:
     series = _series(cells)
-    fig = new_figure(11.0, 4.4 + _legend_height(len(series), 3))
+    fig = new_figure(11.0, 4.4 + legend_height(len(series), 3))
     axes = fig.subplots(1, 2, sharey=True)
     styles = _styles(series)
     for curve, idx in series.items():

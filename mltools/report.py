@@ -53,6 +53,8 @@ from .tables import (
     fmt,
     fmt_counts,
     fmt_pm,
+    legend_columns,
+    legend_height,
     load_seeds,
     markdown_table,
     mean_std,
@@ -81,7 +83,9 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
             for a in alignment_of(rec)
         }
     )
-    fig = new_figure(3.6 * (len(points) + 1), 4.2)
+    width = 3.6 * (len(points) + 1)
+    columns = legend_columns([c["label"] for c in curves.values()], width)
+    fig = new_figure(width, 4.2 + legend_height(len(curves), columns))
     axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
     colors = [f"C{i}" for i in range(10)]
     handles, labels = [], []
@@ -117,7 +121,7 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: mean over done seeds, band = ± 1 sample std")
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=columns, frameon=False)
     fig.savefig(path, dpi=110)
 
 

@@ -226,6 +226,21 @@ def point_label(point: int) -> str:
 
 
 # -- figures --------------------------------------------------------------------------------------
+def legend_columns(labels: Sequence[str], width: float, most: int = 3) -> int:
+    """Columns for a legend of ``labels`` under the axes of a figure ``width`` inches wide: as
+    many as fit the longest label (at most about 0.09 inch a character at 10 pt, plus its line), at
+    most ``most``, at least 1. More would push the outer entries off the figure."""
+    longest = max((len(label) for label in labels), default=0)
+    fit = int(width // (0.09 * longest + 0.6)) if longest else most
+    return max(1, min(most, fit, len(labels)))
+
+
+def legend_height(entries: int, columns: int) -> float:
+    """Inches a legend of ``entries`` in ``columns`` adds below the axes (outside them, so it
+    never covers a curve)."""
+    return 0.25 * math.ceil(entries / columns)
+
+
 def new_figure(width: float, height: float):
     from matplotlib.figure import Figure  # imported here: reading runs needs no matplotlib
 

@@ -215,3 +215,25 @@ def test_odd_but_valid_json_does_not_crash(tmp_path):
     assert float(row["eval_top1_mean"]) == pytest.approx(good[EPOCHS]["eval_top1"], abs=1e-4)
     assert float(row["cos_h1"]) == pytest.approx(good[EPOCHS]["alignment"][0]["cos_mean"], abs=1e-6)
     assert (tmp_path / "best_practices" / "figures" / "activations.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("chars", [10, 40, 100])
+def test_a_group_legend_fits_its_figure(chars):
+    """legend_columns' estimate against matplotlib's own text layout: the legend of three labels
+    of ``chars`` characters, in the columns chosen, lies inside a figure as wide as a 2-point
+    group figure (10.8 inches)."""
+    from matplotlib.figure import Figure
+
+    from mltools.tables import legend_columns
+
+    labels = [f"{k}" * chars for k in range(3)]
+    width = 10.8
+    columns = legend_columns(labels, width)
+    assert columns == {10: 3, 40: 2, 100: 1}[chars]
+    fig = Figure(figsize=(width, 5), layout="constrained")
+    ax = fig.subplots()
+    lines = [ax.plot([0, 1], [0, k])[0] for k in range(3)]
+    legend = fig.legend(lines, labels, loc="outside lower center", ncol=columns, frameon=False)
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= width * fig.dpi
