@@ -20,19 +20,15 @@ from pathlib import Path
 
 from . import runlog
 from .cli import UsageError
-from .tables import point_label
+from .tables import config_point_blocks, on_blocks, point_label
 
 EVENTS_GLOB = "events.out.tfevents.*"
 # hparams metrics: the scalar tags the HParams tab shows next to each run's settings.
 HPARAM_METRICS = ("top1/eval", "top1/train", "alignment/cos_mean/mean")
 
 
-def scalars(record: dict, blocks: object = None) -> dict[str, float]:
-    """The scalars of one epoch record (metrics.jsonl), by tag; missing and non-finite left out.
-
-    ``blocks``: config.json's ``point_blocks``, the hidden layer each point reads, for networks
-    whose points are not one per hidden layer (``--points 2019``): their tags then name the
-    layer (``h2``, ``h3``) as the reports do, not the point's index."""
+def scalars(record: dict) -> dict[str, float]:
+    """The scalars of one epoch record (metrics.jsonl), by tag; missing and non-finite left out."""
     values = {
         "loss/train": record.get("train_loss"),
         "top1/train": record.get("train_top1"),
@@ -42,7 +38,7 @@ def scalars(record: dict, blocks: object = None) -> dict[str, float]:
     }
     cos = []
     for a in record.get("alignment") or []:
-        label = point_label(_layer(a["point"], blocks))
+        label = point_label(a["point"])
         values[f"alignment/cos_mean/{label}"] = a.get("cos_mean")
         values[f"alignment/weight_cos/{label}"] = a.get("weight_cos")
         cos.append(a.get("cos_mean"))
@@ -53,14 +49,6 @@ def scalars(record: dict, blocks: object = None) -> dict[str, float]:
         for tag, v in values.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
-
-
-def _layer(point: int, blocks: object) -> int:
-    """The hidden layer (0 = h1) that ``point`` reads: ``blocks[point]``, or ``point`` itself
-    when config.json holds no usable ``point_blocks``."""
-    if isinstance(blocks, list) and 0 <= point < len(blocks) and isinstance(blocks[point], int):
-        return blocks[point]
-    return point
 
 
 def hparams(settings: dict) -> dict[str, int | float | str | bool]:
@@ -90,8 +78,9 @@ class RunBoard:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         run_dir = Path(run_dir)
-        config, _ = runlog.read_config(run_dir)
-        self.blocks = (config or {}).get("point_blocks")
+        # Tags name the hidden layer a point reads (config's point_blocks), as the reports do:
+        # the 2019 bottleneck network's two points are h2 and h3, not h1 and h2.
+        self.blocks = config_point_blocks(runlog.read_config(run_dir)[0])
         for old in run_dir.glob(EVENTS_GLOB):
             old.unlink()  # rewritten below from metrics.jsonl, the record
         self.writer = SummaryWriter(log_dir=str(run_dir))
@@ -102,7 +91,7 @@ class RunBoard:
         self.writer.flush()
 
     def add(self, record: dict) -> None:
-        for tag, value in scalars(record, self.blocks).items():
+        for tag, value in scalars(on_blocks(record, self.blocks)).items():
             self.writer.add_scalar(tag, value, global_step=record["epoch"])
         self.writer.flush()  # a crash loses no logged epoch
 

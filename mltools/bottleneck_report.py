@@ -55,6 +55,7 @@ from .tables import (
     OTHER_ALIGNMENT,
     Echo,
     alignment_of,
+    config_point_blocks,
     cos_cell,
     final_records,
     fmt,
@@ -65,6 +66,7 @@ from .tables import (
     markdown_table,
     mean_std,
     new_figure,
+    on_blocks,
     point_label,
     point_stats,
     status_counts,
@@ -138,27 +140,12 @@ def _rank(name: str, order: Sequence[str]) -> tuple:
 
 
 def point_blocks(runs: Sequence[Run]) -> list[int] | None:
-    """config's ``point_blocks``: the hidden block that each point of the runs reads (None: the
-    runs predate it, or it is malformed; their points are then numbered as recorded)."""
+    """The first well-formed ``point_blocks`` of the runs' configs (:func:`config_point_blocks`)."""
     for run in runs:
-        blocks = (run.config or {}).get("point_blocks")
-        if isinstance(blocks, list) and all(
-            isinstance(b, int) and not isinstance(b, bool) for b in blocks
-        ):
+        blocks = config_point_blocks(run.config)
+        if blocks is not None:
             return blocks
     return None
-
-
-def on_blocks(record: dict, blocks: Sequence[int] | None) -> dict:
-    """``record`` with each alignment entry's ``point`` renumbered to ``blocks[point]``, the
-    hidden block it reads, so that one column is one place in networks of other points."""
-    if blocks is None:
-        return record
-    entries = [
-        {**a, "point": blocks[a["point"]]} if 0 <= a["point"] < len(blocks) else a
-        for a in alignment_of(record)
-    ]
-    return {**record, "alignment": entries}
 
 
 def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:

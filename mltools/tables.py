@@ -92,6 +92,29 @@ def alignment_of(record: dict) -> list[dict]:
     return well_formed(record.get("alignment"), "point")
 
 
+def config_point_blocks(config: dict | None) -> list[int] | None:
+    """config.json's ``point_blocks``: the hidden block that each feedback point reads (None:
+    the run predates it, or it is malformed; its points are then numbered as recorded)."""
+    blocks = (config or {}).get("point_blocks")
+    if isinstance(blocks, list) and all(
+        isinstance(b, int) and not isinstance(b, bool) for b in blocks
+    ):
+        return blocks
+    return None
+
+
+def on_blocks(record: dict, blocks: Sequence[int] | None) -> dict:
+    """``record`` with each alignment entry's ``point`` renumbered to ``blocks[point]``, the
+    hidden block it reads, so that one column is one place in networks of other points."""
+    if blocks is None:
+        return record
+    entries = [
+        {**a, "point": blocks[a["point"]]} if 0 <= a["point"] < len(blocks) else a
+        for a in alignment_of(record)
+    ]
+    return {**record, "alignment": entries}
+
+
 def fmt(x: float | None, decimals: int) -> str:
     """Fixed decimals, so a table does not change with float noise; '' for a missing value."""
     return "" if x is None or not math.isfinite(x) else f"{x:.{decimals}f}"
