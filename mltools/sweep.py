@@ -430,10 +430,11 @@ def describe(settings: dict) -> str:
     )
     schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
     if settings.get("choices"):  # a per-method preset: each experiment its own
-        own = "lr" if settings["epochs"] else "lr and epochs"  # --epochs given: one for all
-        schedule = (
-            f"{settings['epochs']} epochs, " if settings["epochs"] else ""
-        ) + f"batch {settings['batch_size']}, {own} per experiment (mltools/{settings['choices']})"
+        source = f"per experiment (mltools/{settings['choices']})"
+        if settings["epochs"]:  # --epochs given: one for all, the lr still each its own
+            schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {source}"
+        else:
+            schedule = f"batch {settings['batch_size']}, lr and epochs {source}"
     seeds = f"{settings['seeds']} seed(s)"
     if settings.get("cnn_seeds", settings["seeds"]) != settings["seeds"]:
         seeds += f" ({settings['cnn_seeds']} for the CNN)"
