@@ -121,7 +121,9 @@ def main() -> int:
             )
             for seed in range(own["seeds"])
         ]
-    headline = f"{sweep.describe(settings)} -> {out / 'best_practices'}"
+    headline = (
+        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)} -> {out / 'best_practices'}"
+    )
     preset = f" --preset {args.preset}" if reference != "dfa" else ""
     return launch.execute(
         specs,

@@ -86,6 +86,7 @@ def main() -> int:
     from mltools.bottleneck_report import cell_name, write_bottleneck_report
     from mltools.train import RunConfig
 
+    settings["recipe"] = cli.recipe_for(settings, args, "bottleneck")
     shared = sweep.shared_settings(settings, args)
     specs = []
     for points in points_list:
@@ -111,7 +112,7 @@ def main() -> int:
                     for seed in range(settings["seeds"])
                 ]
     headline = (
-        f"{sweep.describe(settings)}, sizes {sizes}, "
+        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, sizes {sizes}, "
         f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode, "
         f"points {' '.join(points_list)} -> {out / 'bottleneck'}"
     )

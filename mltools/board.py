@@ -52,10 +52,17 @@ def scalars(record: dict) -> dict[str, float]:
 
 
 def hparams(settings: dict) -> dict[str, int | float | str | bool]:
-    """A run's settings as TensorBoard takes them (None becomes the string ``none``)."""
+    """A run's settings as TensorBoard takes them: a nested setting (the recipe) as one entry
+    per field, ``recipe.optimizer``; None becomes the string ``none``."""
+    flat: dict = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{inner}": value for inner, value in v.items()})
+        else:
+            flat[k] = v
     return {
         k: (v if isinstance(v, (int, float, str, bool)) else str(v).lower())
-        for k, v in sorted(settings.items())
+        for k, v in sorted(flat.items())
     }
 
 

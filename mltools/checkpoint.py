@@ -1,8 +1,8 @@
 """Checkpoints and final weights: written atomically, read without running code.
 
-A checkpoint holds the model, the optimizer, the data-order generator and every RNG state, so a
-resumed run gives the same metrics as an uninterrupted one. It is read with
-``torch.load(weights_only=True)``, which builds only tensors, plain containers, strings and
+A checkpoint holds the model, the optimizer, the learning-rate schedule, the data-order
+generator and every RNG state, so a resumed run gives the same metrics as an uninterrupted one.
+It is read with ``torch.load(weights_only=True)``, which builds only tensors, plain containers, strings and
 numbers: a ``checkpoint.pt`` planted in a shared results folder cannot run code on the next
 resume. numpy's and Python's RNG states are tuples (numpy's holds an array), so they are stored
 as plain dicts and converted back exactly.
@@ -76,7 +76,7 @@ def write_torch(path: Path, obj: object) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, model, opt, order: torch.Generator, epoch: int, device: torch.device
+    run_dir: Path, model, opt, sched, order: torch.Generator, epoch: int, device: torch.device
 ) -> None:
     """Atomic, and the previous checkpoint is kept until the new one is in place.
 
@@ -87,6 +87,7 @@ def save_checkpoint(
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
         "order": order.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -190,10 +191,15 @@ def saved_cuda_rng(state: dict, device: torch.device) -> torch.Tensor | None:
     return saved
 
 
-def restore(state: dict, model, opt, order: torch.Generator, device: torch.device) -> None:
-    """Put a checkpoint's model, optimizer, data order and RNG states back in place."""
+def restore(state: dict, model, opt, sched, order: torch.Generator, device: torch.device) -> None:
+    """Put a checkpoint's model, optimizer, schedule, data order and RNG states back in place.
+
+    A checkpoint written before schedules existed has none: its run had a constant rate, which
+    the new schedule object already holds."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    if "scheduler" in state:
+        sched.load_state_dict(state["scheduler"])
     # RNG states must be CPU ByteTensors, whatever map_location moved them to.
     order.set_state(state["order"].cpu())
     torch.set_rng_state(state["torch"].cpu())

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from . import stopping
+from . import recipes, stopping
 from .tables import number
 
 
@@ -172,7 +172,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int)
-    parser.add_argument("--lr", type=positive_float, help="SGD learning rate")
+    parser.add_argument(
+        "--lr", type=positive_float, help="learning rate (the peak of the recipe's schedule)"
+    )
+    add_recipe_arguments(parser)
     parser.add_argument(
         "--dataset", help="cifar10, cifar100, mnist, fashion-mnist, digits, synthetic"
     )
@@ -253,6 +256,68 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
     )
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """--recipe and a flag for each of its knobs (docs/recipes.md); None: the recipe's own."""
+    group = parser.add_argument_group("training recipe (docs/recipes.md)")
+    group.add_argument(
+        "--recipe",
+        choices=list(recipes.RECIPES),
+        help="paper: plain SGD, constant rate (the paper presets' default); sgd: Nesterov "
+        "momentum, weight decay, one-cycle; adamw: AdamW, warm-up, cosine, clipping; "
+        "adam: Adam, constant rate (default: the preset's for each architecture)",
+    )
+    group.add_argument("--optimizer", choices=recipes.OPTIMIZERS, help="override the optimizer")
+    group.add_argument("--momentum", type=non_negative_float, help="SGD momentum")
+    group.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (SGD)"
+    )
+    group.add_argument(
+        "--betas", type=non_negative_float, nargs=2, metavar=("B1", "B2"), help="Adam(W) betas"
+    )
+    group.add_argument(
+        "--weight-decay", type=non_negative_float, help="on weights, not biases or norm layers"
+    )
+    group.add_argument("--schedule", choices=recipes.SCHEDULES, help="per-batch lr schedule")
+    group.add_argument(
+        "--warmup", type=non_negative_float, metavar="FRACTION", help="warm-up share of the steps"
+    )
+    group.add_argument(
+        "--clip", type=non_negative_float, metavar="NORM", help="max gradient norm (0: none)"
+    )
+
+
+def recipe_for(settings: dict, args: argparse.Namespace, arch: str) -> recipes.Recipe:
+    """The recipe of ``arch``'s runs: --recipe or the preset's, with the knob flags given."""
+    name = args.recipe or settings["recipes"].get(arch, "paper")
+    changes = {
+        "optimizer": args.optimizer,
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "warmup": args.warmup,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.betas is not None:
+        changes["beta1"], changes["beta2"] = args.betas
+    if args.clip is not None:
+        changes["clip"] = args.clip or None
+    try:
+        return recipes.get_recipe(name, **changes)
+    except ValueError as err:
+        raise UsageError(f"recipe {name}: {err}") from None
+
+
 def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict:
     """Sweep settings: the preset's, overridden by every flag given. Announces the quick default."""
     name = args.preset or ("paper" if args.dataset else "quick")
@@ -276,6 +341,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "cnn_min_side": p.cnn_min_side,
         "choices": p.choices,
         "cnn_seeds": args.seeds or p.cnn_seeds or p.seeds,
+        "recipes": p.recipes,
     }
     return chosen
 
@@ -291,12 +357,15 @@ def preset_choices(preset) -> dict[str, tuple[float, int]]:
 def experiment_settings(
     settings: dict, choices: dict[str, tuple[float, int]], name: str, args
 ) -> dict:
-    """``settings`` for one experiment: the CNN seed count, and under a per-method preset the lr
-    and epochs that ``choices`` give it; --lr and --epochs, when given, still override."""
+    """``settings`` for one experiment: its recipe, the CNN seed count, and under a per-method
+    preset the lr and epochs that ``choices`` give it; --lr and --epochs, when given, still
+    override."""
     from .experiments import EXPERIMENTS
 
     own = dict(settings)
-    if EXPERIMENTS[name][1].get("arch") == "cnn":
+    arch = EXPERIMENTS[name][1].get("arch", "fc")
+    own["recipe"] = recipe_for(settings, args, arch)
+    if arch == "cnn":
         own["seeds"] = settings["cnn_seeds"]
     if not choices:
         return own

@@ -9,7 +9,7 @@ Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
   reference's, with a 95% Welch confidence interval. An interval that excludes 0 is a *clear
   effect*; otherwise the effect is *within noise*. Fewer than 2 done seeds on a side: no interval.
 * **Convergence**: :func:`unconverged` flags a run whose eval top-1 was still rising at its last
-  epoch.
+  epoch, :func:`unsteady` one whose eval top-1 swung by more than 1.5 points over its last 3.
 * **Undefined cosines**: a point whose mean final ``undefined_frac`` exceeds 5% is named, since a
   cosine counted as 0 there may reflect a saturated softmax rather than misalignment.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +60,8 @@ FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config give
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
 RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's
 # min_delta and patience)
+SWING_LIMIT = 1.5  # steadiness: eval top-1 moving more than this (percentage points) ...
+SWING_SPAN = 3  # ... over this many final epochs flags a run as unsteady
 UNDEFINED_LIMIT = 0.05  # report a point whose mean final undefined_frac exceeds this
 
 UNDEFINED_EXPLANATION = (
@@ -470,13 +472,36 @@ def unconverged(run: Run, record: dict) -> tuple[bool | None, float | None]:
     return gain > RISE_LIMIT, gain
 
 
+def unsteady(run: Run, record: dict) -> tuple[bool | None, float | None]:
+    """Was ``run`` unsteady at the epoch E of ``record`` (its final record)? Its eval top-1 over
+    epochs E-2..E swings, max minus min, by more than SWING_LIMIT = 1.5 points: a final value
+    that a lucky or unlucky epoch decided. Returns ``(flag, swing)``; ``(None, None)`` when the
+    run has fewer than 3 trained epochs or a value is missing."""
+    last = record["epoch"]
+    if last < SWING_SPAN:
+        return None, None
+    top1 = {r["epoch"]: number(r.get("eval_top1")) for r in reversed(run.records)}
+    top1[last] = number(record.get("eval_top1"))
+    recent = [top1.get(e) for e in range(last - SWING_SPAN + 1, last + 1)]
+    if None in recent:
+        return None, None
+    swing = max(recent) - min(recent)
+    return swing > SWING_LIMIT, swing
+
+
 @dataclass
 class Flags:
-    """Convergence of one table row: seeds in its means, how many are unknown, the flagged runs."""
+    """Convergence of one table row: seeds in its means, how many are unknown, the flagged runs
+    (not converged), and the unsteady ones."""
 
     seeds: int
     unknown: int
     flagged: list[str]
+    unsteady: list[str] = field(default_factory=list)
+
+    def unsteady_cell(self) -> str:
+        """``unsteady/seeds``, e.g. ``1/3``; '' for a row without seeds."""
+        return f"{len(self.unsteady)}/{self.seeds}" if self.seeds else ""
 
     def cell(self) -> str:
         """``flagged/seeds``, e.g. ``2/3``, plus ``(k unknown)``; '' for a row without seeds."""
@@ -490,7 +515,7 @@ class Flags:
 def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None) -> Flags:
     """Flags of the ``(run, final record)`` pairs of a row. ``seeds`` (default: len(used)) may
     count records without a run, such as recovered 2019 logs: those are unknown."""
-    flagged, unknown = [], 0
+    flagged, unknown, swinging = [], 0, []
     for run, record in used:
         flag, rise = unconverged(run, record)
         unknown += flag is None
@@ -499,8 +524,14 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
                 f"{run.path.parent.name} {run.path.name}: best of the last {RISE_SPAN} "
                 f"epochs {rise:+.2f} points above the best before"
             )
+        swung, swing = unsteady(run, record)
+        if swung:
+            swinging.append(
+                f"{run.path.parent.name} {run.path.name}: top-1 moved {swing:.2f} points over "
+                f"its last {SWING_SPAN} epochs"
+            )
     seeds = len(used) if seeds is None else seeds
-    return Flags(seeds, unknown + seeds - len(used), flagged)
+    return Flags(seeds, unknown + seeds - len(used), flagged, swinging)
 
 
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
@@ -516,8 +547,19 @@ def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
         "",
     ]
     if flagged:
-        return lines + ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
-    return lines + ["No run is flagged as not converged.", ""]
+        lines += ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
+    else:
+        lines += ["No run is flagged as not converged.", ""]
+    swinging = [f for row in flags for f in row.unsteady]
+    lines += [
+        f"`unsteady`: done seeds whose {split} top-1 moved by more than {SWING_LIMIT:.1f} "
+        f"percentage points (max − min) over epochs E−{SWING_SPAN - 1}..E: a final value that "
+        "one lucky or unlucky epoch decided.",
+        "",
+    ]
+    if swinging:
+        return lines + ["Unsteady at epoch E:", ""] + [f"- {f}" for f in swinging] + [""]
+    return lines + ["No run is flagged as unsteady.", ""]
 
 
 # -- undefined cosines ----------------------------------------------------------------------------

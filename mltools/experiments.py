@@ -74,13 +74,14 @@ MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method, **extra})
     for arch, label, extra in (
         ("resnet", "small ResNet, points at its BasicBlocks", {}),
-        (
-            "transformer",
-            "Transformer on image rows, points at its encoder layers, Adam",
-            {"optimizer": "adam"},
-        ),
+        ("transformer", "Transformer on image rows, points at its encoder layers", {}),
     )
-    for method, text in (("dfa", "DFA"), ("bp", "backprop"), ("fa", "feedback alignment"))
+    for method, text in (
+        ("dfa", "DFA"),
+        ("bp", "backprop"),
+        ("fa", "feedback alignment"),
+        ("shallow", "shallow (hidden blocks fixed)"),
+    )
 }
 DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
 EXPERIMENTS.update(METHOD_EXPERIMENTS)
@@ -114,6 +115,20 @@ GROUPS: dict[str, list[str]] = {
 }
 
 
+# The recipe (mltools.recipes) of each architecture under the paper presets: the paper's plain
+# SGD, except the Transformer's Adam (Launay et al. 2020's optimizer for DFA Transformers: with
+# SGD the DFA signal, which does not shrink as a block's output grows, blows attention up).
+PAPER_RECIPES: dict[str, str] = {"transformer": "adam"}
+# The field's recipe of each architecture (DESIGN.md 12, docs/recipes.md).
+FIELD_RECIPES: dict[str, str] = {
+    "fc": "sgd",
+    "cnn": "sgd",
+    "bottleneck": "sgd",
+    "resnet": "sgd",
+    "transformer": "adamw",
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     """Sweep-wide settings; explicit command-line flags override them.
@@ -136,6 +151,11 @@ class Preset:
     choices: str | None = None
     cnn_seeds: int | None = None  # None: ``seeds``
     reference: str = "dfa"  # effects are against fc-/conv- experiments of this method
+    recipes: dict[str, str] = field(default_factory=lambda: dict(PAPER_RECIPES))
+
+    def recipe(self, arch: str) -> str:
+        """The name of the recipe this preset trains ``arch`` with."""
+        return self.recipes.get(arch, "paper")
 
 
 PAPER_BOTTLENECK_SIZES = (1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800)
@@ -179,6 +199,45 @@ BEST_PRACTICES_PRESETS = {
         train_samples=10_000,
         choices="fashion_any.json",
         reference="bp",
+    ),
+    # The fashion preset's data with every architecture trained by its field's recipe
+    # (FIELD_RECIPES, docs/recipes.md): the preset the field studies' grids run, with --lr and
+    # --epochs and --eval-split val.
+    "fashion-field": Preset(
+        "fashion-mnist",
+        seeds=2,
+        epochs=20,
+        batch_size=128,
+        lr=0.01,
+        train_samples=10_000,
+        recipes=FIELD_RECIPES,
+    ),
+    # Every method at its own best under the field's recipes (docs/results-field.md): the
+    # paper's FC and CNN, each experiment at the lr and epochs of mltools/fashion_fair_field.json
+    # (the steady per-method rule of mltools/lr_grid.py on the val split), effects against BP.
+    "fashion-fair-field": Preset(
+        "fashion-mnist",
+        seeds=5,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_fair_field.json",
+        cnn_seeds=3,
+        reference="bp",
+        recipes=FIELD_RECIPES,
+    ),
+    # The same for the small ResNet and the row Transformer (mltools/fashion_any_field.json).
+    "fashion-any-field": Preset(
+        "fashion-mnist",
+        seeds=3,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        train_samples=10_000,
+        choices="fashion_any_field.json",
+        reference="bp",
+        recipes=FIELD_RECIPES,
     ),
 }
 

@@ -18,7 +18,6 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
     Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
     code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
-    cfg = specs[0].config
     if args.tensorboard:
         from .board import require
 
@@ -31,7 +30,7 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
             plan(spec)  # a folder holding other settings: one line now, not a failure per task
     # Under --slurm the tasks get their own devices (a login node may have no GPU): check the
     # data only.
-    check_inputs("cpu" if args.slurm else args.device, cfg)
+    check_inputs("cpu" if args.slurm else args.device, specs)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
     print(f"{headline}, {len(specs)} runs in all", flush=True)
     if args.slurm:

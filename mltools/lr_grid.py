@@ -10,23 +10,29 @@ The chosen rate is the one with the highest mean final val top-1 over the refere
 reference that diverged or failed counts as 0%. The rule looks only at the references, never at
 the experiments whose effects the study measures.
 
-**Per method** (``--per-method``, the ``fashion-fair`` preset; DESIGN.md 10). Every experiment
-of the grid gets its own rate and number of epochs, from its own seed-0 runs:
+**Per method** (``--per-method``; DESIGN.md 10). Every experiment of the grid gets its own
+rate and number of epochs, by one of two rules (``--rule``):
 
-* rate: the highest final val top-1 (a diverged or failed run counts as 0%; the smaller rate
-  on a tie). When that rate is the highest (lowest) of the experiment's grid, the rate one
-  half-decade beyond (the next of 1, 3, 10, 30, ...) is listed to run (``--next``), and the
-  choice stands only once it is not at an edge;
-* epochs: where early stopping stops on the run at that rate: the first epoch E at which
-  :func:`mltools.effects.unconverged` no longer flags it (patience 2 epochs, min gain 1 point),
-  up to the run's epochs (the stated maximum).
+* ``steady`` (the default): the rate whose runs have the highest mean val top-1 over their last
+  3 epochs, averaged over seeds 0 and 1 (a diverged or failed seed counts as 0%; the smaller
+  rate on a tie). Under a recipe whose schedule decays to 0, the last epochs are the settled
+  end of training, and neither one lucky epoch nor one lucky seed decides. Epochs: the runs'
+  own (the stated budget the schedule is laid out over).
+* ``final`` (the ``fashion-fair`` study's, kept to reproduce it): the highest final val top-1
+  of the seed-0 run; epochs where early stopping stops on that run: the first epoch E at which
+  :func:`mltools.effects.unconverged` no longer flags it (patience 2 epochs, min gain 1
+  point), up to the run's epochs (the stated maximum).
+
+Under either, when the chosen rate is the highest (lowest) of the experiment's grid, the rate
+one half-decade beyond (the next of 1, 3, 10, 30, ...) is listed to run (``--next``), and the
+choice stands only once it is not at an edge.
 
 The choices go to a JSON file that the preset reads (``--choices``; an experiment with grid
 runs still to do is left out of it), and the grid's records to ``<grid>/per_method.md`` and
 ``per_method.csv``.
 
     python -m mltools.lr_grid results/lr-grid/fashion      # shared: prints, writes lr_grid.md
-    python -m mltools.lr_grid results/fair-grid --per-method --next   # rates still to run
+    python -m mltools.lr_grid results/fair-grid --per-method --next   # runs still to do
     python -m mltools.lr_grid results/fair-grid --per-method --choices mltools/fashion_fair.json
 
 No torch here.
@@ -145,14 +151,57 @@ def grid_run(name: str, lr: float, run: Run) -> GridRun:
     return GridRun(name, lr, method, run.status, epochs, top1, stop, top1s[stop], converged, best)
 
 
-def method_runs(grid: Path) -> dict[str, dict[float, GridRun]]:
-    """``{experiment: {lr: seed-0 run}}`` for every experiment found under the grid's rates."""
+STEADY_SEEDS = 2  # the steady rule averages seeds 0 and 1 ...
+STEADY_SPAN = 3  # ... over their last 3 epochs
+
+
+def last_epochs_top1(run: Run) -> float | None:
+    """The mean val top-1 of a finished run over its last STEADY_SPAN epochs: 0 when it
+    diverged or failed, None while it is not finished (or has fewer epochs than that)."""
+    if run.status not in SCORED:
+        return None
+    used, _ = final_records([run])
+    if run.status != "done" or not used:
+        return 0.0
+    last = used[0][1]["epoch"]
+    values = [number((run.at_epoch(e) or {}).get("eval_top1")) for e in range(last - 2, last + 1)]
+    if last < STEADY_SPAN or None in values:
+        return None
+    return sum(values) / STEADY_SPAN  # type: ignore[arg-type]
+
+
+def steady_run(name: str, lr: float, seeds: list[Run]) -> GridRun:
+    """Seeds 0 and 1 of one experiment at one rate, as one GridRun: ``score`` the steady rule's
+    (None until both are finished), ``epochs`` seed 0's, ``converged`` when no seed that
+    finished is flagged by :func:`mltools.effects.unconverged`."""
+    config = seeds[0].config or {}
+    epochs = config.get("epochs") if isinstance(config.get("epochs"), int) else None
+    method = str(config.get("method", ""))
+    status = "/".join(run.status for run in seeds)
+    scores = [last_epochs_top1(run) for run in seeds]
+    if len(seeds) < STEADY_SEEDS or None in scores:
+        return GridRun(name, lr, method, status, epochs, None)
+    score = sum(scores) / STEADY_SEEDS  # type: ignore[arg-type]
+    finals = [(run, used[0][1]) for run in seeds if (used := final_records([run])[0])]
+    converged = not any(unconverged(run, record)[0] for run, record in finals)
+    return GridRun(name, lr, method, status, epochs, score, None, score, converged)
+
+
+def method_runs(grid: Path, rule: str = "steady") -> dict[str, dict[float, GridRun]]:
+    """``{experiment: {lr: its grid run}}`` for every experiment found under the grid's rates:
+    the seed-0 run (rule ``final``), or seeds 0 and 1 together (rule ``steady``)."""
     runs: dict[str, dict[float, GridRun]] = {}
     for lr, folder in rate_folders(grid).items():
         for path in sorted((folder / "best_practices").glob("*/seed0")):
-            if path.is_dir():
-                name = path.parent.name
+            if not path.is_dir():
+                continue
+            name = path.parent.name
+            if rule == "final":
                 runs.setdefault(name, {})[lr] = grid_run(name, lr, load_run(path))
+                continue
+            seeds = [path.parent / f"seed{k}" for k in range(STEADY_SEEDS)]
+            loaded = [load_run(p) for p in seeds if p.is_dir()]
+            runs.setdefault(name, {})[lr] = steady_run(name, lr, loaded)
     return dict(sorted(runs.items()))
 
 
@@ -284,17 +333,34 @@ def write_per_method_records(grid: Path, runs: dict[str, dict[float, GridRun]], 
 
 
 # -- the choices file -----------------------------------------------------------------------------
-RULE = (
-    "per experiment, on the val split: the rate of its seed-0 run with the highest final val "
-    "top-1 (diverged or failed: 0%), on a grid extended by half-decades until that rate is not "
-    "at an edge; epochs: where early stopping (patience 2 epochs, min gain 1 point) stops on "
-    "that run, up to max_epochs (python -m mltools.lr_grid --per-method)"
-)
+RULES = {
+    "steady": (
+        "per experiment, on the val split: the rate whose seeds 0 and 1 have the highest mean "
+        f"val top-1 over their last {STEADY_SPAN} epochs (diverged or failed: 0%), on a grid "
+        "extended by half-decades until that rate is not at an edge; epochs: those of the grid "
+        "runs, the budget the recipe's schedule decays over "
+        "(python -m mltools.lr_grid --per-method --rule steady)"
+    ),
+    "final": (
+        "per experiment, on the val split: the rate of its seed-0 run with the highest final "
+        "val top-1 (diverged or failed: 0%), on a grid extended by half-decades until that rate "
+        "is not at an edge; epochs: where early stopping (patience 2 epochs, min gain 1 point) "
+        "stops on that run, up to max_epochs (python -m mltools.lr_grid --per-method --rule final)"
+    ),
+}
+CAPTIONS = {
+    "steady": f"Mean val top-1 (%) over the last {STEADY_SPAN} epochs and seeds 0 and 1 at "
+    "each rate; chosen in bold; `epochs`: the runs' epochs, `val top-1 at epochs` the chosen "
+    "score.",
+    "final": "Final val top-1 (%) of each seed-0 run at each rate; chosen in bold; `epochs`: "
+    "the chosen number of epochs, `val top-1 at epochs` the chosen run's val top-1 there, "
+    "`best` the epoch of its best val top-1 up to there.",
+}
 
 
-def write_choices(path: Path, grid: Path, choices: dict[str, Choice]) -> None:
+def write_choices(path: Path, grid: Path, choices: dict[str, Choice], rule: str) -> None:
     data = {
-        "rule": RULE,
+        "rule": RULES[rule],
         "grid": grid.as_posix(),
         "experiments": {name: c.as_json() for name, c in choices.items()},
     }
@@ -302,10 +368,12 @@ def write_choices(path: Path, grid: Path, choices: dict[str, Choice]) -> None:
 
 
 # -- command line ---------------------------------------------------------------------------------
-def per_method(parser: ArgumentParser, grid: Path, choices_path: Path | None, next_only: bool):
+def per_method(
+    parser: ArgumentParser, grid: Path, choices_path: Path | None, next_only: bool, rule: str
+):
     """The per-method mode: prints the table (or, ``next_only``, the runs still to do), writes
     the records beside the grid and the choices to ``choices_path`` once they stand."""
-    runs = method_runs(grid)
+    runs = method_runs(grid, rule)
     if not runs:
         parser.error(f"no lr<rate>/best_practices/<experiment>/seed0 runs under {grid}")
     choices = choose_per_method(runs)
@@ -314,9 +382,7 @@ def per_method(parser: ArgumentParser, grid: Path, choices_path: Path | None, ne
         print("".join(f"{r.experiment} {r.lr:g} {r.epochs}\n" for r in todo), end="")
         return
     text = (
-        f"Per-method choice ({RULE}). Final val top-1 (%) of each seed-0 run at each rate; "
-        "chosen in bold; `epochs`: the chosen number of epochs, `val top-1 at epochs` the "
-        "chosen run's val top-1 there, `best` the epoch of its best val top-1 up to there.\n\n"
+        f"Per-method choice ({RULES[rule]}). {CAPTIONS[rule]}\n\n"
         f"{per_method_table(runs, choices)}\n"
     )
     (grid / "per_method.md").write_text(text)
@@ -326,7 +392,7 @@ def per_method(parser: ArgumentParser, grid: Path, choices_path: Path | None, ne
         return
     waiting = sorted({r.experiment for r in todo})
     standing = {name: c for name, c in choices.items() if name not in waiting}
-    write_choices(choices_path, grid, standing)
+    write_choices(choices_path, grid, standing, rule)
     print(f"choices of {len(standing)} experiment(s) written to {choices_path}")
     if waiting:
         print(
@@ -358,11 +424,18 @@ def main() -> None:
         help="with --per-method: write the choices there (of the experiments with no grid run "
         "left to do)",
     )
+    parser.add_argument(
+        "--rule",
+        choices=list(RULES),
+        default="steady",
+        help="with --per-method: steady (default: the mean of the last 3 epochs over seeds 0 "
+        "and 1) or final (seed 0's final epoch, epochs by early stopping; the fashion-fair study)",
+    )
     args = parser.parse_args()
     if (args.next or args.choices) and not args.per_method:
         parser.error("--next and --choices go with --per-method")
     if args.per_method:
-        per_method(parser, args.grid, args.choices, args.next)
+        per_method(parser, args.grid, args.choices, args.next, args.rule)
         return
     scores = grid_scores(args.grid)
     if not scores:

@@ -37,6 +37,7 @@ from .effects import (
     write_effects,
 )
 from .experiments import EXPERIMENTS, GROUPS
+from .recipes import recipe_of
 from .runlog import Run
 from .tables import (
     ARCH_NAMES,
@@ -162,6 +163,11 @@ class Row:
         return "/".join(f"{lr:g}" for lr in lrs)
 
     @property
+    def recipes(self) -> str:
+        """The recipes (mltools.recipes) of the done seeds by name, ``/``-joined."""
+        return "/".join(sorted({recipe_of(r.config)["name"] for r, _ in self.used}))
+
+    @property
     def records(self) -> list[dict]:
         """The final records that enter the means."""
         return [record for _, record in self.used]
@@ -218,8 +224,10 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
         "setting",
         "epochs",
         "lr",
+        "recipe",
         "seeds",
         "unconverged",
+        "unsteady",
         eval_head,
         "train top-1",
         "mean cos",
@@ -233,6 +241,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
         "setting",
         "epochs",
         "lr",
+        "recipe",
         "seeds_done",
         "seeds_diverged",
         "seeds_failed",
@@ -241,6 +250,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
         "seeds_used",
         "seeds_unconverged",
         "seeds_convergence_unknown",
+        "seeds_unsteady",
         "eval_split",
         "eval_top1_mean",
         "eval_top1_std",
@@ -279,8 +289,10 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
                 setting,
                 row.epochs,
                 row.lrs,
+                row.recipes,
                 seeds,
                 flag.cell(),
+                flag.unsteady_cell(),
                 ev_cell,
                 fmt_pm(tr[0], tr[1], 2),
                 cos_cell(cos, 3, method),
@@ -300,6 +312,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
                 setting,
                 row.epochs,
                 row.lrs,
+                row.recipes,
                 counts.get("done", 0),
                 counts.get("diverged", 0),
                 counts.get("failed", 0),
@@ -308,6 +321,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
                 len(records),
                 len(flag.flagged),
                 flag.unknown,
+                len(flag.unsteady),
                 row.eval_split,
                 fmt(ev[0], 4),
                 fmt(ev[1], 4),
@@ -503,6 +517,7 @@ def against_bp_lines(
                     METHOD_NAMES.get(row.method, row.method),
                     row.name,
                     row.lrs,
+                    row.recipes,
                     row.epochs,
                     str(len(row.records)),
                     fmt_pm(ev[0], ev[1], 2),
@@ -510,6 +525,7 @@ def against_bp_lines(
                     ci,
                     cos_cell(cos, 3, row.method),
                     flag_of[row.name].cell(),
+                    flag_of[row.name].unsteady_cell(),
                 ]
             )
             if row.method == "dfa" and e is not None and e.clear is not None:
@@ -520,6 +536,7 @@ def against_bp_lines(
                     f"{fmt_signed(e.interval.diff, 2)}, 95% CI [{fmt_signed(e.interval.low, 2)}, "
                     f"{fmt_signed(e.interval.high, 2)}], {e.verdict}."
                 )
-    head = ["architecture", "method", "experiment", "lr", "epochs", "seeds", f"{split} top-1"]
-    head += ["− BP", "95% CI", "mean cos", "unconverged"]
+    head = ["architecture", "method", "experiment", "lr", "recipe", "epochs", "seeds"]
+    head += [f"{split} top-1"]
+    head += ["− BP", "95% CI", "mean cos", "unconverged", "unsteady"]
     return lines + [markdown_table(head, table), "", *sentences, *([""] if sentences else [])]

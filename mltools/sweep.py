@@ -23,6 +23,7 @@ from typing import Callable
 from . import runlog, stopping
 from .cli import DiskFull, UsageError, disk_full
 from .progress import SweepProgress
+from .recipes import recipe_of
 from .train import RunConfig
 
 
@@ -53,10 +54,11 @@ def plan(spec: RunSpec) -> str:
     if config is None:
         return "run"  # new, or config unreadable: the checkpoint decides how far it got
     wanted = spec.config.settings()
-    defaults = RunConfig().settings()  # a setting added after the run was written had its default
-    differ = sorted(
-        k for k, v in wanted.items() if k != "epochs" and config.get(k, defaults.get(k)) != v
-    )
+    # A setting added after the run was written had its default; the recipe, its optimizer's.
+    stored = {**RunConfig().settings(), **config, "recipe": recipe_of(config)}
+    # A constant rate can train on; a decaying schedule is laid out over the run's epochs.
+    extensible = {"epochs"} if spec.config.recipe.schedule == "constant" else set()
+    differ = sorted(k for k, v in wanted.items() if k not in extensible and stored.get(k) != v)
     if differ:
         raise UsageError(
             f"{spec.run_dir} holds a run with other settings ({', '.join(differ)}); "
@@ -387,15 +389,18 @@ def run_parallel(
         raise SweepStopped(str(stop), outcomes)
 
 
-def check_inputs(device: str, cfg: RunConfig) -> None:
-    """Fail early, with one line, on a device or dataset (``cfg``'s) the runs could not use."""
+def check_inputs(device: str, specs: list[RunSpec]) -> None:
+    """Fail early, with one line, on a device, dataset (the first run's) or recipe the runs
+    could not use."""
     from .data import DataError
     from .device import resolve_device
-    from .train import get_data
+    from .train import check_recipe, get_data
 
     try:
+        for spec in specs:
+            check_recipe(spec.config)
         resolved = resolve_device(device)
-        get_data(cfg, resolved)
+        get_data(specs[0].config, resolved)
     except (ValueError, DataError) as err:
         raise UsageError(str(err)) from None
 
@@ -420,7 +425,14 @@ def shared_settings(settings: dict, args) -> dict:
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
         lr=settings["lr"],
+        recipe=settings["recipe"],
     )
+
+
+def recipes_line(specs: list[RunSpec]) -> str:
+    """The recipes of a sweep's runs, e.g. ``recipe sgd (SGD, ...)``, each once."""
+    used = dict.fromkeys(s.config.recipe.describe() for s in specs)
+    return f"recipe{'s' if len(used) > 1 else ''} " + "; ".join(used)
 
 
 def describe(settings: dict) -> str:

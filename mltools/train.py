@@ -16,7 +16,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import dfatools
 
-from . import models, runlog
+from . import models, recipes, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
 from .experiments import BOTTLENECK_POINTS
@@ -36,7 +36,6 @@ ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
 ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer")
-OPTIMIZERS = ("sgd", "adam")
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
@@ -70,11 +69,18 @@ class RunConfig:
     width: int = 800  # bottleneck net width
     epochs: int = 50
     batch_size: int = 128
-    lr: float = 5e-4
-    optimizer: str = "sgd"  # sgd (the paper's: no momentum, no weight decay) | adam (OPTIMIZERS)
+    lr: float = 5e-4  # the peak of the recipe's schedule
+    # How parameters are updated (mltools.recipes); a name is taken as that named recipe.
+    recipe: recipes.Recipe = field(default_factory=recipes.Recipe)
     seed: int = 0
     trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
     tensorboard: bool = False  # also write TensorBoard event files (mltools.board)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recipe, str):
+            self.recipe = recipes.get_recipe(self.recipe)
+        elif isinstance(self.recipe, dict):
+            self.recipe = recipes.from_dict(self.recipe)
 
     def settings(self) -> dict:
         """What defines the result; a run folder holding other settings is another run."""
@@ -159,15 +165,14 @@ def bottleneck_layout(cfg: RunConfig) -> dict:
     return {"point_blocks": blocks, "bottleneck_point": blocks.index(models.BOTTLENECK_BLOCK)}
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Plain SGD at ``cfg.lr`` (the paper's), or Adam with PyTorch's defaults otherwise: the
-    optimizer DFA Transformers were trained with (Launay et al. 2020), because with SGD the
-    DFA signal, which does not shrink as a block's output grows, blows attention weights up."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {OPTIMIZERS}")
+def check_recipe(cfg: RunConfig) -> None:
+    """ValueError for a recipe the run cannot honour: weight decay would move the entries that
+    a mask-mode bottleneck layer keeps at their initial value (DESIGN.md 5)."""
+    if cfg.arch == "bottleneck" and cfg.bottleneck_mode == "mask" and cfg.recipe.weight_decay:
+        raise ValueError(
+            "weight decay would move the frozen entries of the mask-mode bottleneck layer; "
+            "use --weight-decay 0 or --mode width"
+        )
 
 
 @torch.no_grad()
@@ -187,12 +192,14 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 def train_epoch(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
     data: Dataset,
     cfg: RunConfig,
     order: torch.Generator,
     bar: tqdm,
 ) -> tuple[float, float]:
-    """One pass over the training set; mean loss and top-1 (percent), one host sync at the end."""
+    """One pass over the training set, the schedule stepped after every batch; mean loss and
+    top-1 (percent), one host sync at the end."""
     model.train()
     x, y = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x.device)
@@ -205,7 +212,10 @@ def train_epoch(
             opt.zero_grad(set_to_none=True)
             model.feedback.set_target(y[idx])  # DRTP's learning signal; ignored by other methods
             loss.backward()
+            if cfg.recipe.clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.recipe.clip)
             opt.step()
+            sched.step()
             loss_sum += loss.detach() * len(idx)
             correct += (out.detach().argmax(1) == y[idx]).sum()
             bar.update(1)
@@ -256,6 +266,17 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as ``lscpu`` prints it (e.g. ``Intel(R) Xeon(R) Processor``);
+    the machine type where the system does not say."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model name") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
 def provenance(device: torch.device) -> dict:
     return {
         "device": str(device),
@@ -272,7 +293,9 @@ def provenance(device: torch.device) -> dict:
         },
         "git_commit": git_commit(),
         "pid": os.getpid(),  # which process trained the run last (sweeps with --jobs)
-        # CPU results depend on it (the order of floating-point sums); set by OMP_NUM_THREADS.
+        # CPU results depend on these (the order of floating-point sums, the kernels chosen);
+        # the thread count is set by OMP_NUM_THREADS.
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
     }
 
@@ -375,7 +398,10 @@ class Trainer:
         self.data = get_data(cfg, device)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
-        self.opt = make_optimizer(cfg, self.model)
+        check_recipe(cfg)
+        self.opt = recipes.make_optimizer(cfg.recipe, self.model, cfg.lr)
+        steps = cfg.epochs * math.ceil(len(self.data.y_train) / cfg.batch_size)
+        self.sched = recipes.make_scheduler(cfg.recipe, self.opt, steps)
         self.order = torch.Generator().manual_seed(cfg.seed)
         self.board = None  # mltools.board.RunBoard with --tensorboard, from start()
 
@@ -393,7 +419,7 @@ class Trainer:
         cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
         state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
-            restore(state, self.model, self.opt, self.order, self.device)
+            restore(state, self.model, self.opt, self.sched, self.order, self.device)
             runlog.write_metrics(
                 run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log)
             )
@@ -434,7 +460,7 @@ class Trainer:
                 file=sys.stderr,
             ) as bar:
                 train_loss, train_top1 = train_epoch(
-                    self.model, self.opt, data, cfg, self.order, bar
+                    self.model, self.opt, self.sched, data, cfg, self.order, bar
                 )
         record = {"epoch": epoch, "train_loss": train_loss, "train_top1": train_top1}
         if not math.isfinite(train_loss):
@@ -455,7 +481,9 @@ class Trainer:
         log.epoch(record, cfg.epochs)
         if self.board is not None:
             self.board.add(record)
-        save_checkpoint(self.run_dir, self.model, self.opt, self.order, epoch, self.device)
+        save_checkpoint(
+            self.run_dir, self.model, self.opt, self.sched, self.order, epoch, self.device
+        )
         self.say(record_line(cfg, record, data.eval_split))
         return record
 

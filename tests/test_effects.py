@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from mltools.bottleneck_report import write_bottleneck_report
-from mltools.effects import reference_of, unconverged, welch_interval
+from mltools.effects import reference_of, unconverged, unsteady, welch_interval
 from mltools.report import write_best_practices_report
 from mltools.runlog import load_run
 
@@ -244,6 +244,32 @@ def test_unconverged_criterion(tmp_path):
         pytest.approx(1.5),
     )
     assert run("early best", plateau([99.0, 96.0, 98.0, 95.0, 97.5, 98.0]))[0] is False
+
+
+def test_unsteady_criterion(tmp_path):
+    """Unsteady: eval top-1 over the last 3 epochs spans more than 1.5 points (max - min)."""
+
+    def run(name, top1):
+        write_run(tmp_path / name, plateau(top1))
+        r = load_run(tmp_path / name)
+        return unsteady(r, r.last)
+
+    assert run("swing", [10.0, 80.0, 85.0, 72.6, 86.0]) == (True, pytest.approx(13.4))
+    assert run("steady", [10.0, 50.0, 85.0, 86.0, 86.5]) == (False, pytest.approx(1.5))
+    assert run("early swing", [10.0, 50.0, 85.0, 86.0, 86.4, 86.2]) == (False, pytest.approx(0.4))
+    assert run("short", [10.0, 50.0, 85.0]) == (None, None)  # 2 trained epochs
+    out = tmp_path / "report"
+    write_experiment(out, "fc-tanh", BEST["fc-tanh"])
+    text = write_best_practices_report(out, echo=lambda _: None).read_text()
+    assert "No run is flagged as unsteady." in text
+    swing = [{**r, "alignment": records(0.0, FC3(0.5, 0.5, 0.5))[0]["alignment"]} for r in
+             plateau([10.0, 80.0, 85.0, 72.6, 86.0])]  # fmt: skip
+    write_run(out / "best_practices" / "fc-relu" / "seed0", swing, experiment="fc-relu")
+    text = write_best_practices_report(out, echo=lambda _: None).read_text()
+    assert "fc-relu seed0: top-1 moved 13.40 points over its last 3 epochs" in text
+    table = next(line for line in text.splitlines() if line.startswith("| fc-relu "))
+    cells = [cell.strip() for cell in table.split("|")]
+    assert cells[cells.index("0/1") + 1] == "1/1"  # unconverged 0/1, unsteady 1/1
 
 
 def plateau(top1):

@@ -67,9 +67,10 @@ def grid_run(grid: Path, lr: float, name: str, top1: list[float], method: str, *
     )
 
 
-def lr_grid(grid: Path, *flags: str) -> subprocess.CompletedProcess:
+def lr_grid(grid: Path, *flags: str, rule: str = "final") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mltools.lr_grid", str(grid), "--per-method", *flags],
+        [sys.executable, "-m", "mltools.lr_grid", str(grid), "--per-method", "--rule", rule]
+        + list(flags),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -107,6 +108,46 @@ def grid(tmp_path):
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_steady_rule_averages_the_last_epochs_of_two_seeds(tmp_path):
+    """The steady rule scores a rate by the mean val top-1 over the last 3 epochs and seeds 0
+    and 1; worked out by hand below. A lucky final epoch does not win, a diverged seed counts 0,
+    and a rate with one seed is not finished."""
+    g = tmp_path / "grid"
+
+    def runs(lr, name, method, *curves, **kwargs):
+        for seed, curve in enumerate(curves):
+            folder = g / f"lr{lr:g}" / "best_practices" / name / f"seed{seed}"
+            write_run(folder, curve, experiment=name, method=method, lr=lr, **kwargs)
+
+    # BP at 0.1 ends on a lucky epoch (90) after swinging: (70+60+90)/3 = 73.33 and
+    # (72+62+88)/3 = 74; mean 73.67. At 0.03 steady: (84+85+85)/3 = 84.67, (83+84+85)/3 = 84;
+    # mean 84.33, chosen although both of 0.1's finals beat it. 0.01: (80+80+80)/3 = 80.
+    runs(0.1, "fc-bp", "bp", [10, 50, 70, 60, 90], [10, 50, 72, 62, 88])
+    runs(0.03, "fc-bp", "bp", [10, 50, 84, 85, 85], [10, 50, 83, 84, 85])
+    runs(0.01, "fc-bp", "bp", [10, 50, 80, 80, 80], [10, 50, 80, 80, 80])
+    # DFA: at 0.01 seed 1 diverged (0): (81+82+83)/3 / 2 = 41; 0.03: 70 and 72 -> 71, chosen,
+    # at the grid's top edge: 0.1 is asked for. 0.003 has only seed 0: not finished.
+    runs(0.01, "fc-tanh", "dfa", [10, 80, 81, 82, 83])
+    write_run(
+        g / "lr0.01/best_practices/fc-tanh/seed1", [10, 20], status="diverged", epochs=4, lr=0.01
+    )
+    runs(0.03, "fc-tanh", "dfa", [10, 60, 70, 70, 70], [10, 60, 72, 72, 72])
+    runs(0.003, "fc-tanh", "dfa", [10, 30, 40, 50, 60])
+    out = lr_grid(g, "--next", rule="steady")
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["fc-tanh 0.003 4", "fc-tanh 0.1 4"]
+    choices = tmp_path / "choices.json"
+    assert lr_grid(g, "--choices", str(choices), rule="steady").returncode == 0
+    data = json.loads(choices.read_text())
+    assert "last 3 epochs" in data["rule"] and set(data["experiments"]) == {"fc-bp"}
+    bp = data["experiments"]["fc-bp"]
+    assert (bp["lr"], bp["epochs"]) == (0.03, 4)
+    assert bp["val_top1_at_epochs"] == pytest.approx((84 + 85 + 85 + 83 + 84 + 85) / 6)
+    rows = {(r["experiment"], r["lr"]): r for r in read_csv(g / "per_method.csv")}
+    assert float(rows["fc-bp", "0.1"]["final_val_top1"]) == pytest.approx(221 / 3)
+    assert float(rows["fc-tanh", "0.03"]["final_val_top1"]) == pytest.approx(71)
 
 
 def test_half_decade_steps_by_hand():
@@ -180,14 +221,15 @@ def test_fashion_fair_settings_per_experiment():
         3,
         "bp",
     )
-    flags = dict(preset="fashion-fair", dataset=None, seeds=None, epochs=None, batch_size=None)
-    args = argparse.Namespace(**flags, lr=None, eval_split=None, train_samples=None)
-    args.eval_samples = None
+    parser = argparse.ArgumentParser()
+    cli.add_sweep_arguments(parser, BEST_PRACTICES_PRESETS)
+    args = parser.parse_args(["--preset", "fashion-fair"])
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, "best_practices.py")
     choices = {"fc-bp": (0.1, 12), "conv-tanh": (0.03, 9)}
     fc = cli.experiment_settings(settings, choices, "fc-bp", args)
     conv = cli.experiment_settings(settings, choices, "conv-tanh", args)
     assert (fc["lr"], fc["epochs"], fc["seeds"]) == (0.1, 12, 5)
+    assert fc["recipe"].name == conv["recipe"].name == "paper"  # the study as it was run
     assert (conv["lr"], conv["epochs"], conv["seeds"]) == (0.03, 9, 3)
     assert (fc["dataset"], fc["train_samples"], fc["eval_split"]) == (
         "fashion-mnist",
@@ -273,12 +315,12 @@ def test_bp_reference_table_rates_epochs_flags_and_sentence(fair):
     lines = {line.split("|")[3].strip(): line for line in section.splitlines() if "| fc-" in line}
     cells = [c.strip() for c in lines["fc-tanh"].split("|")]
     diff = np.mean(FINAL["fc-tanh"]) - np.mean(FINAL["fc-bp"])
-    assert cells[4:7] == ["0.01", "4", "5"]  # its own lr and epochs, 5 seeds
-    assert cells[8] == f"**{diff:+.2f}**"  # clear: the interval excludes 0
-    assert cells[10] == "0.400" and cells[11] == "0/5"
+    assert cells[4:8] == ["0.01", "paper", "4", "5"]  # its own lr and epochs, 5 seeds
+    assert cells[9] == f"**{diff:+.2f}**"  # clear: the interval excludes 0
+    assert cells[11] == "0.400" and cells[12:14] == ["0/5", "0/5"]
     bp = [c.strip() for c in lines["fc-bp"].split("|")]
-    assert bp[8] == "reference" and bp[10] == f"0.900 {report.BP_MARK}"
-    assert [c.strip() for c in lines["fc-shallow"].split("|")][10] == "undefined"
+    assert bp[9] == "reference" and bp[11] == f"0.900 {report.BP_MARK}"
+    assert [c.strip() for c in lines["fc-shallow"].split("|")][11] == "undefined"
     ci = stats.ttest_ind(FINAL["fc-tanh"], FINAL["fc-bp"], equal_var=False).confidence_interval()
     assert (
         f"FC: DFA (fc-tanh) is {abs(diff):.2f} points below BP (fc-bp): DFA − BP = {diff:+.2f}, "

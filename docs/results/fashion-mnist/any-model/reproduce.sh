@@ -8,28 +8,30 @@ cd "$(dirname "$0")/../../../.."
 # One torch thread per run: CPU numbers depend on the thread count (config.json records it).
 export OMP_NUM_THREADS=1
 GRID=results/any-grid
+RESNET="resnet-dfa resnet-bp resnet-fa"
+TRANSFORMER="transformer-dfa transformer-bp transformer-fa"
 # 1. The learning-rate grid, seed 0, val split, the fashion preset's data (10 epochs): SGD for
 #    the ResNet, Adam for the Transformer (docs/any-model.md says why), half-decade steps.
 for lr in 0.01 0.03 0.1; do
   python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" \
-    --group resnet --out "$GRID/lr$lr" --quiet
+    --experiments $RESNET --out "$GRID/lr$lr" --quiet
 done
 for lr in 0.0003 0.001 0.003; do
   python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" \
-    --group transformer --out "$GRID/lr$lr" --quiet
+    --experiments $TRANSFORMER --out "$GRID/lr$lr" --quiet
 done
 # 2. Where a method's best rate is at an edge of its grid, the rate one half-decade beyond (for
 #    this grid: transformer-dfa at 0.0001), until none is.
 for round in 1 2 3; do
-  python -m mltools.lr_grid "$GRID" --per-method --next | while read -r exp lr epochs; do
+  python -m mltools.lr_grid "$GRID" --per-method --rule final --next | while read -r exp lr epochs; do
     python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" \
       --epochs "$epochs" --experiments "$exp" --out "$GRID/lr$lr" --quiet
   done
 done
 # 3. The choice: mltools/fashion_any.json (the fashion-any preset reads it).
-python -m mltools.lr_grid "$GRID" --per-method --choices mltools/fashion_any.json
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_any.json
 # 4. The study: 3 seeds, test mode, each experiment at its rate, 10 epochs for every one.
-python best_practices.py --preset fashion-any --group resnet transformer --epochs 10 \
+python best_practices.py --preset fashion-any --experiments $RESNET $TRANSFORMER --epochs 10 \
   --out results/any-model --quiet
 # 5. Publish: the report, figures, and every run's config.json and metrics.jsonl.
 python -m mltools.publish "$GRID" docs/results/fashion-mnist/any-model/lr-grid --no-figures

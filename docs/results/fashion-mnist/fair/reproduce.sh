@@ -18,7 +18,7 @@ step() { echo "== $* $(date -u +%FT%TZ)"; }
 extend() {
   local round next
   for round in 1 2 3 4 5 6; do
-    next=$(python -m mltools.lr_grid "$GRID" --per-method --next | { grep "^$1" || true; })
+    next=$(python -m mltools.lr_grid "$GRID" --per-method --rule final --next | { grep "^$1" || true; })
     [ -z "$next" ] && return 0
     while read -r exp lr epochs; do
       python best_practices.py --preset fashion --eval-split val --seeds 1 --lr "$lr" \
@@ -44,7 +44,7 @@ extend fc-
 # 2. Each method's rate and epochs, into the file the fashion-fair preset reads; the FC study,
 #    test mode, 5 seeds.
 step "2 FC choice and study"
-python -m mltools.lr_grid "$GRID" --per-method --choices mltools/fashion_fair.json
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_fair.json
 python best_practices.py --preset fashion-fair --experiments $FC fc-brsf fc-frsf \
   --out results/fair --quiet --jobs 2
 # 3. CNN grid, 20 epochs (its stated maximum), four rates; its edges; the choice again (the FC
@@ -57,7 +57,7 @@ done
 step "3b CNN edges"
 extend conv-
 step "4 CNN choice and study"
-python -m mltools.lr_grid "$GRID" --per-method --choices mltools/fashion_fair.json
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_fair.json
 python best_practices.py --preset fashion-fair --out results/fair --quiet --jobs 2
 # 5. Publish: the grid (records, per_method.md/.csv, each rate's report written again now that
 #    all its runs are in) and the study, every run's config.json and metrics.jsonl.
@@ -65,7 +65,7 @@ step "5 publish"
 for folder in "$GRID"/lr*; do
   python best_practices.py --report-only --out "$folder" >/dev/null
 done
-python -m mltools.lr_grid "$GRID" --per-method >/dev/null
+python -m mltools.lr_grid "$GRID" --per-method --rule final >/dev/null
 python -m mltools.publish "$GRID" docs/results/fashion-mnist/fair/lr-grid --no-figures
 python -m mltools.publish results/fair docs/results/fashion-mnist/fair/rule-epochs
 # 6. The same study with every method trained to its architecture's stated maximum (40 epochs
