@@ -2,10 +2,10 @@
 
 A checkpoint holds the model, the optimizer, the learning-rate schedule, the data-order
 generator and every RNG state, so a resumed run gives the same metrics as an uninterrupted one.
-It is read with ``torch.load(weights_only=True)``, which builds only tensors, plain containers, strings and
-numbers: a ``checkpoint.pt`` planted in a shared results folder cannot run code on the next
-resume. numpy's and Python's RNG states are tuples (numpy's holds an array), so they are stored
-as plain dicts and converted back exactly.
+It is read with ``torch.load(weights_only=True)``, which builds only tensors, plain containers,
+strings and numbers: a ``checkpoint.pt`` planted in a shared results folder cannot run code on
+the next resume. numpy's and Python's RNG states are tuples (numpy's holds an array), so they
+are stored as plain dicts and converted back exactly.
 
 Checkpoints written before this format hold those tuples and load only with pickle, which runs
 whatever code the file asks for. They are refused with one line that says how to proceed, unless
