@@ -52,7 +52,7 @@ def parse_args():
 
 
 def list_experiments() -> None:
-    from mltools.train import RunConfig
+    from mltools.train import ARCHS, RunConfig
 
     base = RunConfig()
     print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
@@ -74,10 +74,12 @@ def list_experiments() -> None:
             if p.choices
             else f"{p.epochs} epochs, lr {p.lr}"
         )
+        recipes = ", ".join(f"{arch} {p.recipe(arch)}" for arch in ARCHS)
         print(
             f"preset {preset}: {p.dataset}, {seeds}, {schedule}, batch {p.batch_size}, "
             f"{p.eval_split} mode, {samples}, "
-            f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}"
+            f"CNN inputs upsampled to at least {p.cnn_min_side}x{p.cnn_min_side}, "
+            f"recipes: {recipes}"
         )
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import outputs
 from .fa import exact_layers, layer_method
 from .feedback import DFA
 from .inspect import eval_mode, find_dfa, trace_points
@@ -64,26 +65,38 @@ def _flat_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float((va @ vb) / denom) if denom > 0 else 0.0
 
 
-def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits ``(N, *, K)`` against class indices ``(N, *)``: every
-    position counts as a sample (``F.cross_entropy`` itself for an ``(N, K)`` output)."""
+def cross_entropy(out: torch.Tensor, y: torch.Tensor, class_dim: int = -1) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(N, *, K)`` (or, ``class_dim=1``, ``(N, K, *)``) against
+    class indices ``(N, *)``: every position counts as a sample (``F.cross_entropy`` itself for
+    an ``(N, K)`` output, and for a channels-first one)."""
+    if class_dim == 1:
+        return F.cross_entropy(out, y)
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-def positions(out: torch.Tensor) -> int:
-    """``P``, the number of positions of an output ``(N, *, K)``: ``N`` for ``(N, K)``."""
-    return out.numel() // out.shape[-1]
+def node_loss(node: DFA) -> LossFn:
+    """The cross-entropy over ``node``'s class dimension: the default loss of
+    :func:`measure_alignment` and :func:`~dfatools.prealign`."""
+    return lambda out, y: cross_entropy(out, y, node.class_dim)
+
+
+def positions(out: torch.Tensor, class_dim: int = -1) -> int:
+    """``P``, the number of positions of an output: every element but the class dimension's
+    (``N`` for ``(N, K)``)."""
+    return out.numel() // out.shape[class_dim]
 
 
 def measure_alignment(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
 ) -> list[Alignment]:
     """Alignment at every feedback point of ``model`` on the batch ``(x, y)``, in the order of
     the DFA node's points (forward order for :func:`~dfatools.to_dfa` models).
 
     ``x``: the model's input; ``y``: class indices ``(N, *)``, one per position of the output
-    ``(N, *, K)``. With position dimensions every position is a sample of the cosine: ``h_l``
-    and both signals are compared per position, ``(P, d_l)``.
+    ``(N, *, K)`` (or ``(N, K, *)``). With position dimensions every position is a sample of
+    the cosine: ``h_l`` and both signals are compared per position, ``(P, -1)``. ``loss_fn``
+    takes the output tensor the DFA node sits on (its ``output=``) and ``y``; by default the
+    mean cross-entropy over the node's class dimension.
 
     The signal compared with the true gradient is the one the model's method delivers at
     ``h_l``: the DFA signal ``s_l`` (dfa, and bp models, whose node is only switched off), the
@@ -97,10 +110,11 @@ def measure_alignment(
     (brsf draws its random magnitudes from a forked stream).
     """
     node = find_dfa(model)
+    loss_fn = loss_fn or node_loss(node)
     through_layers = layer_method(model) is not None
     with eval_mode(model), node.backprop(), torch.enable_grad():
         with exact_layers(model), trace_points(model, node) as traces:
-            out = model(x)
+            out = outputs.select(model(x), node.output)
             if len(traces) != len(node.points):
                 raise RuntimeError(f"{len(traces)} of {len(node.points)} feedback points ran")
             loss = loss_fn(out, y)
@@ -112,7 +126,7 @@ def measure_alignment(
             flat_w = [w for ws in weights for w in ws]
             grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
             grad_y, grad_h, grad_w = grads[0], grads[1 : 1 + len(hs)], list(grads[1 + len(hs) :])
-            n = positions(out)
+            n = positions(out, node.class_dim)
             if not through_layers:
                 signals = node.learning_signals(grad_y, y, shapes)
                 method_w = [
@@ -126,7 +140,7 @@ def measure_alignment(
                 signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
         results = []
         for i, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
-            cos, undefined = per_sample_cosine((g * n).reshape(n, -1), s.reshape(n, -1))
+            cos, undefined = per_sample_cosine(node.rows(g * n, out.dim()), node.rows(s, out.dim()))
             bp_w = [grad_w.pop(0) for _ in ws]
             results.append(
                 Alignment(
@@ -153,11 +167,11 @@ def _layer_signals(
     """``P * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
     model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
     with trace_points(model, node) as traces:
-        out = model(x)
+        out = outputs.select(model(x), node.output)
         hs = [t.h for t in traces]
         flat_w = [w for ws in weights for w in ws]
         grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
-    n = positions(out)
+    n = positions(out, node.class_dim)
     signals = [g * n for g in grads[: len(hs)]]
     rest = grads[len(hs) :]
     return signals, [[rest.pop(0) for _ in ws] for ws in weights]

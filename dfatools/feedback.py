@@ -20,11 +20,17 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .outputs import OutputSpec
+
 FEEDBACK_MODES = ("shared", "independent")
 ERROR_MODES = ("sum", "mean")
 # What the node projects onto the feedback points: the output error (DFA), the one-hot target
 # (DRTP), or nothing (shallow training: the hidden blocks get no gradient at all).
 SIGNAL_MODES = ("error", "target", "none")
+CLASS_DIMS = (-1, 1)  # (N, *, K) outputs, or channels-first (N, K, *) ones (DESIGN.md 11)
+# How a point with more dimensions than the output gets its signal (DESIGN.md 11): one
+# projection per element ("flat"), or one per feature repeated over its own positions ("shared").
+POSITION_MODES = ("flat", "shared")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)  # dfatools.Bottleneck is an nn.Linear
 
 
@@ -80,7 +86,7 @@ class _DFAFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         node = ctx.node
-        target = node.take_target(grad_y.shape[:-1]) if node.signal == "target" else None
+        target = node.take_target(node.position_shape(grad_y)) if node.signal == "target" else None
         return (None, grad_y, *node.learning_signals(grad_y, target, ctx.shapes))
 
 
@@ -89,11 +95,28 @@ class DFA(nn.Module):
 
     Args:
         points: the :class:`FeedbackPoint` modules of the network, in forward order.
-        num_classes: ``K``, the last dimension of the network output ``y`` of shape
-            ``(N, K)``, or ``(N, *, K)`` with position dimensions (tokens, pixels): every
-            dimension of ``y`` but the last is then a batch dimension, which every point's
-            ``h_l`` ``(N, *, ...)`` shares, and each position's error is projected onto that
-            position of ``h_l`` (DESIGN.md 9).
+        num_classes: ``K``, the size of the class dimension of the network output ``y``:
+            ``(N, K)``, or ``(N, *, K)`` with position dimensions (tokens, pixels). Every
+            other dimension of ``y`` is then a position, which every point's ``h_l``
+            ``(N, *, ...)`` shares, and each position's error is projected onto that position
+            of ``h_l`` (DESIGN.md 9).
+        class_dim: ``-1`` (default): the class dimension is the last, as above. ``1``: ``y``
+            is channels-first, ``(N, K, *)`` (the layout ``F.cross_entropy`` takes for a
+            segmentation map), points are ``(N, C_l, *)`` with ``y``'s trailing dimensions, and
+            each position's error goes to that position's ``C_l`` channels (DESIGN.md 11).
+        positions: for ``class_dim=-1``, how a point with more dimensions than ``y`` (a block
+            under a pooled classifier) gets its signal. ``"flat"`` (default): each element
+            its own projection, ``e @ M[:, :f_l]`` with ``f_l`` every element beyond ``y``'s
+            positions. ``"shared"``: the point's extra dimensions are positions of its own, by
+            PyTorch's layouts (``(N, T, d)``: ``T`` positions of ``d`` features; ``(N, C, H,
+            W)``: ``H*W`` positions of ``C`` channels), and one projection, divided by
+            ``sqrt(number of extra positions)``, goes to each of them: after a mean pool the
+            true gradient is the same at every position, which a flat projection cannot
+            align with.
+        output: which tensor of the model's output ``y`` is (:mod:`dfatools.outputs`): a key or
+            attribute name (``"logits"``), a tuple index, or a callable; None: the output
+            itself. Read by the hook that puts the node on the model, and by
+            :func:`~dfatools.measure_alignment` and :func:`~dfatools.prealign`.
         normalize: scale signals as in DESIGN.md 2 (default) or use the raw ``N(0, 1)`` matrix.
         feedback: ``"shared"`` (one ``(K, D)`` matrix, sliced per point) or ``"independent"``
             (one ``(K, d_l)`` matrix per point).
@@ -120,6 +143,9 @@ class DFA(nn.Module):
         error: str = "sum",
         seed: int = 0,
         signal: str = "error",
+        class_dim: int = -1,
+        positions: str = "flat",
+        output: OutputSpec = None,
     ) -> None:
         super().__init__()
         points = list(points)
@@ -138,6 +164,10 @@ class DFA(nn.Module):
             raise ValueError(f"error must be one of {ERROR_MODES}, got {error!r}")
         if signal not in SIGNAL_MODES:
             raise ValueError(f"signal must be one of {SIGNAL_MODES}, got {signal!r}")
+        if class_dim not in CLASS_DIMS:
+            raise ValueError(f"class_dim must be one of {CLASS_DIMS}, got {class_dim!r}")
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
         # A plain tuple, not a ModuleList: the points belong to the user's model already.
         self.points = tuple(points)
         self.num_classes = num_classes
@@ -146,6 +176,9 @@ class DFA(nn.Module):
         self.error = error
         self.seed = int(seed)
         self.signal = signal
+        self.class_dim = class_dim
+        self.positions = positions
+        self.output = output
         self.dfa_enabled = True
         self._target: torch.Tensor | None = None
         for name in self._matrix_names():
@@ -219,17 +252,55 @@ class DFA(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    # -- layouts -------------------------------------------------------------------------------
+    def position_shape(self, y: torch.Tensor) -> torch.Size:
+        """The position dimensions of an output (or its gradient) ``y``: ``(N, *)``."""
+        if self.class_dim == 1:
+            return y.shape[:1] + y.shape[2:]
+        return y.shape[:-1]
+
+    def rows(self, t: torch.Tensor, ydim: int) -> torch.Tensor:
+        """``t`` in rows of one position each, ``(P, -1)``: an output (or its gradient) of
+        ``ydim`` dimensions as ``(P, K)``, or a point ``h_l`` as ``(P, f_l * extra)``."""
+        if self.class_dim == 1:  # points have y's dimensions: channels at 1 in both
+            t = t.movedim(1, -1)
+            return t.reshape(-1, t.shape[-1])
+        return t.reshape(math.prod(t.shape[: ydim - 1]), -1)
+
+    def feature_size(self, shape: torch.Size, ydim: int) -> int:
+        """``f_l``: the features of one position of a point of ``shape`` under an output of
+        ``ydim`` dimensions, the columns of ``M`` it uses (DESIGN.md 11)."""
+        if self.class_dim == 1:
+            return shape[1]
+        rest = shape[ydim - 1 :]
+        if self.positions == "shared" and len(rest) >= 2:
+            return rest[-1] if len(rest) == 2 else rest[0]
+        return math.prod(rest)
+
+    def _place(self, s: torch.Tensor, shape: torch.Size, ydim: int) -> torch.Tensor:
+        """One position's signal per row, ``s`` ``(P, f_l)``, laid out as a point of ``shape``."""
+        if self.class_dim == 1:  # (N, *pos, C) -> (N, C, *pos)
+            return s.reshape(shape[:1] + shape[2:] + shape[1:2]).movedim(-1, 1)
+        lead, rest = shape[: ydim - 1], shape[ydim - 1 :]
+        f = s.shape[1]
+        if f == math.prod(rest):
+            return s.reshape(shape)
+        s = s / math.sqrt(math.prod(rest) // f)  # shared: the same signal at each extra position
+        if len(rest) == 2:  # (T, d): features last
+            return s.reshape(*lead, 1, f).expand(shape)
+        return s.reshape(*lead, f, *(1 for _ in rest[1:])).expand(shape)  # (C, H, W, ...)
+
     # -- signals -------------------------------------------------------------------------------
     def error_from_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
-        """``e`` of shape ``(N, *, K)`` from ``dL/dy`` of the same shape (DESIGN.md 2 and 9)."""
-        positions = grad_y.numel() // grad_y.shape[-1]
+        """``e`` from ``dL/dy``, both of ``y``'s shape (DESIGN.md 2, 9 and 11)."""
+        positions = grad_y.numel() // grad_y.shape[self.class_dim]
         return grad_y * positions if self.error == "sum" else grad_y
 
     def learning_signals(
         self, grad_y: torch.Tensor, target: torch.Tensor | None, shapes: Sequence[torch.Size]
     ) -> list[torch.Tensor]:
         """What this node sends to points of these shapes ``(N, *)``: DFA signals from
-        ``dL/dy`` ``(N, *, K)``, DRTP signals from the class targets ``(N, *)``, or zeros
+        ``dL/dy`` (``y``'s shape), DRTP signals from the class targets ``(N, *)``, or zeros
         (shallow)."""
         if self.signal == "none":
             return [grad_y.new_zeros(shape) for shape in shapes]
@@ -240,10 +311,10 @@ class DFA(nn.Module):
         return self.signals(self.error_from_grad(grad_y), shapes)
 
     def signals(self, error: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
-        """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *, ...)``, from ``e``
-        ``(N, *, K)``: position ``p`` of ``s_l`` is ``e[p] @ M[:, :d_l]``, scaled."""
-        flat = error.reshape(-1, error.shape[-1])  # (P, K)
-        return self._spread(lambda M: flat @ M, shapes)
+        """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *, ...)``, from ``e`` of
+        ``y``'s shape: position ``p`` of ``s_l`` is ``e[p] @ M[:, :f_l]``, scaled."""
+        flat = self.rows(error, error.dim())  # (P, K)
+        return self._spread(lambda M: flat @ M, shapes, error.dim())
 
     def target_signals(
         self, target: torch.Tensor, shapes: Sequence[torch.Size]
@@ -263,25 +334,25 @@ class DFA(nn.Module):
         """
         flat = target.reshape(-1)
         scale = -1.0 if self.error == "sum" else -1.0 / flat.shape[0]
-        return self._spread(lambda M: M.index_select(0, flat) * scale, shapes)
+        return self._spread(lambda M: M.index_select(0, flat) * scale, shapes, target.dim() + 1)
 
-    def _spread(self, project, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    def _spread(self, project, shapes: Sequence[torch.Size], ydim: int) -> list[torch.Tensor]:
         """``project(M)`` ``(P, D)`` for each stored ``M`` (``P`` positions), sliced, scaled
-        and shaped per point."""
+        and laid out per point, under an output of ``ydim`` dimensions."""
         mats = self.matrices
-        if self.feedback == "shared":
-            M = mats[0]
-            D = M.shape[1]
-            projected = project(M)  # (P, D): one product serves every point
-            out = []
-            for shape in shapes:
-                d = math.prod(shape) // projected.shape[0]
-                s = projected[:, :d]
-                if self.normalize and d != D:
-                    s = s * math.sqrt(D / d)
-                out.append(s.reshape(shape))
-            return out
-        return [project(M).reshape(shape) for M, shape in zip(mats, shapes)]
+        if self.feedback == "independent":
+            return [self._place(project(M), s, ydim) for M, s in zip(mats, shapes)]
+        M = mats[0]
+        D = M.shape[1]
+        projected = project(M)  # (P, D): one product serves every point
+        out = []
+        for shape in shapes:
+            f = self.feature_size(shape, ydim)
+            s = projected[:, :f]
+            if self.normalize and f != D:
+                s = s * math.sqrt(D / f)
+            out.append(self._place(s, shape, ydim))
+        return out
 
     # -- targets (DRTP) --------------------------------------------------------------------------
     def set_target(self, target: torch.Tensor) -> None:
@@ -314,13 +385,23 @@ class DFA(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` of shape ``(N, K)`` or ``(N, *, K)`` in, the same ``y`` out."""
-        if not isinstance(y, torch.Tensor) or y.dim() < 2 or y.shape[-1] != self.num_classes:
+        """``y`` of shape ``(N, K)``, ``(N, *, K)`` or (``class_dim=1``) ``(N, K, *)`` in, the
+        same ``y`` out."""
+        K = self.num_classes
+        if (
+            not isinstance(y, torch.Tensor)
+            or y.dim() < 2
+            or y.shape[self.class_dim] != self.num_classes
+        ):
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(
-                f"DFA expects the network output of shape (N, {self.num_classes}) or "
-                f"(N, *, {self.num_classes}), got {got}; check num_classes"
+            layout = f"(N, {K}, *)" if self.class_dim == 1 else f"(N, {K}) or (N, *, {K})"
+            hint = (
+                "; name the tensor the node sits on with output= (a key or attribute such as "
+                "'logits', a tuple index, or a callable)"
+                if not isinstance(y, torch.Tensor)
+                else "; check num_classes (and class_dim)"
             )
+            raise ValueError(f"DFA expects the network output of shape {layout}, got {got}{hint}")
         if not (self.dfa_enabled and torch.is_grad_enabled()):
             return y
         self._check_distinct()
@@ -332,13 +413,15 @@ class DFA(nn.Module):
                 "pass; every point passed to DFA must be used before the output"
             )
         recorded = [h for h in hidden if h is not None]
-        lead = y.shape[:-1]
+        lead = self.position_shape(y)
         for i, h in enumerate(recorded):
-            if h.shape[: len(lead)] != lead:
+            at = h.shape[:1] + h.shape[2:] if self.class_dim == 1 else h.shape[: len(lead)]
+            if at != lead:
+                where = "(N, C_l, *) with" if self.class_dim == 1 else "starting with"
                 raise ValueError(
                     f"feedback point {self._label(i)} has shape {tuple(h.shape)}, but the "
-                    f"output y of shape {tuple(y.shape)} makes {tuple(lead)} the batch "
-                    "dimensions every point must start with"
+                    f"output y of shape {tuple(y.shape)} makes {tuple(lead)} the position "
+                    f"dimensions every point must have: {where} them"
                 )
         if self.signal == "none":
             # The points handed on detached copies: only the output layer is in the graph.
@@ -368,12 +451,11 @@ class DFA(nn.Module):
     def prepare(self, shapes: Sequence[torch.Size], like: torch.Tensor) -> None:
         """Create the matrices for points of these shapes ``(N, *, ...)``, or check they fit.
 
-        ``like``: the output ``y`` ``(N, *, K)``, whose leading dimensions are the positions.
+        ``like``: the output ``y``, whose dimensions but the class one are the positions.
         """
         if self.signal == "none":
             return  # no matrix to create or check
-        positions = like.dim() - 1
-        sizes = [math.prod(s[positions:]) for s in shapes]
+        sizes = [self.feature_size(s, like.dim()) for s in shapes]
         if not self.materialized:
             self._materialize(sizes, like)
         else:
@@ -404,5 +486,6 @@ class DFA(nn.Module):
         return (
             f"points={len(self.points)}, num_classes={self.num_classes}, "
             f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
-            f"seed={self.seed}, signal={self.signal!r}"
+            f"seed={self.seed}, signal={self.signal!r}, class_dim={self.class_dim}, "
+            f"positions={self.positions!r}"
         )

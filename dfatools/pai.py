@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 from torch import nn
 
-from .alignment import LossFn, cross_entropy, positions
+from . import outputs
+from .alignment import LossFn, node_loss, positions
 from .inspect import eval_mode, find_dfa, trace_points
 
 log = logging.getLogger("dfatools")
@@ -32,7 +34,7 @@ def _solve(delta: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
 
 
 def prealign(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
 ) -> nn.Module:
     """Pre-align ``model`` in place on the batch ``(x, y)`` and return it.
 
@@ -45,6 +47,7 @@ def prealign(
     stay put.
     """
     node = find_dfa(model)
+    loss_fn = loss_fn or node_loss(node)
     for i in reversed(range(len(node.points))):
         # A fresh pass per point: the layers above were just changed.
         with (
@@ -53,7 +56,7 @@ def prealign(
             torch.enable_grad(),
             trace_points(model, node) as traces,
         ):
-            out = model(x)
+            out = outputs.select(model(x), node.output)
             trace = traces[i]
             layer = trace.above
             if not isinstance(layer, nn.Linear) or trace.above_in is not trace.h:
@@ -65,11 +68,11 @@ def prealign(
                 )
                 continue
             loss = loss_fn(out, y)
-            grad_y, grad_a = torch.autograd.grad(loss, [out, trace.above_out])
-            n = positions(out)
+            grad_y, grad_a = torch.autograd.grad(loss, [out, cast(torch.Tensor, trace.above_out)])
+            n = positions(out, node.class_dim)
             shapes = [t.h.shape for t in traces]
             node.prepare(shapes, out)
             signal = node.signals(node.error_from_grad(grad_y), shapes)[i]
             delta = grad_a.reshape(n, -1) * n  # (P, out)
-            layer.weight.data.copy_(_solve(delta, signal.reshape(n, -1)))
+            layer.weight.data.copy_(_solve(delta, node.rows(signal, out.dim())))
     return model

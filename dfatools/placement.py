@@ -25,6 +25,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from . import outputs
 from .feedback import DFA, WEIGHT_LAYERS, FeedbackPoint
 
 NODE_NAME = "feedback"  # the converted model's attribute holding the DFA node
@@ -32,29 +33,35 @@ PointSpec = Sequence[Union[type, str]]
 
 
 class _PointHook:
-    """Forward hook of a chosen submodule: its output goes through the feedback point."""
+    """Forward hook of a chosen submodule: its output goes through the feedback point. A
+    module returning a tuple or list (``nn.LSTM``, Hugging Face blocks) has its first tensor
+    go through; the other items pass on untouched, so a hidden state handed on that way
+    carries the true gradient."""
 
     def __init__(self, point: FeedbackPoint) -> None:
         self.point = point
 
     def __call__(self, module: nn.Module, args: tuple, output):
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"feedback point {self.point.name!r}: {type(module).__name__} returns a "
-                f"{type(output).__name__}, not a tensor; put the point on a submodule that "
-                "returns one tensor"
-            )
-        return self.point(output)
+        if isinstance(output, torch.Tensor):
+            return self.point(output)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            return outputs.replace(output, 0, self.point(output[0]))
+        raise TypeError(
+            f"feedback point {self.point.name!r}: {type(module).__name__} returns a "
+            f"{type(output).__name__}, not a tensor or a tuple starting with one; put the point "
+            "on a submodule that does"
+        )
 
 
 class _OutputHook:
-    """Forward hook of the model: its output ``y`` goes through the DFA node."""
+    """Forward hook of the model: the tensor ``y`` of its output goes through the DFA node."""
 
     def __init__(self, node: DFA) -> None:
         self.node = node
 
     def __call__(self, module: nn.Module, args: tuple, output):
-        return self.node(output)
+        spec = self.node.output
+        return outputs.replace(output, spec, self.node(outputs.select(output, spec)))
 
 
 class _ClearHook:
@@ -143,6 +150,11 @@ def attach(model: nn.Module, num_classes: int, points: PointSpec, **node_options
     model.register_forward_pre_hook(_ClearHook(node))
     # A plain nn.Sequential runs every submodule in order, so the node, added last, already
     # sits on the output; any other model gets it through a hook.
+    if type(model).forward is nn.Sequential.forward and node.output is not None:
+        raise ValueError(
+            "output= names a tensor in a structured output; an nn.Sequential "
+            "returns its last module's output"
+        )
     if type(model).forward is not nn.Sequential.forward:
         model.register_forward_hook(_OutputHook(node))
     return model

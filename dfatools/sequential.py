@@ -16,6 +16,7 @@ from torch import nn
 
 from .fa import exact_layers
 from .feedback import DFA, WEIGHT_LAYERS, FeedbackPoint
+from .outputs import OutputSpec
 from .placement import PointSpec, attach, suggest_points
 
 
@@ -72,6 +73,9 @@ def to_dfa(
     exact_top: int = 1,
     signal: str = "error",
     points: PointSpec | None = None,
+    output: OutputSpec = None,
+    class_dim: int = -1,
+    positions: str = "flat",
 ) -> nn.Module:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
@@ -95,8 +99,17 @@ def to_dfa(
     keys; the :class:`DFA` node is added as the submodule ``feedback`` (keys ``feedback.*``,
     the matrices). The output ``y`` may have position dimensions, ``(N, *, K)``.
 
-    See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed`` and ``signal``
-    (``"target"``: DRTP, ``"none"``: shallow training).
+    Models as researchers load them (DESIGN.md 11; with ``points=``): ``output`` names the
+    tensor of a structured output the node sits on (``"logits"`` for a Hugging Face model, a
+    tuple index, or a callable), and the model still returns its structure; ``class_dim=1``
+    takes a channels-first output ``(N, K, *)`` such as a segmentation map; ``positions``
+    (``"flat"`` or ``"shared"``) says how a point with more dimensions than the output (a
+    block below a pooled classifier) gets its signal. A point on a module returning a tuple
+    (``nn.LSTM``, Hugging Face blocks) acts on its first tensor.
+
+    See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed``, ``signal``
+    (``"target"``: DRTP, ``"none"``: shallow training), ``output``, ``class_dim`` and
+    ``positions``.
 
     >>> from torchvision.models import resnet18
     >>> from torchvision.models.resnet import BasicBlock
@@ -106,13 +119,19 @@ def to_dfa(
     options: dict[str, Any] = dict(
         normalize=normalize, feedback=feedback, error=error, seed=seed, signal=signal
     )
+    layout = dict(output=output, class_dim=class_dim, positions=positions)
     if points is not None:
         if exact_top != 1:
             raise ValueError(
                 "exact_top belongs to the nn.Sequential rule; with points=, leave out the "
                 "points above which layers should get the true gradient"
             )
-        return attach(model, num_classes, points, **options)
+        return attach(model, num_classes, points, **options, **layout)
+    if output is not None:
+        raise ValueError(
+            "output= names a tensor in a structured output; an nn.Sequential returns its last "
+            "module's output"
+        )
     if not isinstance(model, nn.Sequential):
         raise TypeError(
             f"to_dfa needs points= for a {type(model).__name__} (only an nn.Sequential has a "
@@ -153,5 +172,7 @@ def to_dfa(
                 modules.append(feedback_points[-1])
             seen += 1
         modules.append(layer)
-    modules.append(DFA(feedback_points, num_classes, **options))
+    modules.append(
+        DFA(feedback_points, num_classes, **options, class_dim=class_dim, positions=positions)
+    )
     return DFASequential(*modules)

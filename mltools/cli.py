@@ -164,7 +164,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
         "quick: digits, a few epochs (the default otherwise); fashion: the "
         "published Fashion-MNIST study (docs/results.md)"
         + (
-            "; fashion-fair: every method at its own lr and epochs (docs/results-fair.md)"
+            "; fashion-fair: every method at its own lr and epochs (docs/results-fair.md); "
+            "fashion-field, fashion-fair-field, fashion-any-field: the same under each "
+            "network's field recipe (docs/results-field.md)"
             if "fashion-fair" in presets
             else ""
         ),

@@ -83,6 +83,21 @@ MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
         ("shallow", "shallow (hidden blocks fixed)"),
     )
 }
+# DFA with one projection per feature repeated over each block's positions (dfatools.DFA's
+# positions="shared"), for these pooled classifiers whose blocks have more dimensions than
+# the output (docs/any-model.md).
+MODEL_EXPERIMENTS.update(
+    {
+        f"{arch}-dfa-shared": (
+            f"{label}, DFA, signal shared over positions",
+            {"arch": arch, "method": "dfa", "positions": "shared"},
+        )
+        for arch, label in (
+            ("resnet", "small ResNet, points at its BasicBlocks"),
+            ("transformer", "Transformer on image rows, points at its encoder layers"),
+        )
+    }
+)
 DEFAULT_EXPERIMENTS: list[str] = list(EXPERIMENTS)  # what best_practices.py runs when not told
 EXPERIMENTS.update(METHOD_EXPERIMENTS)
 EXPERIMENTS.update(MODEL_EXPERIMENTS)
@@ -123,7 +138,6 @@ PAPER_RECIPES: dict[str, str] = {"transformer": "adam"}
 FIELD_RECIPES: dict[str, str] = {
     "fc": "sgd",
     "cnn": "sgd",
-    "bottleneck": "sgd",
     "resnet": "sgd",
     "transformer": "adamw",
 }

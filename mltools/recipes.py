@@ -10,9 +10,9 @@ Named recipes (:data:`RECIPES`):
 * ``adam``: Adam with PyTorch's defaults at a constant rate, the optimizer of the DFA
   Transformers of Launay et al. 2020; the earlier Transformer runs used it.
 * ``sgd``: what convolutional and fully connected networks are trained with today: SGD with
-  Nesterov momentum 0.9, weight decay 5e-4 (the CIFAR ResNet setting of He et al. 2016 and
-  of torchvision's CIFAR-sized references), and a one-cycle schedule (Smith and Topin 2019:
-  30% warm-up, cosine decay to about 0), suited to short budgets.
+  Nesterov momentum 0.9, weight decay 5e-4 (the usual setting for small images, as in Wide
+  ResNets), and a one-cycle schedule (Smith and Topin 2019: 30% warm-up, cosine decay to
+  about 0), suited to short budgets.
 * ``adamw``: what Transformers are trained with: AdamW (betas 0.9, 0.999), weight decay 0.05
   (DeiT's), 5% linear warm-up then cosine decay to 0, gradient norm clipped at 1 (as the
   2020 DFA paper and nanoGPT do).

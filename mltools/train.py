@@ -55,6 +55,9 @@ class RunConfig:
     method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
     normalize: bool = True  # feedback normalization
+    # How a point with more dimensions than the output gets its signal (dfatools.DFA): flat
+    # (the paper's) | shared (one projection repeated over a block's positions)
+    positions: str = "flat"
     batch_norm: bool = False
     input_dropout: float = 0.0
     dropout: float = 0.0  # after hidden Linear layers
@@ -152,7 +155,13 @@ def build_model(
     placement = {"exact_top": exact_top} if points is None else {"points": points}
     # Every method keeps the DFA model's feedback points, where alignment is measured.
     return dfatools.to_method(
-        net, cfg.method, num_classes, normalize=cfg.normalize, seed=cfg.seed, **placement
+        net,
+        cfg.method,
+        num_classes,
+        normalize=cfg.normalize,
+        positions=cfg.positions,
+        seed=cfg.seed,
+        **placement,
     )
 
 

@@ -16,8 +16,10 @@ ANY_GRID=results/field-any-grid  # ResNet and Transformer: mltools/fashion_any_f
 PUBLISHED=docs/results/fashion-mnist/field
 FC="fc-tanh fc-bp fc-fa fc-sign fc-drtp fc-shallow fc-brsf fc-frsf"
 CNN="conv-tanh conv-bp"
-RESNET="resnet-dfa resnet-bp resnet-fa resnet-shallow"
-TRANSFORMER="transformer-dfa transformer-bp transformer-fa transformer-shallow"
+# DFA twice on these pooled classifiers: each point's signal flat (the paper's rule) and shared
+# over the block's positions (docs/any-model.md), each at its own rate.
+RESNET="resnet-dfa resnet-dfa-shared resnet-bp resnet-fa resnet-shallow"
+TRANSFORMER="transformer-dfa transformer-dfa-shared transformer-bp transformer-fa transformer-shallow"
 PARTS="${*:-fc cnn resnet transformer publish}"
 step() { echo "== $* $(date -u +%FT%TZ)"; }
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
