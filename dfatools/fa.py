@@ -2,8 +2,11 @@
 matrix.
 
 In these methods a hidden layer's learning signal is still back-propagated layer by layer, but
-each ``nn.Linear``/``nn.Conv2d`` (and :class:`~dfatools.Bottleneck`) sends the gradient to its
-input through a backward matrix ``B_l`` of its weight's shape instead of ``W_l``:
+each weight layer sends the gradient to its input through a backward matrix ``B_l`` of its
+weight's shape instead of ``W_l``: ``nn.Linear``, ``nn.Conv2d`` (and
+:class:`~dfatools.Bottleneck`), the projections of ``nn.MultiheadAttention``
+(:mod:`dfatools.attention`) and, when a model holds them, the ``Conv1D`` layers of Hugging
+Face ``transformers`` (GPT-2's, a Linear layer with a transposed weight):
 
 * ``fa`` (Lillicrap et al. 2016): ``B_l`` fixed and random, a buffer drawn from a seeded
   ``torch.Generator`` (never the global RNG) and saved in the ``state_dict``;
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 from collections.abc import Iterator
 from typing import cast
 
@@ -54,17 +58,50 @@ class _BackwardThrough(torch.autograd.Function):
         return None, grad_out, input_gradient(ctx.layer, grad_out, ctx.input_shape)
 
 
+# The buffer a method draws once per weight: B_l itself (fa), or its magnitudes (frsf).
+DRAWN = {"fa": "feedback_weight", "frsf": "feedback_magnitude"}
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's projections): a Linear layer whose weight is stored
+    ``(in, out)``. Checked without importing ``transformers``: a model holding one has."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return utils is not None and isinstance(module, utils.Conv1D)
+
+
+def fan_in(module: nn.Module, w: torch.Tensor) -> int:
+    """The inputs each output of ``module`` sums over (``w`` its weight)."""
+    return w.shape[0] if is_conv1d(module) else w[0].numel()
+
+
+def draw(method: str, w: torch.Tensor, fan: int, gen: torch.Generator) -> torch.Tensor:
+    """What ``method`` draws once for a weight ``w``: ``B_l`` (fa) or ``|R_l|`` (frsf), entries
+    as PyTorch's initial weights, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, so the signals start
+    at BP's scale. Drawn on the CPU: CPU and CUDA share one ``B_l``."""
+    B = (torch.rand(w.shape, generator=gen) * 2 - 1) * _bound(fan)
+    B = B.to(device=w.device, dtype=w.dtype)
+    return B if method == "fa" else B.abs()
+
+
 def backward_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``B_l`` of a converted layer as a matrix the shape of its weight and a scalar factor
     (None for 1), so the factor can go on whichever of ``B_l`` and the result is smaller."""
     method = layer.__dict__["feedback_method"]
-    if method == "fa":
-        return layer.get_buffer("feedback_weight"), None
     w = _weight(layer).detach()
+    drawn = layer.get_buffer(DRAWN[method]) if method in DRAWN else None
+    return weight_factors(method, w, drawn, fan_in(layer, w))
+
+
+def weight_factors(
+    method: str, w: torch.Tensor, drawn: torch.Tensor | None, fan: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, scale)`` of ``method`` for the weight ``w`` (detached) with its drawn buffer."""
+    if method == "fa":
+        return cast(torch.Tensor, drawn), None
     if method == "frsf":
-        return torch.sign(w) * layer.get_buffer("feedback_magnitude"), None
+        return torch.sign(w) * cast(torch.Tensor, drawn), None
     if method == "brsf":  # magnitudes redrawn at every backward, i.e. every batch
-        magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype) * _bound(w)
+        magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype) * _bound(fan)
         return torch.sign(w) * magnitude, None
     # The scale c minimizing |W - c sign(W)|_F is mean|W|: sign(W) alone is 1/mean|W| times
     # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
@@ -97,7 +134,8 @@ def input_gradient(
 ) -> torch.Tensor:
     """``dL/dx`` of shape ``input_shape`` from ``dL/dout`` with ``B_l`` in place of ``W_l``.
 
-    Linear: ``(N, *, out) @ (out, in)``. Conv2d: the transposed convolution of BP, with ``B_l``.
+    Linear: ``(N, *, out) @ (out, in)``; Conv1D (weight ``(in, out)``): ``@ B_l^T``. Conv2d:
+    the transposed convolution of BP, with ``B_l``.
     """
     B, scale = backward_factors(layer)
     B = B.to(grad_out.dtype)  # e.g. under autocast; free otherwise
@@ -113,6 +151,8 @@ def input_gradient(
             layer.dilation,
             layer.groups,
         )
+    elif is_conv1d(layer):
+        grad = grad_out @ B.mT
     else:
         grad = grad_out @ B
     return grad if scale is None else grad * scale
@@ -134,10 +174,16 @@ def _attach_input(layer: nn.Module, args: tuple, out: torch.Tensor):
 
 
 def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
+    from .attention import convert_attention  # it builds on this module's factors
+
     model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (*WEIGHT_LAYERS, nn.MultiheadAttention)) or is_conv1d(m)
+    ]
     if not layers:
-        raise ValueError("found no nn.Linear or nn.Conv2d layer to convert")
+        raise ValueError("found no nn.Linear, nn.Conv2d or attention layer to convert")
     done = [type(m).__name__ for m in layers if hasattr(m, "feedback_method")]
     if done:
         raise ValueError(
@@ -145,21 +191,17 @@ def _convert(model: nn.Module, method: str, seed: int) -> nn.Module:
             "the original model"
         )
     gen = torch.Generator().manual_seed(feedback_seed(seed))
-    for layer in layers:
+    for layer in layers:  # model.modules() order: B_l drawn in that order
         if isinstance(layer, nn.Conv2d):
             _conv_padding(layer)
         # Plain attributes (what nn.Module.__setattr__ does with a str or a bool).
         layer.__dict__.update(feedback_method=method, feedback_enabled=True)
-        if method in ("fa", "frsf"):
-            w = layer.weight
-            # Distributed as PyTorch's default init of W: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
-            # the signals start at BP's scale. Drawn on the CPU: CPU and CUDA share one B.
-            B = (torch.rand(w.shape, generator=gen) * 2 - 1) * _bound(w)
-            B = B.to(device=w.device, dtype=w.dtype)
-            if method == "fa":
-                layer.register_buffer("feedback_weight", B)
-            else:  # frsf keeps only the magnitudes; the signs follow W_l
-                layer.register_buffer("feedback_magnitude", B.abs())
+        if isinstance(layer, nn.MultiheadAttention):
+            convert_attention(layer, method, gen)
+            continue
+        if method in DRAWN:  # frsf keeps only the magnitudes; the signs follow W_l
+            w = _weight(layer)
+            layer.register_buffer(DRAWN[method], draw(method, w, fan_in(layer, w), gen))
         layer.register_forward_pre_hook(_detach_input)
         layer.register_forward_hook(_attach_input)
     for node in model.modules():
@@ -184,9 +226,9 @@ def _weight(layer: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, layer.weight)
 
 
-def _bound(w: torch.Tensor) -> float:
-    """``1/sqrt(fan_in)``: the bound of PyTorch's default ``U(-b, b)`` init of ``w``."""
-    return 1.0 / math.sqrt(w[0].numel())
+def _bound(fan: int) -> float:
+    """``1/sqrt(fan_in)``: the bound of PyTorch's default ``U(-b, b)`` init of a weight."""
+    return 1.0 / math.sqrt(fan)
 
 
 def to_fa(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -160,7 +160,8 @@ def attach(model: nn.Module, num_classes: int, points: PointSpec, **node_options
     return model
 
 
-# Buffers that the layer methods add to weight layers (dfatools.fa).
+# Buffers that the layer methods add to weight layers (dfatools.fa), and with a prefix
+# (in_proj_feedback_weight) to attention layers (dfatools.attention).
 LAYER_BUFFERS = ("feedback_weight", "feedback_magnitude")
 
 
@@ -176,5 +177,5 @@ def original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         key: value
         for key, value in model.state_dict().items()
         if not any(key.startswith(prefix) for prefix in nodes)
-        and key.rsplit(".", 1)[-1] not in LAYER_BUFFERS
+        and not key.rsplit(".", 1)[-1].endswith(LAYER_BUFFERS)
     }
