@@ -99,10 +99,12 @@ def weight_factors(
     if method == "fa":
         return cast(torch.Tensor, drawn), None
     if method == "frsf":
-        return torch.sign(w) * cast(torch.Tensor, drawn), None
+        return torch.sign(w).mul_(cast(torch.Tensor, drawn)), None
     if method == "brsf":  # magnitudes redrawn at every backward, i.e. every batch
-        magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype) * _bound(fan)
-        return torch.sign(w) * magnitude, None
+        # U(0, 1) magnitudes, their bound 1/sqrt(fan_in) as the scalar factor: it then goes on
+        # whichever of B and the result is smaller, not on every entry of B.
+        magnitude = torch.rand(w.shape, device=w.device, dtype=w.dtype)
+        return magnitude.mul_(torch.sign(w)), w.new_tensor(_bound(fan))
     # The scale c minimizing |W - c sign(W)|_F is mean|W|: sign(W) alone is 1/mean|W| times
     # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
     # vector_norm: one read of W, no |W| temporary.
