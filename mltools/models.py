@@ -317,6 +317,69 @@ class RowTransformer(nn.Module):
         return self.head(self.norm(h.mean(1)))
 
 
+class Block(nn.Module):
+    """A pre-norm causal Transformer block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))`` (GELU,
+    4x wide). Its ``attn`` and ``mlp`` are the "micro" feedback points.
+
+    Shape: ``(N, T, d)`` in and out.
+    """
+
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False, is_causal=True)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class CharGPT(nn.Module):
+    """A small GPT-style character language model: token embedding plus learned positions,
+    ``layers`` pre-norm causal :class:`Block` s, a final LayerNorm and a Linear head.
+
+    Shape: ``(N, T)`` character indices in (``T <= context``), ``(N, T, vocab)`` logits out.
+    """
+
+    def __init__(self, vocab: int, context: int, d_model: int = 128, layers: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.zeros(context, d_model))
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(Block(d_model, max(1, d_model // 32)) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+        self.register_buffer(
+            "mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        x = self.embed(tokens) + self.pos[:length]
+        mask = self.mask[:length, :length]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
+LM_POINTS = ("macro", "micro")
+
+
+def lm_points(net: CharGPT, mode: str) -> list:
+    """``macro``: a feedback point at every block's output; ``micro``: inside every block,
+    after the attention and after the MLP (their residual branches)."""
+    if mode == "macro":
+        return [Block]
+    if mode == "micro":
+        return [f"blocks.{i}.{part}" for i in range(len(net.blocks)) for part in ("attn", "mlp")]
+    raise ValueError(f"unknown lm_points {mode!r}; choose from {LM_POINTS}")
+
+
 def feedback_points(arch: str) -> list[type] | None:
     """The ``points=`` of an architecture for ``dfatools.to_dfa``; None: the nn.Sequential rule."""
     if arch == "resnet":

@@ -1,5 +1,6 @@
 """Copy a results folder's publishable part: reports, tables, figures, and each run's
-``config.json`` and ``metrics.jsonl`` (never checkpoints, models or locks).
+``config.json``, ``metrics.jsonl`` and a language model's ``samples.txt`` (never checkpoints,
+models or locks).
 
     python -m mltools.publish results/fashion docs/results/fashion-mnist
 
@@ -12,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from .cli import ArgumentParser
-from .runlog import CONFIG, METRICS
+from .runlog import CONFIG, METRICS, SAMPLES
 
-PUBLISHED_NAMES = (CONFIG, METRICS)
+PUBLISHED_NAMES = (CONFIG, METRICS, SAMPLES)
 PUBLISHED_SUFFIXES = (".md", ".csv", ".png")
 
 

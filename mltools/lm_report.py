@@ -1,0 +1,174 @@
+"""The language-model report (``language_model.py``, DESIGN.md 13): bits per character of every
+method with its 95% Welch interval against BP, alignment per block, curves, sampled text.
+
+Reads ``<out>/language_model/<method>/seed<k>/``; writes ``report.md``, ``summary.csv`` and
+``figures/curves.png`` there. No torch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from .effects import Interval, convergence_flags, convergence_lines, fmt_signed, welch_interval
+from .recipes import recipe_of
+from .runlog import SAMPLES, Run
+from .tables import (
+    alignment_value,
+    epoch_curve,
+    fmt,
+    fmt_counts,
+    fmt_pm,
+    load_seeds,
+    markdown_table,
+    mean_std,
+    new_figure,
+    point_stats,
+    status_counts,
+    write_csv,
+)
+from .tables import final_records as done_records
+
+FOLDER = "language_model"
+REFERENCE = "bp"
+ORDER = ("bp", "dfa", "fa", "sign", "brsf", "frsf", "drtp", "shallow")
+
+
+def collect(out: Path) -> dict[str, list[Run]]:
+    """``{experiment: runs}`` under ``<out>/language_model``, BP first, then the family order."""
+    root = Path(out) / FOLDER
+    found = {p.name: load_seeds(p) for p in root.glob("*") if p.is_dir() and any(p.glob("seed*"))}
+    rank = {m: i for i, m in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def bpc_interval(runs: list[Run], reference: list[Run]) -> Interval | None:
+    """Final eval bpc minus BP's, with its 95% Welch interval; None without BP runs."""
+    if not reference:
+        return None
+    values = [r["eval_bpc"] for _, r in done_records(runs)[0] if r.get("eval_bpc") is not None]
+    base = [r["eval_bpc"] for _, r in done_records(reference)[0] if r.get("eval_bpc") is not None]
+    return welch_interval(values, base) if values and base else None
+
+
+def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
+    """Write the report of the runs under ``<out>/language_model``; returns report.md's path."""
+    runs = collect(out)
+    if not runs:
+        raise FileNotFoundError(f"no language-model runs under {Path(out) / FOLDER}")
+    root = Path(out) / FOLDER
+    reference = runs.get(REFERENCE, [])
+    head = ["method", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP [95% CI]"]
+    head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "unconverged", "unsteady"]
+    rows, csv_rows, flags, sentences = [], [], [], []
+    for name, group in runs.items():
+        used, warnings = done_records(group)
+        for w in warnings:
+            echo(f"warning: {w}")
+        records = [r for _, r in used]
+        flag = convergence_flags(used)
+        flags.append(flag)
+        bpc = mean_std(r.get("eval_bpc") for r in records)
+        train = mean_std(r.get("train_bpc") for r in records)
+        top1 = mean_std(r.get("eval_top1") for r in records)
+        stats = point_stats(records)
+        cos = mean_std(s["cos"] for s in stats.values())[0] if stats else math.nan
+        interval = bpc_interval(group, reference) if name != REFERENCE else None
+        diff = "reference" if name == REFERENCE else "-"
+        if interval is not None and math.isfinite(interval.diff):
+            diff = fmt_signed(interval.diff, 3)
+            if math.isfinite(interval.low):
+                diff += f" [{fmt_signed(interval.low, 3)}, {fmt_signed(interval.high, 3)}]"
+                verdict = "clear" if interval.low > 0 or interval.high < 0 else "within noise"
+                sentences.append(
+                    f"- {name}: {bpc[0]:.3f} bits per character, {diff} against BP ({verdict})."
+                )
+        configs = [r.config or {} for r, _ in used]
+        lrs = "/".join(sorted({f"{c.get('lr'):g}" for c in configs if c.get("lr")}))
+        recipes = "/".join(sorted({recipe_of(c)["name"] for c in configs}))
+        epochs = "/".join(sorted({str(r["epoch"]) for r in records}))
+        blocks = " ".join(fmt(s["cos"], 2) for s in stats.values())
+        rows.append(
+            [
+                name,
+                lrs,
+                recipes,
+                epochs,
+                fmt_counts(status_counts(group)),
+                fmt_pm(bpc[0], bpc[1], 3),
+                diff,
+                fmt_pm(top1[0], top1[1], 2),
+                fmt_pm(train[0], train[1], 3),
+                fmt(cos, 3),
+                blocks,
+                flag.cell(),
+                flag.unsteady_cell(),
+            ]
+        )
+        csv_rows.append(
+            [name, lrs, recipes, epochs, len(records), fmt(bpc[0], 5), fmt(bpc[1], 5)]
+            + [fmt(interval.diff, 5) if interval else "", fmt(interval.low, 5) if interval else ""]
+            + [fmt(interval.high, 5) if interval else "", fmt(top1[0], 3), fmt(cos, 4)]
+        )
+    write_csv(
+        root / "summary.csv",
+        ["method", "lr", "recipe", "epochs", "seeds_used", "eval_bpc_mean", "eval_bpc_std"]
+        + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean"],
+        csv_rows,
+    )
+    figure = plot_curves(root / "figures" / "curves.png", runs)
+    lines = [
+        "# Language-model report",
+        "",
+        f"Runs read from `{root}/<method>/seed<k>/`. Values at each run's last epoch, `mean ± "
+        "std` over done seeds. Bits per character (bpc) = mean cross-entropy per character in "
+        "nats / ln 2, on the evaluation split; `− BP`: the method's mean minus BP's, with its "
+        "95% Welch interval (lower is better). `blocks cos`: each block's mean alignment "
+        "cosine, every token a sample (for BP, the DFA signal measured on the BP network).",
+        "",
+        markdown_table(head, rows),
+        "",
+        *sentences,
+        *([""] if sentences else []),
+        *convergence_lines(flags, "eval"),
+        *([f"![Curves](figures/{figure.name})", ""] if figure else []),
+        "## Samples",
+        "",
+        "Seed 0 of each method continues the same prompt (the evaluation text's first "
+        "characters), sampling from its softmax with the same seed.",
+        "",
+    ]
+    for name, group in runs.items():
+        sample = next((r.path / SAMPLES for r in group if (r.path / SAMPLES).exists()), None)
+        if sample is not None:
+            text = sample.read_text(encoding="utf-8", errors="replace")
+            lines += [f"**{name}** ({sample.parent.name})", "", "```text", text, "```", ""]
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    echo(f"report: {path}")
+    return path
+
+
+def plot_curves(path: Path, runs: dict[str, list[Run]]) -> Path | None:
+    """Eval bpc and the mean alignment over blocks, against epochs, one line per method."""
+    fig = new_figure(10, 4)
+    bpc_ax, cos_ax = fig.subplots(1, 2)
+    drawn = False
+    for name, group in runs.items():
+        epochs, mean, _ = epoch_curve(group, lambda r: r.get("eval_bpc"))
+        if len(epochs):
+            bpc_ax.plot(epochs, mean, label=name)
+            drawn = True
+        points = sorted({a["point"] for run in group for r in run.records for a in r["alignment"]})
+        curves = [epoch_curve(group, alignment_value(p)) for p in points]
+        if curves and len(curves[0][0]):
+            cos_ax.plot(curves[0][0], sum(c[1] for c in curves) / len(curves), label=name)
+    if not drawn:
+        return None
+    bpc_ax.set(xlabel="epoch", ylabel="eval bits per character", title="bpc")
+    cos_ax.set(xlabel="epoch", ylabel="mean cos over blocks", title="alignment")
+    bpc_ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,167 @@
+"""Per-token DFA on text (DESIGN.md 13): the text reader, splits and windows, the character GPT,
+per-token DFA gradients against the definition, bits per character against a hand
+computation, and language_model.py on a text it has never seen."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dfatools
+from mltools import models, runlog, text
+from mltools.data import DataError
+from mltools.train import RunConfig, build_net, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSE = "Shall I compare thee to a summer’s day?\r\nThou art more lovely — and more temperate.\n"
+
+
+def test_utf8_text_is_read_by_character_and_bad_bytes_are_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(("é😀\r\n" + VERSE).encode("utf-8"))
+    content = text.read_utf8(path)
+    assert content[:4] == "é😀\r\n"  # code points, line ends kept as they are
+    path.write_bytes(b"abc\xff\xfedef")
+    with pytest.raises(DataError, match="offset 3"):
+        text.read_utf8(path)
+    with pytest.raises(DataError, match="cannot read"):
+        text.read_utf8(tmp_path / "missing.txt")
+
+
+def test_documents_are_never_cut_across_splits():
+    documents = [f"<doc {i}>" + "x" * i for i in range(40)]
+    train, val, test = text.split_documents(documents)
+    for doc in documents:  # each document whole in exactly one split
+        assert [doc in part for part in (train, val, test)].count(True) == 1
+    assert val and test and len(train) > len(val) + len(test)
+    assert text.split_documents(documents) == (train, val, test)  # seeded
+    one = "a" * 1000  # a single document: 90/5/5 of its characters, in order
+    assert [len(p) for p in text.split_documents([one])] == [900, 50, 50]
+
+
+def test_vocabulary_from_train_and_windows_by_hand():
+    corpus = text.build_corpus(["abcab", "ba", "zz"] * 1)  # 3 documents: one per split
+    assert corpus.vocab[0] == text.UNKNOWN and corpus.vocab[1:] == "".join(sorted(corpus.vocab[1:]))
+    unseen = next(c for c in "abz" if c not in corpus.vocab)
+    assert corpus.encode(unseen)[0] == 0
+    x, y = text.windows(np.arange(11), 3)
+    assert x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert y.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    with pytest.raises(DataError, match="no window"):
+        text.windows(np.arange(3), 3)
+
+
+def test_char_gpt_shapes_and_causality():
+    torch.manual_seed(0)
+    net = models.CharGPT(vocab=11, context=8, d_model=32, layers=2).eval()
+    tokens = torch.randint(0, 11, (3, 8))
+    out = net(tokens)
+    assert out.shape == (3, 8, 11)
+    changed = tokens.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 11
+    torch.testing.assert_close(net(changed)[:, :5], out[:, :5])  # no look at later characters
+    assert net(tokens[:, :4]).shape == (3, 4, 11)
+
+
+@pytest.mark.parametrize("points", ["macro", "micro"])
+def test_per_token_dfa_gradients_match_the_definition(points):
+    """One projection per token: s_l[n, t] = e[n, t] @ M[:, :d] * sqrt(D / d), e = P dL/dy,
+    M drawn from the seed; each block's parameters get s_l back-propagated through it alone."""
+    torch.manual_seed(0)
+    vocab, d = 13, 32
+    net = models.CharGPT(vocab, context=6, d_model=d, layers=2).eval()
+    names = models.lm_points(net, points)
+    tokens, target = torch.randint(0, vocab, (4, 6)), torch.randint(0, vocab, (4, 6))
+    model = dfatools.to_dfa(net, vocab, points=names, seed=5)
+    model.zero_grad()
+    dfatools.cross_entropy(model(tokens), target).backward()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    # By hand, on the unconverted net: each point's output handed on detached.
+    hs = []
+
+    def cut(module, args, out):
+        first = out[0] if isinstance(out, tuple) else out
+        hs.append(first)
+        detached = first.detach().requires_grad_()
+        return (detached, *out[1:]) if isinstance(out, tuple) else detached
+
+    modules = dict(net.named_modules())
+    blocks = [n for n, m in modules.items() if isinstance(m, models.Block)]
+    chosen = blocks if points == "macro" else names
+    handles = [modules[n].register_forward_hook(cut) for n in chosen]
+    y = net(tokens)
+    for h in handles:
+        h.remove()
+    loss = F.cross_entropy(y.reshape(-1, vocab), target.reshape(-1))
+    (grad_y,) = torch.autograd.grad(loss, y, retain_graph=True)
+    e = grad_y.reshape(-1, vocab) * (4 * 6)
+    M = torch.randn((vocab, d), generator=torch.Generator().manual_seed(5)) / math.sqrt(d * vocab)
+    net.zero_grad()
+    torch.autograd.backward([loss, *hs], [torch.ones(()), *((e @ M).reshape(h.shape) for h in hs)])
+    want = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bits_per_character_match_a_hand_computation(tmp_path):
+    path = tmp_path / "verse.txt"
+    path.write_text(VERSE * 40, encoding="utf-8")
+    cfg = RunConfig(
+        experiment="bp", dataset="text", text=str(path), arch="gpt", method="bp", context=16,
+        lm_width=32, lm_depth=1, epochs=1, batch_size=16, lr=1e-3, recipe="adamw",
+    )  # fmt: skip
+    assert train_run(cfg, tmp_path / "run", torch.device("cpu"), quiet=True) == "done"
+    record = [json.loads(line) for line in (tmp_path / "run" / runlog.METRICS).open()][-1]
+    data = text.load_text("text", str(path), 16, "test", None, None, "cpu")
+    net, _ = build_net(cfg, data.input_shape, data.num_classes)
+    state = torch.load(tmp_path / "run" / runlog.MODEL, weights_only=True)
+    model = dfatools.to_method(net, "bp", data.num_classes, points=models.lm_points(net, "macro"))
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model.eval()(data.x_eval).double().numpy()
+    target = data.y_eval.numpy()
+    top = logits.max(-1, keepdims=True)
+    log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    nats = (log_z - np.take_along_axis(logits, target[..., None], -1)[..., 0]).mean()
+    assert record["eval_bpc"] == pytest.approx(nats / math.log(2), rel=1e-5)
+    assert record["eval_bpc"] == pytest.approx(record["eval_loss"] / math.log(2))
+    samples = (tmp_path / "run" / runlog.SAMPLES).read_text(encoding="utf-8")
+    prompt = data.vocab and "".join(data.vocab[int(i)] for i in data.x_eval[0, :16])
+    assert samples.startswith(prompt) and len(samples) == 16 + 300  # the window's 16 + 300
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "language_model.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
+    (tmp_path / "some.txt").write_text(VERSE * 60, encoding="utf-8")
+    out = run_script(
+        "--text", "some.txt", "--methods", "bp", "dfa", "shallow", "--seeds", "1", "--epochs", "2",
+        "--context", "32", "--width", "32", "--depth", "2", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "results" / "language_model"
+    for method in ("bp", "dfa", "shallow"):
+        records = (root / method / "seed0" / runlog.METRICS).read_text().splitlines()
+        assert len(records) == 3 and "eval_bpc" in json.loads(records[-1])
+    report = (root / "report.md").read_text(encoding="utf-8")
+    assert "| dfa " in report and "## Samples" in report and "**shallow**" in report
+    bad = run_script("--text", "missing.txt", cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot read text file" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
