@@ -142,7 +142,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     (biases, norm parameters) not."""
     params = list(model.parameters())
     if not weight_decay:
-        return [{"params": params}]
+        return [{"params": params, "weight_decay": 0.0}]  # AdamW would add 0.01 otherwise
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
