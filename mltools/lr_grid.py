@@ -32,8 +32,9 @@ runs still to do is left out of it), and the grid's records to ``<grid>/per_meth
 ``per_method.csv``.
 
     python -m mltools.lr_grid results/lr-grid/fashion      # shared: prints, writes lr_grid.md
-    python -m mltools.lr_grid results/fair-grid --per-method --next   # runs still to do
-    python -m mltools.lr_grid results/fair-grid --per-method --choices mltools/fashion_fair.json
+    python -m mltools.lr_grid results/field-grid --per-method --next   # runs still to do
+    python -m mltools.lr_grid results/field-grid --per-method --choices choices.json
+    python -m mltools.lr_grid results/fair-grid --per-method --rule final --choices choices.json
 
 No torch here.
 """
@@ -156,18 +157,22 @@ STEADY_SPAN = 3  # ... over their last 3 epochs
 
 
 def last_epochs_top1(run: Run) -> float | None:
-    """The mean val top-1 of a finished run over its last STEADY_SPAN epochs: 0 when it
-    diverged or failed, None while it is not finished (or has fewer epochs than that)."""
+    """The mean val top-1 of a finished run over its last STEADY_SPAN epochs (all of them when
+    it ran fewer): 0 when it diverged or failed, None while it is not finished or an epoch's
+    val top-1 is missing."""
     if run.status not in SCORED:
         return None
     used, _ = final_records([run])
     if run.status != "done" or not used:
         return 0.0
     last = used[0][1]["epoch"]
-    values = [number((run.at_epoch(e) or {}).get("eval_top1")) for e in range(last - 2, last + 1)]
-    if last < STEADY_SPAN or None in values:
+    span = min(STEADY_SPAN, last)
+    values = [
+        number((run.at_epoch(e) or {}).get("eval_top1")) for e in range(last - span + 1, last + 1)
+    ]
+    if None in values:
         return None
-    return sum(values) / STEADY_SPAN  # type: ignore[arg-type]
+    return sum(values) / span  # type: ignore[arg-type]
 
 
 def steady_run(name: str, lr: float, seeds: list[Run]) -> GridRun:
@@ -367,6 +372,22 @@ def write_choices(path: Path, grid: Path, choices: dict[str, Choice], rule: str)
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def refuse_single_seed(parser: ArgumentParser, grid: Path, runs: dict) -> None:
+    """The steady rule scores seeds 0 and 1 together: a grid of seed 0 alone (an older grid,
+    or one run with ``--seeds 1``) can never be scored by it, so say so rather than wait."""
+    folders = rate_folders(grid)
+    single = [
+        name
+        for name, by_lr in runs.items()
+        if all(not (folders[lr] / "best_practices" / name / "seed1").is_dir() for lr in by_lr)
+    ]
+    if single:
+        parser.error(
+            f"the steady rule averages seeds 0 and 1, and {grid} has seed 0 alone of "
+            f"{', '.join(single)}: run the grid with --seeds 2, or choose with --rule final"
+        )
+
+
 # -- command line ---------------------------------------------------------------------------------
 def per_method(
     parser: ArgumentParser, grid: Path, choices_path: Path | None, next_only: bool, rule: str
@@ -376,6 +397,8 @@ def per_method(
     runs = method_runs(grid, rule)
     if not runs:
         parser.error(f"no lr<rate>/best_practices/<experiment>/seed0 runs under {grid}")
+    if rule == "steady":
+        refuse_single_seed(parser, grid, runs)
     choices = choose_per_method(runs)
     todo = pending(runs, choices)
     if next_only:
@@ -392,6 +415,12 @@ def per_method(
         return
     waiting = sorted({r.experiment for r in todo})
     standing = {name: c for name, c in choices.items() if name not in waiting}
+    if not standing:
+        # An empty file would make the preset run nothing; the one there stays as it was.
+        parser.error(
+            f"no experiment's choice stands yet, {choices_path} not written: finish the grid "
+            f"runs first (--next lists them)"
+        )
     write_choices(choices_path, grid, standing, rule)
     print(f"choices of {len(standing)} experiment(s) written to {choices_path}")
     if waiting:

@@ -169,13 +169,17 @@ def make_scheduler(
     Decaying schedules reach about 0 at the last step."""
     from torch.optim import lr_scheduler
 
-    warmup = math.ceil(recipe.warmup * total_steps)
+    # The warm-up leaves the decay one step at least: a phase of no steps divides by zero.
+    warmup = min(math.ceil(recipe.warmup * total_steps), total_steps - 1)
     if recipe.schedule == "onecycle":
+        # OneCycleLR's rise ends at step pct_start * total_steps - 1: it must be after step 0
+        # and before the last, or one phase is empty (so 1.5 steps of warm-up at least).
+        pct_start = min(max(recipe.warmup, 1.5 / total_steps), 1 - 0.5 / total_steps)
         return lr_scheduler.OneCycleLR(
             opt,
             max_lr=[g["lr"] for g in opt.param_groups],
             total_steps=total_steps,
-            pct_start=recipe.warmup,
+            pct_start=pct_start,
             anneal_strategy="cos",
             cycle_momentum=False,  # the recipe's momentum stays as it is
             div_factor=ONECYCLE_DIV,

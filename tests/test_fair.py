@@ -150,6 +150,34 @@ def test_steady_rule_averages_the_last_epochs_of_two_seeds(tmp_path):
     assert float(rows["fc-tanh", "0.03"]["final_val_top1"]) == pytest.approx(71)
 
 
+def test_steady_rule_refuses_a_seed0_grid_and_writes_nothing(grid, tmp_path):
+    """A grid of seed 0 alone can never be scored by the steady rule: a one-line error (exit 2)
+    that names the way out, and an existing choices file left as it was."""
+    choices = tmp_path / "choices.json"
+    choices.write_text("{}")
+    out = lr_grid(grid, "--choices", str(choices), rule="steady")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--rule final" in out.stderr and "fc-bp" in out.stderr
+    assert choices.read_text() == "{}"
+
+
+def test_steady_rule_on_runs_shorter_than_its_span(tmp_path):
+    """Runs of 2 epochs are scored on the epochs they have: BP at 0.1 (60+70)/2 and (62+68)/2
+    -> 65; at 0.03 (80+90)/2 and (84+86)/2 -> 85; at 0.01 -> 50: 0.03 is chosen."""
+    g = tmp_path / "grid"
+    curves = {0.1: ([10, 60, 70], [10, 62, 68]), 0.03: ([10, 80, 90], [10, 84, 86])}
+    curves[0.01] = ([10, 50, 50], [10, 50, 50])
+    for lr, pair in curves.items():
+        for seed, curve in enumerate(pair):
+            folder = g / f"lr{lr:g}" / "best_practices" / "fc-bp" / f"seed{seed}"
+            write_run(folder, curve, experiment="fc-bp", method="bp", lr=lr)
+    choices = tmp_path / "choices.json"
+    out = lr_grid(g, "--choices", str(choices), rule="steady")
+    assert out.returncode == 0, out.stderr
+    bp = json.loads(choices.read_text())["experiments"]["fc-bp"]
+    assert bp["lr"] == 0.03 and bp["val_top1_final"] == pytest.approx(85)
+
+
 def test_half_decade_steps_by_hand():
     assert [half_decade(x, up=True) for x in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)] == [
         0.01,

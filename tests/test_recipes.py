@@ -126,6 +126,23 @@ def test_each_recipe_updates_as_its_rules_written_by_hand(name):
         assert last_lr < 0.05 * peak
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 10])
+@pytest.mark.parametrize("warmup", [0.1, 0.25, 0.5, 0.9])
+def test_schedules_of_few_steps_stay_finite(schedule, total, warmup):
+    """Warm-ups of one step or of every step (0.25 of 4, 0.5 of 2, 0.9 of 5 rounded up) once
+    left an empty phase that divided by zero: every rate is a number in [0, lr]."""
+    net = tiny_net()
+    recipe = recipes.get_recipe("sgd", schedule=schedule, warmup=warmup)
+    opt = recipes.make_optimizer(recipe, net, 0.1)
+    sched = recipes.make_scheduler(recipe, opt, total)
+    for _ in range(total):
+        lr = opt.param_groups[0]["lr"]
+        assert math.isfinite(lr) and 0 <= lr <= 0.1 + 1e-12
+        opt.step()
+        sched.step()
+
+
 def test_weight_decay_spares_biases_and_norm_parameters():
     net = tiny_net()
     opt = recipes.make_optimizer(recipes.RECIPES["sgd"], net, 0.1)
