@@ -110,6 +110,18 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, -math.inf)
 
 
+def _each(change: Callable[[torch.Tensor], torch.Tensor], query, key, value) -> tuple:
+    """``change`` applied to query, key and value, once to a tensor passed as more than one of
+    them: self-attention stays recognisable (``query is key``) for its packed projection."""
+    if query is key and key is value:
+        query = key = value = change(query)
+        return query, key, value
+    if key is value:
+        pair = change(key)
+        return change(query), pair, pair
+    return change(query), change(key), change(value)
+
+
 class AttentionForward:
     """The forward of a converted ``nn.MultiheadAttention``, its arguments and results as
     ``nn.MultiheadAttention.forward``'s. A small object rather than a closure, so that
@@ -130,13 +142,15 @@ class AttentionForward:
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mha = self.mha
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")  # as torch
         batched = query.dim() == 3
         if not batched:  # (L, E): one sequence
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            query, key, value = _each(lambda t: t.unsqueeze(0), query, key, value)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not mha.batch_first:  # (L, N, E) -> (N, L, E)
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+            query, key, value = _each(lambda t: t.transpose(0, 1), query, key, value)
         q, k, v = self._projections(query, key, value)
         n, length, embed = q.shape
         heads = mha.num_heads
@@ -150,8 +164,9 @@ class AttentionForward:
             if mask is not None:
                 scores = scores + mask
             weights = torch.softmax(scores, dim=-1)
-            attended = F.dropout(weights, p=dropout) if dropout > 0 else weights
-            out = attended @ v
+            if dropout > 0:  # the weights returned are those applied, as torch's
+                weights = F.dropout(weights, p=dropout)
+            out = weights @ v
             weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
             out = F.scaled_dot_product_attention(

@@ -79,6 +79,45 @@ def test_converted_attention_computes_the_same_function(method):
             torch.testing.assert_close(got_w, want_w)
 
 
+def test_converted_attention_matches_torch_on_dropout_and_the_causal_hint():
+    """In training, with dropout, the returned weights are the dropped ones (as torch's) and the
+    outputs equal under the same random numbers; the causal hint without a mask is refused as
+    torch refuses it."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, dropout=0.5).train()
+    converted = dfatools.to_fa(mha)
+    q = torch.randn(5, 3, 16)
+    torch.manual_seed(1)
+    want, want_w = mha(q, q, q, average_attn_weights=False)
+    torch.manual_seed(1)
+    got, got_w = converted(q, q, q, average_attn_weights=False)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_w, want_w)
+    assert (got_w == 0).any()  # dropped
+    with pytest.raises(RuntimeError, match="attn_mask"):
+        mha(q, q, q, is_causal=True)
+    with pytest.raises(RuntimeError, match="attn_mask"):
+        converted(q, q, q, is_causal=True)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_self_attention_projects_once_in_either_layout(batch_first, monkeypatch):
+    """Self-attention takes the packed input projection (one product, as torch's) whether the
+    batch comes first or not; cross-attention takes one per input."""
+    from dfatools import attention
+
+    calls = []
+    project = attention._project
+    monkeypatch.setattr(attention, "_project", lambda *a, **k: calls.append(1) or project(*a, **k))
+    converted = dfatools.to_fa(nn.MultiheadAttention(16, 4, batch_first=batch_first))
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    y = torch.randn(5, 7, 16) if batch_first else torch.randn(7, 3, 16)  # other keys
+    converted(x, x, x)
+    assert len(calls) == 1
+    converted(x, y, y)
+    assert len(calls) == 4
+
+
 def test_fa_with_the_weights_as_feedback_is_bp_and_with_drawn_ones_is_not():
     torch.manual_seed(0)
     net = Encoder()
