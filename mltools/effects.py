@@ -492,30 +492,33 @@ def unsteady(run: Run, record: dict) -> tuple[bool | None, float | None]:
 @dataclass
 class Flags:
     """Convergence of one table row: seeds in its means, how many are unknown, the flagged runs
-    (not converged), and the unsteady ones."""
+    (not converged), and the unsteady ones with how many could not be judged."""
 
     seeds: int
     unknown: int
     flagged: list[str]
     unsteady: list[str] = field(default_factory=list)
+    unsteady_unknown: int = 0
 
     def unsteady_cell(self) -> str:
-        """``unsteady/seeds``, e.g. ``1/3``; '' for a row without seeds."""
-        return f"{len(self.unsteady)}/{self.seeds}" if self.seeds else ""
+        """``unsteady/seeds``, e.g. ``1/3``, plus ``(k unknown)``; '' for a row without seeds."""
+        return _count_cell(len(self.unsteady), self.seeds, self.unsteady_unknown)
 
     def cell(self) -> str:
         """``flagged/seeds``, e.g. ``2/3``, plus ``(k unknown)``; '' for a row without seeds."""
-        if not self.seeds:
-            return ""
-        return f"{len(self.flagged)}/{self.seeds}" + (
-            f" ({self.unknown} unknown)" if self.unknown else ""
-        )
+        return _count_cell(len(self.flagged), self.seeds, self.unknown)
+
+
+def _count_cell(flagged: int, seeds: int, unknown: int) -> str:
+    if not seeds:
+        return ""
+    return f"{flagged}/{seeds}" + (f" ({unknown} unknown)" if unknown else "")
 
 
 def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None) -> Flags:
     """Flags of the ``(run, final record)`` pairs of a row. ``seeds`` (default: len(used)) may
     count records without a run, such as recovered 2019 logs: those are unknown."""
-    flagged, unknown, swinging = [], 0, []
+    flagged, unknown, swinging, swing_unknown = [], 0, [], 0
     for run, record in used:
         flag, rise = unconverged(run, record)
         unknown += flag is None
@@ -525,13 +528,15 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
                 f"epochs {rise:+.2f} points above the best before"
             )
         swung, swing = unsteady(run, record)
+        swing_unknown += swung is None
         if swung:
             swinging.append(
                 f"{run.path.parent.name} {run.path.name}: top-1 moved {swing:.2f} points over "
                 f"its last {SWING_SPAN} epochs"
             )
     seeds = len(used) if seeds is None else seeds
-    return Flags(seeds, unknown + seeds - len(used), flagged, swinging)
+    missing = seeds - len(used)
+    return Flags(seeds, unknown + missing, flagged, swinging, swing_unknown + missing)
 
 
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
@@ -554,7 +559,8 @@ def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
     lines += [
         f"`unsteady`: done seeds whose {split} top-1 moved by more than {SWING_LIMIT:.1f} "
         f"percentage points (max − min) over epochs E−{SWING_SPAN - 1}..E: a final value that "
-        "one lucky or unlucky epoch decided.",
+        f"one lucky or unlucky epoch decided; `unknown` when it has fewer than {SWING_SPAN + 1} "
+        "epoch records or they are not at hand.",
         "",
     ]
     if swinging:
