@@ -114,10 +114,17 @@ def definition_grads(net, parts, x, y, signal_of):
     return {n: g for (n, _), g in zip(net.named_parameters(), grads)}
 
 
-def dfa_signal(matrix):
-    """s_l = e @ M[:, :d_l] * sqrt(D / d_l), per position, shaped like h_l."""
+def dfa_signal(matrix, positions="flat"):
+    """s_l = e @ M[:, :d_l] * sqrt(D / d_l), per position, shaped like h_l. ``"shared"``, for a
+    block ``(N, C, H, W)`` under an ``(N, K)`` output: d_l = C, the same signal at each of its
+    H W positions, divided by sqrt(H W)."""
 
     def signal_of(e, y, i, shapes):
+        shape, D = shapes[i], matrix.shape[1]
+        if positions == "shared" and len(shape) == 4:
+            n, c, extra = shape[0], shape[1], shape[2] * shape[3]
+            s = e @ matrix[:, :c] * math.sqrt(D / c) / math.sqrt(extra)
+            return s.reshape(n, c, 1, 1).expand(shape)
         lead = e.shape[0]
         sizes = [math.prod(s) // lead for s in shapes]
         d, D = sizes[i], matrix.shape[1]
@@ -164,14 +171,29 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", ["dfa", "drtp"])
 def test_one_backward_gives_the_definition(case, method):
+    """With ``positions="flat"``, the paper's rule: one projection per element of a block."""
     make, points, make_batch, parts = CASES[case]
-    model = dfatools.to_method(make(), method, V if case == "lm" else K, seed=4, points=points)
+    num_classes = V if case == "lm" else K
+    model = dfatools.to_method(make(), method, num_classes, seed=4, points=points, positions="flat")
     x, y = make_batch()
     got = converted_grads(model, x, y)
     matrix = model.feedback.matrix
     net = copy_weights(model, make(seed=9))
     signal_of = dfa_signal(matrix) if method == "dfa" else drtp_signal(matrix)
     want = definition_grads(net, parts(net), x, y, signal_of)
+    assert_same_grads(got, want)
+
+
+def test_points_share_the_signal_over_positions_by_default():
+    """A ResNet's blocks under its pooled (N, K) output: by default one projection per channel,
+    repeated over the block's positions; D is then the widest block's 512 channels."""
+    model = dfatools.to_dfa(resnet(), K, seed=4, points=[BasicBlock])
+    x, y = image_batch()
+    got = converted_grads(model, x, y)
+    matrix = model.feedback.matrix
+    assert matrix.shape == (K, 512)
+    net = copy_weights(model, resnet(seed=9))
+    want = definition_grads(net, resnet_blocks(net), x, y, dfa_signal(matrix, "shared"))
     assert_same_grads(got, want)
 
 

@@ -58,8 +58,9 @@ def signal(e_rows, M, D, h, ydim, class_dim, positions) -> torch.Tensor:
     return s.reshape(*lead, f, *[1] * (h.dim() - len(lead) - 1)).expand(h.shape)
 
 
-def definition_grads(net, points, x, target, K, pick, class_dim=-1, positions="flat"):
-    """Each parameter's gradient by the definition, on the unconverted ``net``."""
+def definition_grads(net, points, x, target, K, pick, class_dim=-1, positions="shared"):
+    """Each parameter's gradient by the definition, on the unconverted ``net`` (``positions``:
+    ``to_dfa``'s default with ``points=``)."""
     hs: list[torch.Tensor] = []
 
     def hand_on_detached(module, args, out):
