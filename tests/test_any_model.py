@@ -292,13 +292,13 @@ def test_random_magnitude_sign_feedback_matches_a_hand_backward(method):
     x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
     torch.manual_seed(123)
     F.cross_entropy(model(x), y).backward()
-    if method == "frsf":
-        fa = dfatools.to_method(net, "fa", 3, seed=5)  # frsf keeps |B_l| of fa's draw
-        layers = [m for m in fa.modules() if isinstance(m, nn.Linear)]
-        mags = [layers[2].feedback_weight.abs().double(), layers[1].feedback_weight.abs().double()]
-    else:  # drawn at each backward, top layer first; the first layer's input needs none
+    fa = dfatools.to_method(net, "fa", 3, seed=5)  # frsf and brsf keep |B_l| of fa's draw
+    layers = [m for m in fa.modules() if isinstance(m, nn.Linear)]
+    mags = [layers[2].feedback_weight.abs(), layers[1].feedback_weight.abs()]
+    if method == "brsf":  # read from a random offset at each backward, top layer first
         torch.manual_seed(123)
-        mags = [torch.rand(3, 4) / math.sqrt(4), torch.rand(4, 5) / math.sqrt(5)]
+        offsets = [int(torch.randint(m.numel(), ())) for m in mags]
+        mags = [m.flatten().roll(-k).view(m.shape) for m, k in zip(mags, offsets)]
     want = hand_sign_concordant(net, x, y, [m.double().numpy() for m in mags])
     got = [m.weight.grad for m in model.modules() if isinstance(m, nn.Linear)]
     for g, w in zip(got, want):
