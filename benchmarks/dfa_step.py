@@ -18,6 +18,7 @@ FLOP floor: the method's FLOPs per step over BP's, counted by
 
     python benchmarks/dfa_step.py --device cpu
     python benchmarks/dfa_step.py --device cpu --methods dfa bp --models fc --threads 1
+    python benchmarks/dfa_step.py --device cpu --models fc --methods bp sign --profile
 """
 
 from __future__ import annotations
@@ -87,10 +88,34 @@ def step_flops(model, opt, x, y) -> int:
     return counter.get_total_flops()
 
 
+def print_profile(name: str, trained: dict, opts: dict, x, y, steps: int = 5) -> None:
+    """Where each method's step goes: the 6 operators of most self CPU time per step
+    (``torch.profiler``), so the ops a method adds to BP's show by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for m, model in trained.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step(model, opts[m], x, y)
+        top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        ops = ", ".join(f"{e.key} {e.self_cpu_time_total / steps / 1e3:.2f}" for e in top[:6])
+        print(f"- {name} {m} (ms per step): {ops}", flush=True)
+
+
 def bench(
-    name: str, net, points, data, k: int, methods: list[str], device, steps: int, warmup: int
+    name: str,
+    net,
+    points,
+    data,
+    k: int,
+    methods: list[str],
+    device,
+    steps: int,
+    warmup: int,
+    profile: bool = False,
 ) -> dict[str, float]:
-    """Median step time of each method, seconds; prints a table row per method."""
+    """Median step time of each method, seconds; prints a table row per method (and, with
+    ``profile``, each method's costliest operators)."""
     options = {"points": points} if points else {}
     trained = {m: dfatools.to_method(net, m, k, **options).to(device) for m in methods}
     opts = {m: torch.optim.SGD(model.parameters(), lr=5e-4) for m, model in trained.items()}
@@ -118,6 +143,8 @@ def bench(
             f"| {name} | {m} | {medians[m] * 1e3:.2f} | {ratio} | {cpu_ratio} | {floor} |",
             flush=True,
         )
+    if profile:
+        print_profile(name, trained, opts, x, y)
     return medians
 
 
@@ -178,6 +205,11 @@ def main() -> None:
         help="CPU threads (default: torch's); 1 is steadier on a busy machine, "
         "where every multi-threaded op can wait a time slice for a thread",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each model's rows, each method's costliest operators per step",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,7 +229,9 @@ def main() -> None:
     for name in args.models:
         build, points, data, k = loads[name]
         steps = args.steps if name in ("fc", "cnn") else big_steps
-        bench(name, build(), points, data, k, args.methods, device, steps, args.warmup)
+        bench(
+            name, build(), points, data, k, args.methods, device, steps, args.warmup, args.profile
+        )
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ python best_practices.py --preset fashion-any --experiments $RESNET $TRANSFORMER
 # 5. Publish: the report, figures, and every run's config.json and metrics.jsonl.
 python -m mltools.publish "$GRID" docs/results/fashion-mnist/any-model/lr-grid --no-figures
 python -m mltools.publish results/any-model docs/results/fashion-mnist/any-model
+# 6. transformer-fa again with dfatools 0.3.0 or later, whose FA reaches the attention's
+#    projections too (the runs above predate it: their backward through the attention was BP's).
+#    Same preset, rate and epochs (docs/any-model.md).
+python best_practices.py --preset fashion-any --experiments transformer-fa --epochs 10 \
+  --out results/any-model-attention --quiet
+python -m mltools.publish results/any-model-attention \
+  docs/results/fashion-mnist/any-model/attention-fa
