@@ -11,7 +11,7 @@ method's backward matrix:
 
 * the input projection: ``in_proj_weight`` ``(3E, E)`` (or ``q/k/v_proj_weight`` when keys and
   values have their own sizes), with buffers ``in_proj_feedback_weight`` (fa) or
-  ``in_proj_feedback_magnitude`` (frsf) of its shape;
+  ``in_proj_feedback_magnitude`` (frsf, brsf) of its shape;
 * the output projection ``out_proj``, an ``nn.Linear``, with its own buffers as any converted
   Linear layer.
 

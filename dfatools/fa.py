@@ -107,19 +107,21 @@ def weight_factors(
     # (~sqrt(fan_in)) too large, and plain SGD without batch norm would blow up layer by layer.
     # sum|W| as sign(W) . W: a BLAS dot, several times faster than a norm or an |W| temporary.
     B = torch.sign(w)
-    return B, torch.dot(B.reshape(-1), w.reshape(-1)) / w.numel()
+    total = torch.dot(B.reshape(-1).float(), w.reshape(-1).float())  # float32: fp16 overflows
+    return B, total / w.numel()
 
 
 def sign_times_shifted(w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``sign(w) * |R|``, ``|R|`` the drawn magnitudes ``table`` (``w``'s shape) read from a
     random offset ``k`` on, wrapping around: entry ``i`` (flat) takes ``table[(i + k) % n]``.
 
-    Each batch's magnitudes are thus i.i.d. ``U(0, 1/sqrt(fan_in))`` as a fresh draw's, and
-    each entry's is independent of its last batch's, at the cost of one draw (``k``, from the
-    global CPU generator, so CUDA need not sync) instead of one per weight: drawing them all
-    made brsf's step 1.2 to 1.3 times BP's (docs/methods.md)."""
-    B = torch.sign(w)
-    flat, magnitudes = B.view(-1), table.reshape(-1)
+    A cheap variant of redrawing every magnitude at every batch: each entry's magnitude is
+    ``U(0, 1/sqrt(fan_in))`` and changes from batch to batch (unless ``k`` repeats, chance
+    ``1/n``), but a batch's magnitudes are a cyclic shift of one fixed draw, not a new one.
+    It costs one random number (``k``, from the global CPU generator, so CUDA need not sync)
+    instead of one per weight, which made brsf's step 1.2 to 1.3 times BP's."""
+    B = torch.sign(w).contiguous()  # a channels-last weight gives a channels-last sign
+    flat, magnitudes = B.view(-1), table.contiguous().view(-1)
     n = flat.numel()
     k = int(torch.randint(n, ()))
     flat[: n - k].mul_(magnitudes[k:])
@@ -236,7 +238,8 @@ STREAM = 0x9E3779B97F4A7C15
 
 
 def feedback_seed(seed: int) -> int:
-    """The seed of the generator that draws ``B_l`` (fa) and ``|R_l|`` (frsf) for ``seed``."""
+    """The seed of the generator that draws ``B_l`` (fa) and ``|R_l|`` (frsf, brsf) for
+    ``seed``."""
     return (int(seed) ^ STREAM) & 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -287,9 +290,11 @@ def to_rsf(model: nn.Module, method: str, seed: int = 0) -> nn.Module:
 
     * ``method="frsf"`` (fixed random magnitudes): ``|R_l|`` drawn once, as :func:`to_fa` draws
       ``B_l`` (same generator and order for the same ``seed``), buffer ``feedback_magnitude``.
-    * ``method="brsf"`` (batchwise random magnitudes): ``|R_l|`` drawn anew at every backward
-      pass, i.e. every batch, from the global torch RNG on the weight's device (so a training
-      loop that checkpoints the RNG states resumes exactly); ``seed`` is unused.
+    * ``method="brsf"`` (batchwise random magnitudes): the same ``|R_l|``, read at every
+      backward pass (every batch) from a new random offset, wrapping around
+      (:func:`sign_times_shifted`): new magnitudes for every entry at the cost of one random
+      number, drawn from the global CPU generator (so a training loop that checkpoints the RNG
+      states resumes exactly). Before dfatools 0.4.0, every magnitude was drawn anew.
 
     Magnitudes are ``U(0, 1/sqrt(fan_in))``, the absolute value of PyTorch's initial weights,
     so the signals start at BP's scale, as with :func:`to_fa` and :func:`to_sign`. Otherwise

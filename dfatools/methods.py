@@ -7,7 +7,7 @@
 - ``sign``: back-propagated through ``sign(W_l) * mean|W_l|`` in place of ``W_l``
   (:func:`to_sign`).
 - ``frsf``, ``brsf``: back-propagated through ``|R_l| * sign(W_l)``, random magnitudes fixed
-  or redrawn every batch (:func:`to_rsf`).
+  or read at a new random offset every batch (:func:`to_rsf`).
 - ``drtp``: DFA's projection of ``-onehot(target)`` in place of the error (``signal="target"``).
 - ``shallow``: none; hidden layers keep their initial weights (``signal="none"``).
 
@@ -35,9 +35,10 @@ def to_method(
     ``options`` go to :func:`~dfatools.to_dfa` (``points``, ``normalize``, ``feedback``,
     ``error``, ``exact_top``), so every method works on any model ``to_dfa`` takes. Every
     method keeps the DFA model's feedback points, so :func:`~dfatools.measure_alignment`
-    measures all of them at the same places; ``seed`` seeds the DFA matrices (dfa, drtp) and
-    ``B_l`` (fa, frsf). For ``bp`` the points are switched off, and the alignment measured is
-    that of the DFA signal on the BP-trained network (the paper's BP baselines). For ``drtp``,
+    measures all of them at the same places; ``seed`` seeds the DFA matrices (dfa, drtp),
+    ``B_l`` (fa) and ``|R_l|`` (frsf, brsf). For ``bp`` the points are switched off, and the
+    alignment measured is that of the DFA signal on the BP-trained network (the paper's BP
+    baselines). For ``drtp``,
     call ``model.feedback.set_target(y)`` (class indices ``(N, *)``) before each ``backward``.
     """
     if method not in METHODS:

@@ -107,8 +107,9 @@ def to_dfa(
     block below a pooled classifier) gets its signal. Default: ``"shared"`` with ``points=``
     (measured on a small ResNet and a row Transformer on Fashion-MNIST: higher val and test
     top-1 and alignment than ``"flat"``; docs/results-field.md), ``"flat"`` under the
-    ``nn.Sequential`` rule, the paper's. A point on a module returning a tuple (``nn.LSTM``,
-    Hugging Face blocks) acts on its first tensor.
+    ``nn.Sequential`` rule, the paper's. A 3-D point is read as ``(N, T, d)``: give a
+    ``Conv1d`` block's ``(N, C, L)`` ``positions="flat"``. A point on a module returning a
+    tuple (``nn.LSTM``, Hugging Face blocks) acts on its first tensor.
 
     See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed``, ``signal``
     (``"target"``: DRTP, ``"none"``: shallow training), ``output``, ``class_dim`` and

