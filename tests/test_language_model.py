@@ -165,3 +165,26 @@ def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
     bad = run_script("--text", "missing.txt", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot read text file" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
+
+
+def test_the_study_preset_gives_each_method_its_chosen_rate_and_the_preset_model():
+    """shakespeare-study: each method's lr and epochs from its choices, the preset's model
+    size, every window of the evaluated plays; --lr still overrides."""
+    from mltools import cli
+    from mltools.experiments import LM_PRESETS
+
+    parser = cli.ArgumentParser()
+    cli.add_sweep_arguments(parser, LM_PRESETS)
+    args = parser.parse_args(["--preset", "shakespeare-study"])
+    settings = cli.resolve_preset(args, LM_PRESETS, "language_model.py")
+    assert settings["eval_samples"] is None and settings["train_samples"] == 8000
+    assert LM_PRESETS["shakespeare-study"].model == {"context": 64, "lm_width": 64, "lm_depth": 4}
+    choices = {"bp": (0.003, 10), "dfa": (0.0003, 8)}
+    dfa = cli.experiment_settings(settings, choices, "dfa", args, arch="gpt")
+    assert (dfa["lr"], dfa["epochs"], dfa["recipe"].optimizer) == (0.0003, 8, "adamw")
+    with pytest.raises(cli.UsageError, match="no chosen lr"):
+        cli.experiment_settings(settings, choices, "shallow", args, arch="gpt")
+    args = parser.parse_args(["--preset", "shakespeare-study", "--lr", "0.01"])
+    assert cli.experiment_settings(settings, choices, "bp", args, arch="gpt")["lr"] == 0.01
+    grid = cli.resolve_preset(parser.parse_args(["--preset", "shakespeare"]), LM_PRESETS, "x")
+    assert grid["eval_samples"] == 1000  # the rates are chosen on the val plays' first windows
