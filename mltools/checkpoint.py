@@ -31,6 +31,10 @@ class UnsafeCheckpoint(Exception):
     """A checkpoint that loads only with pickle; the message is one line saying how to proceed."""
 
 
+class IncompatibleCheckpoint(Exception):
+    """A checkpoint whose model state does not fit the model this code builds; one line."""
+
+
 # -- RNG states as plain types --------------------------------------------------------------------
 def numpy_rng_to_plain(state: tuple) -> dict:
     """``np.random.get_state()`` as types the safe loader accepts (the 624 keys as a tensor)."""
@@ -191,12 +195,32 @@ def saved_cuda_rng(state: dict, device: torch.device) -> torch.Tensor | None:
     return saved
 
 
+def state_mismatch(missing: list[str], unexpected: list[str]) -> str | None:
+    """None when a model took a checkpoint's state with no key ``missing`` and none
+    ``unexpected`` (``load_state_dict(strict=False)``'s lists), else one line naming a key and
+    what to do."""
+    if not missing and not unexpected:
+        return None
+    what = f"lacks {missing[0]}" if missing else f"holds {unexpected[0]}, which the model has not"
+    more = len(missing) + len(unexpected) - 1
+    return (
+        f"the checkpoint {what}{f' (and {more} more)' if more else ''}: it was "
+        "written by another version of the model or of dfatools (brsf before dfatools 0.4.0 "
+        "kept no feedback_magnitude) and cannot resume here; train the run again in another "
+        "--out folder"
+    )
+
+
 def restore(state: dict, model, opt, sched, order: torch.Generator, device: torch.device) -> None:
     """Put a checkpoint's model, optimizer, schedule, data order and RNG states back in place.
 
     A checkpoint written before schedules existed has none: its run had a constant rate, which
     the new schedule object already holds."""
-    model.load_state_dict(state["model"])
+    # Not strict: the keys are compared after the modules' own upgrades of older names.
+    keys = model.load_state_dict(state["model"], strict=False)
+    mismatch = state_mismatch(keys.missing_keys, keys.unexpected_keys)
+    if mismatch is not None:
+        raise IncompatibleCheckpoint(mismatch)
     opt.load_state_dict(state["optimizer"])
     if "scheduler" in state:
         sched.load_state_dict(state["scheduler"])

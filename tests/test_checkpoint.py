@@ -103,3 +103,17 @@ def test_old_checkpoint_is_refused_then_resumes_exactly_when_trusted(tmp_path):
     log = (b / runlog.LOG).read_text()
     assert "loaded with pickle" in log and "resumed from the checkpoint of epoch 1" in log
     assert checkpoint.unsafe_globals(b / runlog.CHECKPOINT) == []  # rewritten safely
+
+
+def test_a_checkpoint_of_another_model_version_is_refused_in_one_line():
+    """An older brsf checkpoint (no drawn magnitudes) cannot resume: one line names the key."""
+    import dfatools
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    model = dfatools.to_rsf(net, "brsf")
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("feedback_magnitude")}
+    assert len(old) < len(model.state_dict())  # the test removes something
+    refused = "lacks 0.feedback_magnitude"
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=refused) as err:
+        checkpoint.restore({"model": old}, model, None, None, None, CPU)
+    assert "\n" not in str(err.value) and "(and 1 more)" in str(err.value)
