@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import dfatools
-from mltools import models, runlog, text
+from mltools import models, runlog, stream, text
 from mltools.data import DataError
 from mltools.train import RunConfig, build_net, train_run
 
@@ -162,6 +162,13 @@ def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
         assert len(records) == 3 and "eval_bpc" in json.loads(records[-1])
     report = (root / "report.md").read_text(encoding="utf-8")
     assert "| dfa " in report and "## Samples" in report and "**shallow**" in report
+    table = stream.table(tmp_path / "results", 5).splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith("| bp | seed0 |")
+    # x_0's norm by hand from the saved weights: embedding rows plus positions.
+    data = text.load_text("text", str(tmp_path / "some.txt"), 32, "test", None, 5, "cpu")
+    state = torch.load(root / "bp" / "seed0" / runlog.MODEL, weights_only=True)
+    x0 = state["embed.weight"][data.x_eval] + state["pos"][:32]
+    assert float(table[2].split("|")[3]) == pytest.approx(x0.norm(dim=-1).mean().item(), rel=1e-3)
     bad = run_script("--text", "missing.txt", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot read text file" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
@@ -188,3 +195,23 @@ def test_the_study_preset_gives_each_method_its_chosen_rate_and_the_preset_model
     assert cli.experiment_settings(settings, choices, "bp", args, arch="gpt")["lr"] == 0.01
     grid = cli.resolve_preset(parser.parse_args(["--preset", "shakespeare"]), LM_PRESETS, "x")
     assert grid["eval_samples"] == 1000  # the rates are chosen on the val plays' first windows
+
+
+def test_stream_norms_follow_the_residual_sum():
+    """With every block's output layers zeroed except one bias ``b`` in block 1's MLP, the
+    stream is ``x_0`` and then ``x_0 + b`` after every block."""
+    torch.manual_seed(0)
+    net = models.CharGPT(vocab=7, context=8, d_model=16, layers=3)
+    with torch.no_grad():
+        for block in net.blocks:
+            for layer in (block.attn.out_proj, block.mlp[2]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        bias = torch.randn(16)
+        net.blocks[0].mlp[2].bias.copy_(bias)
+    tokens = torch.randint(0, 7, (4, 8))
+    x0 = net.embed.weight[tokens] + net.pos.detach()
+    shifted = (x0 + bias).norm(dim=-1).mean().item()
+    norms = stream.stream_norms(net, tokens)
+    assert norms[0] == pytest.approx(x0.norm(dim=-1).mean().item(), rel=1e-5)
+    assert norms[1:] == pytest.approx([shifted] * 3, rel=1e-5)
