@@ -195,6 +195,13 @@ def saved_cuda_rng(state: dict, device: torch.device) -> torch.Tensor | None:
     return saved
 
 
+REWRITE = (
+    "it was written by another version of the model or of dfatools (brsf before dfatools 0.4.0 "
+    "kept no feedback_magnitude) and cannot resume here; train the run again in another --out "
+    "folder"
+)
+
+
 def state_mismatch(missing: list[str], unexpected: list[str]) -> str | None:
     """None when a model took a checkpoint's state with no key ``missing`` and none
     ``unexpected`` (``load_state_dict(strict=False)``'s lists), else one line naming a key and
@@ -203,21 +210,29 @@ def state_mismatch(missing: list[str], unexpected: list[str]) -> str | None:
         return None
     what = f"lacks {missing[0]}" if missing else f"holds {unexpected[0]}, which the model has not"
     more = len(missing) + len(unexpected) - 1
-    return (
-        f"the checkpoint {what}{f' (and {more} more)' if more else ''}: it was "
-        "written by another version of the model or of dfatools (brsf before dfatools 0.4.0 "
-        "kept no feedback_magnitude) and cannot resume here; train the run again in another "
-        "--out folder"
-    )
+    return f"the checkpoint {what}{f' (and {more} more)' if more else ''}: {REWRITE}"
 
 
-def restore(state: dict, model, opt, sched, order: torch.Generator, device: torch.device) -> None:
+def restore(
+    state: dict,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    order: torch.Generator,
+    device: torch.device,
+) -> None:
     """Put a checkpoint's model, optimizer, schedule, data order and RNG states back in place.
 
     A checkpoint written before schedules existed has none: its run had a constant rate, which
-    the new schedule object already holds."""
-    # Not strict: the keys are compared after the modules' own upgrades of older names.
-    keys = model.load_state_dict(state["model"], strict=False)
+    the new schedule object already holds. IncompatibleCheckpoint (one line) when the model's
+    state does not fit; the model is then partly overwritten: build it again."""
+    try:  # not strict: the lists of keys that differ, rather than an error listing them
+        keys = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as err:  # tensors of other shapes: its first reason, on one line
+        reasons = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise IncompatibleCheckpoint(
+            f"the checkpoint's {reasons[0] if reasons else err}: {REWRITE}"
+        ) from None
     mismatch = state_mismatch(keys.missing_keys, keys.unexpected_keys)
     if mismatch is not None:
         raise IncompatibleCheckpoint(mismatch)

@@ -1,11 +1,11 @@
 """How large a trained character LM's residual stream grows, block by block.
 
 A pre-norm GPT (:class:`mltools.models.CharGPT`) ends with a LayerNorm, so its loss does not
-depend on the scale of the residual stream ``x_l`` (the sum of the embedding and every block's
-output so far): the true gradient at ``x_l`` has no component along ``x_l``, while a DFA signal,
-a fixed projection of the error, has one. This module measures the result on trained runs:
-the mean norm per token of ``x_0`` (embedding plus positions) and of ``x_l`` after each block,
-on the first windows of the run's eval split, from the run's ``model.pt``.
+depend on the scale of the last residual stream ``x_L`` (the sum of the embedding and every
+block's output): the true gradient at ``x_L`` has no component along ``x_L``, while a DFA
+signal, a fixed projection of the error, has one. This module measures what that does to
+trained runs: the mean norm per token of ``x_0`` (embedding plus positions) and of ``x_l``
+after each block ``l``, on the first windows of the run's eval split, from its ``model.pt``.
 
     python -m mltools.stream results/shakespeare        # every run of a language_model sweep
 """
@@ -24,27 +24,41 @@ from .text import load_text
 
 
 @torch.no_grad()
-def stream_norms(net: CharGPT, tokens: torch.Tensor) -> list[float]:
-    """Mean norm per token of ``x_0`` then of ``x_l`` after each block, for ``tokens``
-    ``(N, T)``: ``1 + len(net.blocks)`` values."""
+def stream_states(net: CharGPT, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """``x_0`` (the first block's input) and each block's output ``x_l``, all ``(N, T, d)``,
+    for ``tokens`` ``(N, T)``, read by hooks while ``net`` runs its own forward (eval mode)."""
     net.eval()
-    length = tokens.shape[1]
-    x = net.embed(tokens) + net.pos[:length]
-    norms = [x.norm(dim=-1).mean().item()]
-    for block in net.blocks:
-        x = block(x, net.mask[:length, :length])
-        norms.append(x.norm(dim=-1).mean().item())
-    return norms
+    states: list[torch.Tensor] = []
+    hooks = [net.blocks[0].register_forward_pre_hook(lambda _, args: states.append(args[0]))]
+    hooks += [b.register_forward_hook(lambda *io: states.append(io[2])) for b in net.blocks]
+    try:
+        net(tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return states
+
+
+def stream_norms(net: CharGPT, tokens: torch.Tensor) -> list[float]:
+    """Mean norm per token of ``x_0`` and of ``x_l`` after each block, for ``tokens``
+    ``(N, T)``: ``1 + len(net.blocks)`` values."""
+    return [x.norm(dim=-1).mean().item() for x in stream_states(net, tokens)]
 
 
 def trained_net(run_dir: Path, vocab: int) -> CharGPT:
-    """The run's network from ``config.json`` and ``model.pt`` (the feedback matrix dropped)."""
+    """The run's network from ``config.json`` and ``model.pt``, without what a method added
+    (the DFA matrix, a layer method's feedback buffers). ValueError if it cannot be read."""
     config, problems = runlog.read_config(run_dir)
     if config is None:
         raise ValueError(f"{run_dir}: no readable config.json ({'; '.join(problems)})")
     net = CharGPT(vocab, config["context"], config["lm_width"], config["lm_depth"])
-    state = torch.load(run_dir / runlog.MODEL, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("feedback.")})
+    try:
+        state = torch.load(run_dir / runlog.MODEL, map_location="cpu", weights_only=True)
+        own = net.state_dict()
+        net.load_state_dict({k: v for k, v in state.items() if k in own})
+    except Exception as err:  # damaged files raise many types; another model's, RuntimeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{run_dir / runlog.MODEL}: {first}") from None
     return net
 
 
@@ -55,8 +69,11 @@ def table(out: Path, windows: int) -> str:
     )
     if not runs:
         raise ValueError(f"no run with a {runlog.MODEL} under {out}/language_model")
-    config, _ = runlog.read_config(runs[0])
-    assert config is not None
+    if windows < 1:
+        raise ValueError(f"--windows must be at least 1, got {windows}")
+    config, problems = runlog.read_config(runs[0])
+    if config is None:
+        raise ValueError(f"{runs[0]}: no readable config.json ({'; '.join(problems)})")
     data = load_text(
         config["dataset"],
         config.get("text"),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from test_data import Payload
 from test_train import metrics, small
 
+import dfatools
 from mltools import checkpoint, runlog
 from mltools.checkpoint import UnsafeCheckpoint
 from mltools.sweep import RunSpec, run_sweep
@@ -106,14 +107,19 @@ def test_old_checkpoint_is_refused_then_resumes_exactly_when_trusted(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_version_is_refused_in_one_line():
-    """An older brsf checkpoint (no drawn magnitudes) cannot resume: one line names the key."""
-    import dfatools
-
+    """An older brsf checkpoint (no drawn magnitudes), one with a key the model lacks, or one
+    with a tensor of another shape cannot resume: one line names the key."""
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     model = dfatools.to_rsf(net, "brsf")
-    old = {k: v for k, v in model.state_dict().items() if not k.endswith("feedback_magnitude")}
-    assert len(old) < len(model.state_dict())  # the test removes something
-    refused = "lacks 0.feedback_magnitude"
-    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=refused) as err:
-        checkpoint.restore({"model": old}, model, None, None, None, CPU)
-    assert "\n" not in str(err.value) and "(and 1 more)" in str(err.value)
+    state = model.state_dict()
+    old = {k: v for k, v in state.items() if not k.endswith("feedback_magnitude")}
+    extra = {**state, "2.feedback_weight": torch.zeros(3, 8)}
+    shape = {**state, "2.weight": torch.zeros(3, 9)}
+    for saved, refused in [
+        (old, r"lacks 0.feedback_magnitude \(and 1 more\)"),
+        (extra, "holds 2.feedback_weight, which the model has not"),
+        (shape, "size mismatch for 2.weight"),
+    ]:
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match=refused) as err:
+            checkpoint.restore({"model": saved}, dfatools.to_rsf(net, "brsf"), *[None] * 3, CPU)
+        assert "\n" not in str(err.value) and "another --out folder" in str(err.value)

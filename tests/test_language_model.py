@@ -163,12 +163,12 @@ def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
     report = (root / "report.md").read_text(encoding="utf-8")
     assert "| dfa " in report and "## Samples" in report and "**shallow**" in report
     table = stream.table(tmp_path / "results", 5).splitlines()
-    assert len(table) == 2 + 3 and table[2].startswith("| bp | seed0 |")
-    # x_0's norm by hand from the saved weights: embedding rows plus positions.
-    data = text.load_text("text", str(tmp_path / "some.txt"), 32, "test", None, 5, "cpu")
-    state = torch.load(root / "bp" / "seed0" / runlog.MODEL, weights_only=True)
-    x0 = state["embed.weight"][data.x_eval] + state["pos"][:32]
-    assert float(table[2].split("|")[3]) == pytest.approx(x0.norm(dim=-1).mean().item(), rel=1e-3)
+    assert len(table) == 2 + 3 and [row.split(" | ")[0] for row in table[2:]] == [
+        "| bp",
+        "| dfa",
+        "| shallow",
+    ]
+    assert all(len(row.split("|")) == 2 + 2 + 1 + 2 for row in table)  # x_0 and 2 blocks
     bad = run_script("--text", "missing.txt", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot read text file" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
@@ -197,21 +197,42 @@ def test_the_study_preset_gives_each_method_its_chosen_rate_and_the_preset_model
     assert grid["eval_samples"] == 1000  # the rates are chosen on the val plays' first windows
 
 
-def test_stream_norms_follow_the_residual_sum():
-    """With every block's output layers zeroed except one bias ``b`` in block 1's MLP, the
-    stream is ``x_0`` and then ``x_0 + b`` after every block."""
+def test_stream_states_are_the_residual_stream_the_head_reads():
+    """``x_0`` is embedding plus positions, the last state is what the final LayerNorm and
+    head turn into the logits, and with every block's output layers zeroed except one bias
+    ``b`` (block 1's MLP) the stream is ``x_0`` then ``x_0 + b`` (T below the context)."""
     torch.manual_seed(0)
     net = models.CharGPT(vocab=7, context=8, d_model=16, layers=3)
+    tokens = torch.randint(0, 7, (4, 5))
+    states = stream.stream_states(net, tokens)
+    x0 = net.embed.weight[tokens] + net.pos[:5]
+    assert len(states) == 4 and torch.allclose(states[0], x0)
     with torch.no_grad():
+        assert torch.allclose(net.head(net.norm(states[-1])), net(tokens), atol=1e-6)
         for block in net.blocks:
             for layer in (block.attn.out_proj, block.mlp[2]):
                 layer.weight.zero_()
                 layer.bias.zero_()
         bias = torch.randn(16)
         net.blocks[0].mlp[2].bias.copy_(bias)
-    tokens = torch.randint(0, 7, (4, 8))
-    x0 = net.embed.weight[tokens] + net.pos.detach()
-    shifted = (x0 + bias).norm(dim=-1).mean().item()
     norms = stream.stream_norms(net, tokens)
     assert norms[0] == pytest.approx(x0.norm(dim=-1).mean().item(), rel=1e-5)
-    assert norms[1:] == pytest.approx([shifted] * 3, rel=1e-5)
+    assert norms[1:] == pytest.approx([(x0 + bias).norm(dim=-1).mean().item()] * 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dfa", "fa", "brsf"])
+def test_the_stream_reads_the_network_of_any_methods_run(tmp_path, method):
+    """A run's ``model.pt`` holds what its method added (a DFA matrix, feedback buffers): the
+    rebuilt network computes what the trained model computes. A broken file: one line."""
+    torch.manual_seed(0)
+    net = models.CharGPT(vocab=7, context=8, d_model=16, layers=2)
+    model = dfatools.to_method(net, method, 7, points=[models.Block]).eval()
+    runlog.write_config(tmp_path, {"context": 8, "lm_width": 16, "lm_depth": 2})
+    torch.save(model.state_dict(), tmp_path / runlog.MODEL)
+    tokens = torch.randint(0, 7, (3, 8))
+    with torch.no_grad():
+        assert torch.allclose(stream.trained_net(tmp_path, 7)(tokens), model(tokens), atol=1e-6)
+    (tmp_path / runlog.MODEL).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="model.pt") as err:
+        stream.trained_net(tmp_path, 7)
+    assert "\n" not in str(err.value)
