@@ -108,8 +108,15 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
         "--device",
         "cpu",
     ]
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored: give the script the default, as a terminal would.
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = tmp_path / "best_practices" / "fc-tanh" / "seed0" / "metrics.jsonl"
     deadline = time.time() + 120
