@@ -12,12 +12,12 @@ after each block ``l``, on the first windows of the run's eval split, from its `
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
 from . import runlog
+from .cli import ArgumentParser, positive_int
 from .data import DataError
 from .models import CharGPT
 from .text import load_text
@@ -45,12 +45,18 @@ def stream_norms(net: CharGPT, tokens: torch.Tensor) -> list[float]:
     return [x.norm(dim=-1).mean().item() for x in stream_states(net, tokens)]
 
 
-def trained_net(run_dir: Path, vocab: int) -> CharGPT:
-    """The run's network from ``config.json`` and ``model.pt``, without what a method added
-    (the DFA matrix, a layer method's feedback buffers). ValueError if it cannot be read."""
+def run_config(run_dir: Path) -> dict:
+    """The run's ``config.json``; ValueError (one line) if it cannot be read."""
     config, problems = runlog.read_config(run_dir)
     if config is None:
         raise ValueError(f"{run_dir}: no readable config.json ({'; '.join(problems)})")
+    return config
+
+
+def trained_net(run_dir: Path, vocab: int) -> CharGPT:
+    """The run's network from ``config.json`` and ``model.pt``, without what a method added
+    (the DFA matrix, a layer method's feedback buffers). ValueError if it cannot be read."""
+    config = run_config(run_dir)
     net = CharGPT(vocab, config["context"], config["lm_width"], config["lm_depth"])
     try:
         state = torch.load(run_dir / runlog.MODEL, map_location="cpu", weights_only=True)
@@ -71,9 +77,7 @@ def table(out: Path, windows: int) -> str:
         raise ValueError(f"no run with a {runlog.MODEL} under {out}/language_model")
     if windows < 1:
         raise ValueError(f"--windows must be at least 1, got {windows}")
-    config, problems = runlog.read_config(runs[0])
-    if config is None:
-        raise ValueError(f"{runs[0]}: no readable config.json ({'; '.join(problems)})")
+    config = run_config(runs[0])
     data = load_text(
         config["dataset"],
         config.get("text"),
@@ -94,16 +98,16 @@ def table(out: Path, windows: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m mltools.stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="a language_model.py --out folder")
     parser.add_argument(
-        "--windows", type=int, default=200, help="eval windows measured (default 200)"
+        "--windows", type=positive_int, default=200, help="eval windows measured (default 200)"
     )
     args = parser.parse_args()
     try:
         found = table(args.out, args.windows)
     except (ValueError, DataError) as err:
-        parser.exit(2, f"mltools.stream: {err}\n")
+        parser.error(str(err))
     print(f"Mean norm per token of the residual stream, first {args.windows} eval windows:\n")
     print(found)
 
