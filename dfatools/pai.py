@@ -8,9 +8,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from . import outputs
 from .alignment import LossFn, node_loss, positions
 from .inspect import eval_mode, find_dfa, trace_points
+from .placement import forward_site, model_output
 
 log = logging.getLogger("dfatools")
 
@@ -55,8 +55,10 @@ def prealign(
             node.backprop(),
             torch.enable_grad(),
             trace_points(model, node) as traces,
+            forward_site(model, node) as site,
         ):
-            out = outputs.select(model(x), node.output)
+            out = model_output(model(x), node)
+            z = site[-1]  # y, or the error_at site's output
             trace = traces[i]
             layer = trace.above
             if not isinstance(layer, nn.Linear) or trace.above_in is not trace.h:
@@ -68,11 +70,11 @@ def prealign(
                 )
                 continue
             loss = loss_fn(out, y)
-            grad_y, grad_a = torch.autograd.grad(loss, [out, cast(torch.Tensor, trace.above_out)])
-            n = positions(out, node.class_dim)
+            grad_z, grad_a = torch.autograd.grad(loss, [z, cast(torch.Tensor, trace.above_out)])
+            n = positions(z, node.class_dim)
             shapes = [t.h.shape for t in traces]
-            node.prepare(shapes, out)
-            signal = node.signals(node.error_from_grad(grad_y), shapes)[i]
+            node.prepare(shapes, z)
+            signal = node.signals(node.error_from_grad(grad_z), shapes)[i]
             delta = grad_a.reshape(n, -1) * n  # (P, out)
-            layer.weight.data.copy_(_solve(delta, node.rows(signal, out.dim())))
+            layer.weight.data.copy_(_solve(delta, node.rows(signal, z.dim())))
     return model

@@ -76,6 +76,7 @@ def to_dfa(
     output: OutputSpec = None,
     class_dim: int = -1,
     positions: str | None = None,
+    error_at: str | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
@@ -111,6 +112,19 @@ def to_dfa(
     ``Conv1d`` block's ``(N, C, L)`` ``positions="flat"``. A point on a module returning a
     tuple (``nn.LSTM``, Hugging Face blocks) acts on its first tensor.
 
+    ``error_at`` (with ``points=``; DESIGN.md 14): the qualified name of a submodule whose
+    output ``z`` the DFA node sits on instead of the model's output, as Launay et al. 2020 took
+    the error at a Transformer's last hidden state. The error is ``e = P * dL/dz``, the true
+    gradient back-propagated through every layer after the submodule, and ``num_classes`` is
+    the feature width of ``z``; the layers after it learn from the true gradient. The
+    gradients are those of converting the sub-model that ends at that submodule with
+    ``to_dfa(..., num_classes=width)`` and running the rest on top of it by plain autograd.
+    Every point must lie before it; a submodule that does not run, or runs twice, in a forward
+    pass is refused with a RuntimeError. ``output=`` then names the tensor in that
+    submodule's output, and the loss reads the model's output as it is.
+
+    >>> model = dfatools.to_dfa(gpt, 128, points=[Block], error_at="norm")  # z: (N, T, 128)
+
     See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed``, ``signal``
     (``"target"``: DRTP, ``"none"``: shallow training), ``output``, ``class_dim`` and
     ``positions``.
@@ -132,7 +146,11 @@ def to_dfa(
                 "exact_top belongs to the nn.Sequential rule; with points=, leave out the "
                 "points above which layers should get the true gradient"
             )
-        return attach(model, num_classes, points, **options, **layout)
+        return attach(model, num_classes, points, error_at=error_at, **options, **layout)
+    if error_at is not None:
+        raise ValueError(
+            "error_at needs points=: the nn.Sequential rule puts the DFA node on the output"
+        )
     if output is not None:
         raise ValueError(
             "output= names a tensor in a structured output; an nn.Sequential returns its last "

@@ -80,7 +80,14 @@ def write_torch(path: Path, obj: object) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, model, opt, sched, order: torch.Generator, epoch: int, device: torch.device
+    run_dir: Path,
+    model,
+    opt,
+    sched,
+    order: torch.Generator,
+    epoch: int,
+    device: torch.device,
+    plateau=None,
 ) -> None:
     """Atomic, and the previous checkpoint is kept until the new one is in place.
 
@@ -92,6 +99,8 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
+        # The per-epoch ReduceLROnPlateau of a recipe with plateau (mltools.recipes), or None.
+        "plateau": plateau.state_dict() if plateau is not None else None,
         "order": order.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -220,8 +229,10 @@ def restore(
     sched: torch.optim.lr_scheduler.LRScheduler,
     order: torch.Generator,
     device: torch.device,
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None,
 ) -> None:
-    """Put a checkpoint's model, optimizer, schedule, data order and RNG states back in place.
+    """Put a checkpoint's model, optimizer, schedule (and ``plateau``'s), data order and RNG
+    states back in place.
 
     A checkpoint written before schedules existed has none: its run had a constant rate, which
     the new schedule object already holds. IncompatibleCheckpoint (one line) when the model's
@@ -239,6 +250,8 @@ def restore(
     opt.load_state_dict(state["optimizer"])
     if "scheduler" in state:
         sched.load_state_dict(state["scheduler"])
+    if plateau is not None and state.get("plateau") is not None:
+        plateau.load_state_dict(state["plateau"])
     # RNG states must be CPU ByteTensors, whatever map_location moved them to.
     order.set_state(state["order"].cpu())
     torch.set_rng_state(state["torch"].cpu())

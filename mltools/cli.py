@@ -295,7 +295,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(recipes.RECIPES),
         help="paper: plain SGD, constant rate (the paper presets' default); sgd: Nesterov "
         "momentum, weight decay, one-cycle; adamw: AdamW, warm-up, cosine, clipping; "
-        "adam: Adam, constant rate (default: the preset's for each architecture)",
+        "adam: Adam, constant rate; adam2020: Adam, constant rate, clipping at 0.5 (Launay "
+        "et al. 2020's DFA Transformers) (default: the preset's for each architecture)",
     )
     group.add_argument("--optimizer", choices=recipes.OPTIMIZERS, help="override the optimizer")
     group.add_argument("--momentum", type=non_negative_float, help="SGD momentum")
@@ -315,6 +316,54 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--clip", type=non_negative_float, metavar="NORM", help="max gradient norm (0: none)"
     )
+    group.add_argument(
+        "--plateau",
+        action=argparse.BooleanOptionalAction,
+        help="divide a constant rate by 5 after 2 epochs without a lower training loss "
+        "(ReduceLROnPlateau, factor 0.2, patience 1)",
+    )
+
+
+def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--norm and --error-at: the Transformers' block layout and error site (DESIGN.md 14)."""
+    group = parser.add_argument_group("Transformer blocks (docs/language-model.md)")
+    group.add_argument(
+        "--norm",
+        choices=["pre", "post"],
+        help="block layout: pre (x + f(LN(x)), a final LayerNorm; default) or post "
+        "(LN(x + f(x)), the original Transformer's and Launay et al. 2020's)",
+    )
+    group.add_argument(
+        "--error-at",
+        choices=["logits", "hidden"],
+        help="where DFA takes its error: logits (the output; default) or hidden (the head's "
+        "input, by BP through the head, as Launay et al. 2020 did)",
+    )
+
+
+def add_choices_argument(parser: argparse.ArgumentParser) -> None:
+    """--choices: a per-method choices file in place of the preset's."""
+    parser.add_argument(
+        "--choices",
+        metavar="JSON",
+        help="each experiment's lr and epochs from this choices file (written by python -m "
+        "mltools.lr_grid GRID --per-method --choices JSON) instead of the preset's",
+    )
+
+
+def sweep_choices(args: argparse.Namespace, preset, settings: dict) -> dict[str, tuple[float, int]]:
+    """``{experiment: (lr, epochs)}``: of --choices when given (then named in ``settings``),
+    else of the preset (:func:`preset_choices`)."""
+    if not args.choices:
+        return preset_choices(preset)
+    settings["choices"] = args.choices
+    return read_choices(Path(args.choices))
+
+
+def transformer_options(args: argparse.Namespace) -> dict:
+    """The RunConfig fields --norm and --error-at give (only those given)."""
+    given = {"norm": args.norm, "error_at": args.error_at}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def recipe_for(settings: dict, args: argparse.Namespace, arch: str) -> recipes.Recipe:
@@ -327,6 +376,7 @@ def recipe_for(settings: dict, args: argparse.Namespace, arch: str) -> recipes.R
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,
         "warmup": args.warmup,
+        "plateau": args.plateau,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.betas is not None:

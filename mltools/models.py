@@ -276,11 +276,30 @@ def resnet(
     )
 
 
+NORMS = ("pre", "post")
+"""Transformer block layouts (DESIGN.md 14). ``pre``: ``x + f(LN(x))`` per sublayer and a final
+LayerNorm before the head (GPT-2's). ``post``: ``LN(x + f(x))`` per sublayer and no final
+LayerNorm (the original Transformer's, and Launay et al. 2020's DFA Transformers')."""
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown block layout norm={norm!r}; choose from {NORMS}")
+
+
+def _final_norm(d_model: int, norm: str) -> nn.Module:
+    """The LayerNorm before the head (pre), or an identity in its place (post): the head's
+    input is then still the output of a submodule named ``norm``, the ``hidden`` error site."""
+    return nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+
+
 class RowTransformer(nn.Module):
     """A Transformer encoder that reads an image as a sequence of its rows: each row of
     ``C * W`` pixels is a token, embedded by a Linear layer, plus a learned position;
-    ``layers`` ``nn.TransformerEncoderLayer`` blocks (pre-norm, GELU); the tokens' mean goes
-    through LayerNorm and Linear(d, K). Feedback points go at every encoder layer.
+    ``layers`` ``nn.TransformerEncoderLayer`` blocks (GELU; ``norm``: pre- or post-norm,
+    :data:`NORMS`); the tokens' mean goes through ``norm`` (a LayerNorm when pre-norm, an
+    identity when post-norm) and Linear(d, K). Feedback points go at every encoder layer; the
+    output of ``norm`` is the head's input (the ``hidden`` error site).
 
     Shape: ``(N, C, H, W)`` in, ``(N, num_classes)`` out.
     """
@@ -292,8 +311,10 @@ class RowTransformer(nn.Module):
         d_model: int = 32,
         layers: int = 2,
         heads: int = 4,
+        norm: str = "pre",
     ) -> None:
         super().__init__()
+        _check_norm(norm)
         channels, height, width = input_shape
         self.embed = nn.Linear(channels * width, d_model)
         self.pos = nn.Parameter(torch.zeros(height, d_model))
@@ -305,10 +326,10 @@ class RowTransformer(nn.Module):
             dropout=0.0,
             activation="gelu",
             batch_first=True,
-            norm_first=True,
+            norm_first=norm == "pre",
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = _final_norm(d_model, norm)
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,14 +339,16 @@ class RowTransformer(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm causal Transformer block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))`` (GELU,
-    4x wide). Its ``attn`` and ``mlp`` are the "micro" feedback points.
+    """A causal Transformer block, GELU MLP 4x wide. ``norm="pre"``: ``x + attn(LN1(x))``, then
+    ``x + mlp(LN2(x))``; ``norm="post"``: ``LN1(x + attn(x))``, then ``LN2(x + mlp(x))``.
 
     Shape: ``(N, T, d)`` in and out.
     """
 
-    def __init__(self, d_model: int, heads: int) -> None:
+    def __init__(self, d_model: int, heads: int, norm: str = "pre") -> None:
         super().__init__()
+        _check_norm(norm)
+        self.post = norm == "post"
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
@@ -333,26 +356,41 @@ class Block(nn.Module):
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
+    def _attend(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attn(h, h, h, attn_mask=mask, need_weights=False, is_causal=True)[0]
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False, is_causal=True)[0]
+        if self.post:
+            x = self.norm1(x + self._attend(x, mask))
+            return self.norm2(x + self.mlp(x))
+        x = x + self._attend(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
+
+    def extra_repr(self) -> str:
+        return f"norm={'post' if self.post else 'pre'!r}"
 
 
 class CharGPT(nn.Module):
     """A small GPT-style character language model: token embedding plus learned positions,
-    ``layers`` pre-norm causal :class:`Block` s, a final LayerNorm and a Linear head.
+    ``layers`` causal :class:`Block` s (``norm``: pre- or post-norm, :data:`NORMS`), then
+    ``norm`` (a LayerNorm when pre-norm, an identity when post-norm) and a Linear head. The
+    output of ``norm`` is the head's input (the ``hidden`` error site).
 
     Shape: ``(N, T)`` character indices in (``T <= context``), ``(N, T, vocab)`` logits out.
     """
 
-    def __init__(self, vocab: int, context: int, d_model: int = 128, layers: int = 4) -> None:
+    def __init__(
+        self, vocab: int, context: int, d_model: int = 128, layers: int = 4, norm: str = "pre"
+    ) -> None:
         super().__init__()
+        _check_norm(norm)
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Parameter(torch.zeros(context, d_model))
         nn.init.normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(Block(d_model, max(1, d_model // 32)) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, max(1, d_model // 32), norm) for _ in range(layers)
+        )
+        self.norm = _final_norm(d_model, norm)
         self.head = nn.Linear(d_model, vocab)
         self.register_buffer(
             "mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False
@@ -368,16 +406,47 @@ class CharGPT(nn.Module):
 
 
 LM_POINTS = ("macro", "micro")
+# The qualified name of the head's input in both Transformers: error_at="hidden" (DESIGN.md 14).
+HIDDEN_SITE = "norm"
+ERROR_SITES = ("logits", "hidden")
+RESIDUAL_BLOCKS = (Block, nn.TransformerEncoderLayer)
 
 
 def lm_points(net: CharGPT, mode: str) -> list:
-    """``macro``: a feedback point at every block's output; ``micro``: inside every block,
-    after the attention and after the MLP (their residual branches)."""
+    """``macro``: a feedback point at every block's output. ``micro``: inside every block, at
+    each sublayer's output: pre-norm, after the attention and after the MLP (their residual
+    branches); post-norm, after each LayerNorm and after the MLP's hidden activation (where
+    Launay et al. 2020 put them)."""
     if mode == "macro":
         return [Block]
     if mode == "micro":
-        return [f"blocks.{i}.{part}" for i in range(len(net.blocks)) for part in ("attn", "mlp")]
+        post = net.blocks[0].post if len(net.blocks) else False
+        parts = ("norm1", "mlp.1", "norm2") if post else ("attn", "mlp")
+        return [f"blocks.{i}.{part}" for i in range(len(net.blocks)) for part in parts]
     raise ValueError(f"unknown lm_points {mode!r}; choose from {LM_POINTS}")
+
+
+def error_site(net: nn.Module, site: str) -> tuple[str | None, int | None]:
+    """``to_dfa``'s ``error_at`` and the width of the tensor there (its ``num_classes``) for an
+    error site: ``logits`` (the model's output: ``(None, None)``) or ``hidden`` (the head's
+    input, the output of ``net.norm``)."""
+    if site == "logits":
+        return None, None
+    if site == "hidden":
+        head = getattr(net, "head", None)
+        if not isinstance(head, nn.Linear) or not hasattr(net, HIDDEN_SITE):
+            raise ValueError(
+                f"error_at='hidden' needs a Transformer with a norm and a head, not a "
+                f"{type(net).__name__}"
+            )
+        return HIDDEN_SITE, head.in_features
+    raise ValueError(f"unknown error site {site!r}; choose from {ERROR_SITES}")
+
+
+def residual_blocks(model: nn.Module) -> list[nn.Module]:
+    """The Transformer blocks of ``model`` in forward order (empty for other networks): the
+    residual stream is read at their outputs (``stream_norm``, DESIGN.md 14)."""
+    return [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS)]
 
 
 def feedback_points(arch: str) -> list[type] | None:

@@ -14,8 +14,14 @@ Named recipes (:data:`RECIPES`):
   ResNets), and a one-cycle schedule (Smith and Topin 2019: 30% warm-up, cosine decay to
   about 0), suited to short budgets.
 * ``adamw``: what Transformers are trained with: AdamW (betas 0.9, 0.999), weight decay 0.05
-  (DeiT's), 5% linear warm-up then cosine decay to 0, gradient norm clipped at 1 (as the
-  2020 DFA paper and nanoGPT do).
+  (DeiT's), 5% linear warm-up then cosine decay to 0, gradient norm clipped at 1 (as
+  nanoGPT does).
+* ``adam2020``: the recipe of the DFA Transformers of Launay et al. 2020: Adam, betas (0.9,
+  0.999), a constant rate, gradient norm clipped at 0.5. With ``plateau`` (``--plateau``),
+  ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (factor 0.2, patience 1) divides the rate by
+  5 after each second epoch whose training loss did not improve, as their 1e-4 runs did. It
+  steps on the training loss, never on the evaluated split, which in a study's final runs is
+  the test set.
 
 Weight decay applies to weights, not to biases and normalization parameters: a parameter of
 one dimension is not decayed, the rule of timm and nanoGPT. A recipe without weight decay puts
@@ -40,6 +46,9 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 # One-cycle's start at lr / 25 and end at lr / (25 * 1e4): PyTorch's defaults.
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
+# ReduceLROnPlateau's settings under ``plateau`` (Launay et al. 2020's).
+PLATEAU_FACTOR = 0.2
+PLATEAU_PATIENCE = 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Recipe:
     schedule: str = "constant"  # constant | cosine | onecycle (SCHEDULES)
     warmup: float = 0.0  # fraction of the steps
     clip: float | None = None
+    plateau: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -75,8 +85,14 @@ class Recipe:
             raise ValueError("a constant schedule has no warm-up; choose cosine or onecycle")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ValueError("Nesterov momentum needs the sgd optimizer and a momentum above 0")
-        if self.weight_decay < 0 or self.momentum < 0 or (self.clip is not None and self.clip <= 0):
-            raise ValueError("weight decay and momentum are >= 0, and clip > 0 (or none)")
+        if self.weight_decay < 0 or (self.clip is not None and not self.clip > 0):
+            raise ValueError("weight decay is >= 0, and clip > 0 (or none)")
+        for knob in ("momentum", "beta1", "beta2"):
+            value = getattr(self, knob)
+            if not 0 <= value < 1:  # at 1 or above the average never forgets: it diverges
+                raise ValueError(f"{knob} must lie in [0, 1), got {value:g}")
+        if self.plateau and self.schedule != "constant":
+            raise ValueError("plateau lowers a constant rate; it does not go with a schedule")
 
     def describe(self) -> str:
         """One line, e.g. ``sgd (SGD, Nesterov momentum 0.9, weight decay 0.0005, onecycle
@@ -93,6 +109,8 @@ class Recipe:
         if self.warmup:
             schedule = f"{self.schedule} with {self.warmup:.0%} warm-up"
         parts.append(schedule)
+        if self.plateau:
+            parts.append(f"x{PLATEAU_FACTOR:g} on a plateau of the training loss")
         if self.clip is not None:
             parts.append(f"gradient norm clipped at {self.clip:g}")
         return f"{self.name} ({', '.join(parts)})"
@@ -107,6 +125,7 @@ RECIPES: dict[str, Recipe] = {
     "adamw": Recipe(
         "adamw", optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup=0.05, clip=1.0
     ),
+    "adam2020": Recipe("adam2020", optimizer="adam", clip=0.5),
 }
 KNOBS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 
@@ -124,9 +143,10 @@ def get_recipe(name: str, **changes) -> Recipe:
 
 def recipe_of(config: dict) -> dict:
     """The recipe a run folder's config.json trained with, as a dict. Runs written before
-    recipes existed trained with plain SGD, or Adam where their ``optimizer`` says so."""
+    recipes existed trained with plain SGD, or Adam where their ``optimizer`` says so; a knob
+    added since (``plateau``) had its default."""
     if isinstance(config.get("recipe"), dict):
-        return config["recipe"]
+        return {**asdict(Recipe()), **config["recipe"]}
     return asdict(RECIPES["adam" if config.get("optimizer") == "adam" else "paper"])
 
 
@@ -192,3 +212,17 @@ def make_scheduler(
         ramp = lr_scheduler.LinearLR(opt, start_factor=1 / warmup, total_iters=warmup)
         return lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
     return lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def make_plateau(
+    recipe: Recipe, opt: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The recipe's per-epoch ``ReduceLROnPlateau``, to step on each epoch's training loss;
+    None without ``plateau``."""
+    if not recipe.plateau:
+        return None
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
+    )

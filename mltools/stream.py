@@ -57,7 +57,9 @@ def trained_net(run_dir: Path, vocab: int) -> CharGPT:
     """The run's network from ``config.json`` and ``model.pt``, without what a method added
     (the DFA matrix, a layer method's feedback buffers). ValueError if it cannot be read."""
     config = run_config(run_dir)
-    net = CharGPT(vocab, config["context"], config["lm_width"], config["lm_depth"])
+    net = CharGPT(
+        vocab, config["context"], config["lm_width"], config["lm_depth"], config.get("norm", "pre")
+    )
     try:
         state = torch.load(run_dir / runlog.MODEL, map_location="cpu", weights_only=True)
         own = net.state_dict()

@@ -442,7 +442,8 @@ def describe(settings: dict) -> str:
     )
     schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
     if settings.get("choices"):  # a per-method preset: each experiment its own
-        source = f"per experiment (mltools/{settings['choices']})"
+        where = settings["choices"]
+        source = f"per experiment ({where if '/' in where else 'mltools/' + where})"
         if settings["epochs"]:  # --epochs given: one for all, the lr still each its own
             schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {source}"
         else:

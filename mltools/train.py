@@ -37,6 +37,7 @@ ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
 CNN_POINTS = ("all", "2019")
 ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer", "gpt")
+TRANSFORMERS = ("transformer", "gpt")  # the architectures with norm, error_at and stream_norm
 SAMPLE_PROMPT = 32  # a language model's samples continue the evaluation text's first characters
 SAMPLE_LENGTH = 300  # characters sampled after the prompt
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
@@ -77,7 +78,11 @@ class RunConfig:
     context: int = 128  # text: characters per window
     lm_width: int = 128  # gpt: model width (heads of 32 dimensions)
     lm_depth: int = 4  # gpt: blocks
-    lm_points: str = "macro"  # gpt: macro (every block) | micro (after attention and MLP)
+    lm_points: str = "macro"  # gpt: macro (every block) | micro (inside every block)
+    # gpt, transformer: the block layout (models.NORMS: pre | post) and where the DFA node takes
+    # the error (models.ERROR_SITES: logits, the output | hidden, the head's input)
+    norm: str = "pre"
+    error_at: str = "logits"
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4  # the peak of the recipe's schedule
@@ -113,6 +118,11 @@ def build_net(
             f"bottleneck_points {cfg.bottleneck_points!r} is the 2019 code's mask-mode "
             f"bottleneck net; got arch {cfg.arch!r}, mode {cfg.bottleneck_mode!r}"
         )
+    if cfg.arch not in TRANSFORMERS and (cfg.norm, cfg.error_at) != ("pre", "logits"):
+        raise ValueError(
+            f"norm and error_at are options of the Transformers ({', '.join(TRANSFORMERS)}), "
+            f"not of arch {cfg.arch!r}"
+        )
     if cfg.arch == "fc":
         net = models.fc(
             input_shape,
@@ -147,9 +157,9 @@ def build_net(
     elif cfg.arch == "resnet":
         net = models.resnet(input_shape, num_classes)
     elif cfg.arch == "transformer":
-        net = models.RowTransformer(input_shape, num_classes)
+        net = models.RowTransformer(input_shape, num_classes, norm=cfg.norm)
     elif cfg.arch == "gpt":
-        net = models.CharGPT(num_classes, cfg.context, cfg.lm_width, cfg.lm_depth)
+        net = models.CharGPT(num_classes, cfg.context, cfg.lm_width, cfg.lm_depth, cfg.norm)
         return net, models.lm_points(net, cfg.lm_points)
     else:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
@@ -162,11 +172,16 @@ def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
         raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
     exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
     placement = {"exact_top": exact_top} if points is None else {"points": points}
+    site, width = models.error_site(net, cfg.error_at)
+    if site is not None:
+        if cfg.method == "drtp":
+            raise ValueError("drtp projects the class targets: it takes no error_at")
+        placement["error_at"] = site
     # Every method keeps the DFA model's feedback points, where alignment is measured.
     return dfatools.to_method(
         net,
         cfg.method,
-        num_classes,
+        width or num_classes,
         normalize=cfg.normalize,
         positions=cfg.positions,
         seed=cfg.seed,
@@ -191,6 +206,40 @@ def check_recipe(cfg: RunConfig) -> None:
             "weight decay would move the frozen entries of the mask-mode bottleneck layer; "
             "use --weight-decay 0 or --mode width"
         )
+
+
+class StreamNorm:
+    """The residual stream after each Transformer block of ``model`` (``stream_norm``, DESIGN.md
+    14): within ``with``, every forward pass adds each block output's per-token Euclidean norms;
+    :meth:`values` gives their mean, one value per block (``[]`` for other networks)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.blocks = models.residual_blocks(model)
+        self.sums: list[torch.Tensor | float] = []
+        self.tokens = 0
+        self._handles: list = []
+
+    def _hook(self, i: int):
+        def hook(module, args, output) -> None:
+            h = output[0] if isinstance(output, tuple) else output
+            norms = h.detach().norm(dim=-1)  # (N, T): one per token
+            self.sums[i] = self.sums[i] + norms.sum()  # on the device: no sync per batch
+            if i == 0:
+                self.tokens += norms.numel()
+
+        return hook
+
+    def __enter__(self) -> StreamNorm:
+        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+        self.sums = [0.0 for _ in self.blocks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def values(self) -> list[float]:
+        return [float(s) / self.tokens for s in self.sums] if self.tokens else []
 
 
 @torch.no_grad()
@@ -454,6 +503,7 @@ class Trainer:
         self.opt = recipes.make_optimizer(cfg.recipe, self.model, cfg.lr)
         steps = cfg.epochs * math.ceil(len(self.data.y_train) / cfg.batch_size)
         self.sched = recipes.make_scheduler(cfg.recipe, self.opt, steps)
+        self.plateau = recipes.make_plateau(cfg.recipe, self.opt)  # stepped once per epoch
         self.order = torch.Generator().manual_seed(cfg.seed)
         self.board = None  # mltools.board.RunBoard with --tensorboard, from start()
 
@@ -471,7 +521,7 @@ class Trainer:
         cfg, run_dir, log, data = self.cfg, self.run_dir, self.log, self.data
         state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
-            restore(state, self.model, self.opt, self.sched, self.order, self.device)
+            restore(state, self.model, self.opt, self.sched, self.order, self.device, self.plateau)
             runlog.write_metrics(
                 run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log)
             )
@@ -514,6 +564,9 @@ class Trainer:
                 train_loss, train_top1 = train_epoch(
                     self.model, self.opt, self.sched, data, cfg, self.order, bar
                 )
+            if self.plateau is not None and math.isfinite(train_loss):
+                # The training loss, never the evaluated split (the test set in a study).
+                self.plateau.step(train_loss)
         record = {"epoch": epoch, "train_loss": train_loss, "train_top1": train_top1}
         if not math.isfinite(train_loss):
             record.update(
@@ -526,7 +579,12 @@ class Trainer:
                 f"{cfg.experiment} seed{cfg.seed}: diverged at epoch {epoch} (loss {train_loss})"
             )
             return record
-        record["eval_loss"], record["eval_top1"] = evaluate(self.model, data.x_eval, data.y_eval)
+        with StreamNorm(self.model) as stream:
+            record["eval_loss"], record["eval_top1"] = evaluate(
+                self.model, data.x_eval, data.y_eval
+            )
+        if stream.blocks:
+            record["stream_norm"] = stream.values()
         if data.vocab is not None:  # text: bits per character (DESIGN.md 13)
             record["train_bpc"] = train_loss / math.log(2)
             record["eval_bpc"] = record["eval_loss"] / math.log(2)
@@ -537,7 +595,14 @@ class Trainer:
         if self.board is not None:
             self.board.add(record)
         save_checkpoint(
-            self.run_dir, self.model, self.opt, self.sched, self.order, epoch, self.device
+            self.run_dir,
+            self.model,
+            self.opt,
+            self.sched,
+            self.order,
+            epoch,
+            self.device,
+            self.plateau,
         )
         self.say(record_line(cfg, record, data.eval_split))
         return record
