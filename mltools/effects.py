@@ -62,6 +62,7 @@ RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's
 # min_delta and patience)
 SWING_LIMIT = 1.5  # steadiness: eval top-1 moving more than this (percentage points) ...
 SWING_SPAN = 3  # ... over this many final epochs flags a run as unsteady
+GROWTH_LIMIT = 10.0  # a residual stream growing more than this over a run's last half: unbounded
 UNDEFINED_LIMIT = 0.05  # report a point whose mean final undefined_frac exceeds this
 
 UNDEFINED_EXPLANATION = (
@@ -489,6 +490,28 @@ def unsteady(run: Run, record: dict) -> tuple[bool | None, float | None]:
     return swing > SWING_LIMIT, swing
 
 
+def unbounded(run: Run, record: dict) -> tuple[bool | None, float | None]:
+    """Did the residual stream of ``run`` (a Transformer's ``stream_norm``, one value per
+    block) grow without bound by the epoch E of ``record`` (its final record)? Flagged when a
+    block's stream norm at E is more than GROWTH_LIMIT = 10 times what it was at epoch E // 2,
+    the start of the run's last half. Returns ``(flag, largest ratio over blocks)``;
+    ``(None, None)`` when there is no trained epoch or no ``stream_norm`` at both epochs."""
+    last = record["epoch"]
+    if last < 1:
+        return None, None
+    middle = next((r for r in run.records if r["epoch"] == last // 2), None)
+    now, then = record.get("stream_norm"), (middle or {}).get("stream_norm")
+    if not now or not then or len(now) != len(then):
+        return None, None
+    ratios = [
+        number(a) / number(b) for a, b in zip(now, then) if number(b) and number(a) is not None
+    ]
+    if not ratios:
+        return None, None
+    growth = max(ratios)
+    return growth > GROWTH_LIMIT, growth
+
+
 @dataclass
 class Flags:
     """Convergence of one table row: seeds in its means, how many are unknown, the flagged runs
@@ -499,6 +522,13 @@ class Flags:
     flagged: list[str]
     unsteady: list[str] = field(default_factory=list)
     unsteady_unknown: int = 0
+    unbounded: list[str] = field(default_factory=list)
+    unbounded_unknown: int = 0
+
+    def unbounded_cell(self) -> str:
+        """``unbounded/seeds`` (runs whose residual stream grew > 10x over their last half),
+        plus ``(k unknown)``; '' for a row without seeds."""
+        return _count_cell(len(self.unbounded), self.seeds, self.unbounded_unknown)
 
     def unsteady_cell(self) -> str:
         """``unsteady/seeds``, e.g. ``1/3``, plus ``(k unknown)``; '' for a row without seeds."""
@@ -519,7 +549,15 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
     """Flags of the ``(run, final record)`` pairs of a row. ``seeds`` (default: len(used)) may
     count records without a run, such as recovered 2019 logs: those are unknown."""
     flagged, unknown, swinging, swing_unknown = [], 0, [], 0
+    growing, growth_unknown = [], 0
     for run, record in used:
+        grew, growth = unbounded(run, record)
+        growth_unknown += grew is None
+        if grew:
+            growing.append(
+                f"{run.path.parent.name} {run.path.name}: residual stream x{growth:.1f} over "
+                f"epochs {record['epoch'] // 2}..{record['epoch']}"
+            )
         flag, rise = unconverged(run, record)
         unknown += flag is None
         if flag:
@@ -536,7 +574,30 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
             )
     seeds = len(used) if seeds is None else seeds
     missing = seeds - len(used)
-    return Flags(seeds, unknown + missing, flagged, swinging, swing_unknown + missing)
+    return Flags(
+        seeds,
+        unknown + missing,
+        flagged,
+        swinging,
+        swing_unknown + missing,
+        growing,
+        growth_unknown + missing,
+    )
+
+
+def unbounded_lines(flags: Iterable[Flags]) -> list[str]:
+    """The residual-stream criterion, stated under a table of Transformers, and the runs it
+    flags."""
+    growing = [f for row in flags for f in row.unbounded]
+    lines = [
+        f"`unbounded`: done seeds whose residual stream (`stream_norm`, the mean norm per token "
+        f"after each block, on the evaluated split) grew by more than {GROWTH_LIMIT:g}x at some "
+        "block over the run's last half (epoch E against epoch E // 2).",
+        "",
+    ]
+    if growing:
+        return lines + ["Unbounded at epoch E:", ""] + [f"- {f}" for f in growing] + [""]
+    return lines + ["No run is flagged as unbounded.", ""]
 
 
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:

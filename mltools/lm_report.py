@@ -11,7 +11,14 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .effects import Interval, convergence_flags, convergence_lines, fmt_signed, welch_interval
+from .effects import (
+    Interval,
+    convergence_flags,
+    convergence_lines,
+    fmt_signed,
+    unbounded_lines,
+    welch_interval,
+)
 from .recipes import recipe_of
 from .runlog import SAMPLES, Run
 from .tables import (
@@ -59,8 +66,9 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         raise FileNotFoundError(f"no language-model runs under {Path(out) / FOLDER}")
     root = Path(out) / FOLDER
     reference = runs.get(REFERENCE, [])
-    head = ["method", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP [95% CI]"]
-    head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "unconverged", "unsteady"]
+    head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP [95% CI]"]
+    head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "stream norm"]
+    head += ["unconverged", "unsteady", "unbounded"]
     rows, csv_rows, flags, sentences = [], [], [], []
     for name, group in runs.items():
         used, warnings = done_records(group)
@@ -89,9 +97,11 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         recipes = "/".join(sorted({recipe_of(c)["name"] for c in configs}))
         epochs = "/".join(sorted({str(r["epoch"]) for r in records}))
         blocks = " ".join(fmt(s["cos"], 2) for s in stats.values())
+        stream = mean_std(last_stream(r) for r in records)
         rows.append(
             [
                 name,
+                "/".join(sorted({layout(c) for c in configs})),
                 lrs,
                 recipes,
                 epochs,
@@ -102,19 +112,22 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
                 fmt_pm(train[0], train[1], 3),
                 fmt(cos, 3),
                 blocks,
+                fmt(stream[0], 4),
                 flag.cell(),
                 flag.unsteady_cell(),
+                flag.unbounded_cell(),
             ]
         )
         csv_rows.append(
             [name, lrs, recipes, epochs, len(records), fmt(bpc[0], 5), fmt(bpc[1], 5)]
             + [fmt(interval.diff, 5) if interval else "", fmt(interval.low, 5) if interval else ""]
             + [fmt(interval.high, 5) if interval else "", fmt(top1[0], 3), fmt(cos, 4)]
+            + [fmt(stream[0], 5)]
         )
     write_csv(
         root / "summary.csv",
         ["method", "lr", "recipe", "epochs", "seeds_used", "eval_bpc_mean", "eval_bpc_std"]
-        + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean"],
+        + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean", "stream_norm_last"],
         csv_rows,
     )
     figure = plot_curves(root / "figures" / "curves.png", runs)
@@ -125,13 +138,17 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         "std` over done seeds. Bits per character (bpc) = mean cross-entropy per character in "
         "nats / ln 2, on the evaluation split; `− BP`: the method's mean minus BP's, with its "
         "95% Welch interval (lower is better). `blocks cos`: each block's mean alignment "
-        "cosine, every token a sample (for BP, the DFA signal measured on the BP network).",
+        "cosine, every token a sample (for BP, the DFA signal measured on the BP network). "
+        "`blocks`: the block layout (pre- or post-norm), the feedback points and where DFA "
+        "takes its error (logits, or the head's input: hidden). `stream norm`: the mean norm "
+        "per token of the residual stream after the last block, on the evaluation split.",
         "",
         markdown_table(head, rows),
         "",
         *sentences,
         *([""] if sentences else []),
         *convergence_lines(flags, "eval"),
+        *unbounded_lines(flags),
         *([f"![Curves](figures/{figure.name})", ""] if figure else []),
         "## Samples",
         "",
@@ -150,10 +167,26 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
     return path
 
 
+def layout(config: dict) -> str:
+    """``post-norm, macro, error at hidden``: a run's blocks as config.json records them (runs
+    from before the layouts existed were pre-norm with the error at the logits)."""
+    return (
+        f"{config.get('norm', 'pre')}-norm, {config.get('lm_points', 'macro')}, "
+        f"error at {config.get('error_at', 'logits')}"
+    )
+
+
+def last_stream(record: dict) -> float | None:
+    """The record's residual-stream norm after the last block (None before it was recorded)."""
+    stream = record.get("stream_norm")
+    return stream[-1] if stream else None
+
+
 def plot_curves(path: Path, runs: dict[str, list[Run]]) -> Path | None:
-    """Eval bpc and the mean alignment over blocks, against epochs, one line per method."""
-    fig = new_figure(10, 4)
-    bpc_ax, cos_ax = fig.subplots(1, 2)
+    """Eval bpc, the mean alignment over blocks and the residual stream after the last block
+    (log scale), against epochs, one line per method."""
+    fig = new_figure(15, 4)
+    bpc_ax, cos_ax, stream_ax = fig.subplots(1, 3)
     drawn = False
     for name, group in runs.items():
         epochs, mean, _ = epoch_curve(group, lambda r: r.get("eval_bpc"))
@@ -164,10 +197,18 @@ def plot_curves(path: Path, runs: dict[str, list[Run]]) -> Path | None:
         curves = [epoch_curve(group, alignment_value(p)) for p in points]
         if curves and len(curves[0][0]):
             cos_ax.plot(curves[0][0], sum(c[1] for c in curves) / len(curves), label=name)
+        epochs, mean, _ = epoch_curve(group, last_stream)
+        if len(epochs):
+            stream_ax.plot(epochs, mean, label=name)
     if not drawn:
         return None
     bpc_ax.set(xlabel="epoch", ylabel="eval bits per character", title="bpc")
     cos_ax.set(xlabel="epoch", ylabel="mean cos over blocks", title="alignment")
+    stream_ax.set(
+        xlabel="epoch", ylabel="mean norm per token", title="residual stream after the last block"
+    )
+    if stream_ax.lines:
+        stream_ax.set_yscale("log")
     bpc_ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -32,6 +32,7 @@ from .effects import (
     convergence_lines,
     experiment_effects,
     fmt_signed,
+    unbounded_lines,
     undefined_lines,
     undefined_note,
     write_effects,
@@ -208,6 +209,8 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
 
     all_stats = [point_stats(row.records) for row in rows]
     flags = [convergence_flags(row.used) for row in rows]
+    # Transformers record their residual stream: the unbounded column is theirs.
+    streams = any(f.unbounded_unknown < f.seeds for f in flags)
     points = sorted({p for stats in all_stats for p in stats})
     undefined = [
         p
@@ -228,6 +231,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
         "seeds",
         "unconverged",
         "unsteady",
+        *(["unbounded"] if streams else []),
         eval_head,
         "train top-1",
         "mean cos",
@@ -293,6 +297,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
                 seeds,
                 flag.cell(),
                 flag.unsteady_cell(),
+                *([flag.unbounded_cell()] if streams else []),
                 ev_cell,
                 fmt_pm(tr[0], tr[1], 2),
                 cos_cell(cos, 3, method),
@@ -374,6 +379,8 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
             "",
         ]
     text += convergence_lines(flags, split)
+    if streams:
+        text += unbounded_lines(flags)
     text += undefined_lines(
         undefined_note(row.name, stats, points)
         for row, stats in zip(rows, all_stats)
