@@ -34,6 +34,26 @@ POSITION_MODES = ("flat", "shared")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)  # dfatools.Bottleneck is an nn.Linear
 
 
+def data_parallel() -> tuple[int, bool]:
+    """``(world size, whether it counts)``: the ranks of the initialized ``torch.distributed``
+    process group, ``(1, False)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_world_size(), True
+    return 1, False
+
+
+def global_positions(local: int, like: torch.Tensor) -> int:
+    """The number of positions of the whole data-parallel batch: ``local`` summed over the
+    ranks of the process group (one all-reduce of one number), ``local`` without one."""
+    _, parallel = data_parallel()
+    if not parallel:
+        return local
+    count = torch.tensor([local], dtype=torch.int64, device=like.device)
+    torch.distributed.all_reduce(count)
+    return int(count.item())
+
+
 class FeedbackPoint(nn.Module):
     """Marks where a DFA signal enters: the input ``h_l`` of a weight layer.
 
@@ -78,8 +98,11 @@ class _DFAFunction(torch.autograd.Function):
     """Identity on ``y``; in backward, DFA signals for the recorded hidden outputs."""
 
     @staticmethod
-    def forward(ctx, node: DFA, y: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, node: DFA, y: torch.Tensor, positions: int, *hidden: torch.Tensor
+    ) -> torch.Tensor:
         ctx.node = node
+        ctx.positions = positions  # of the whole batch, every data-parallel rank's
         ctx.shapes = [h.shape for h in hidden]
         return y.view_as(y)  # an identity: no copy of the output
 
@@ -87,7 +110,8 @@ class _DFAFunction(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         node = ctx.node
         target = node.take_target(node.position_shape(grad_y)) if node.signal == "target" else None
-        return (None, grad_y, *node.learning_signals(grad_y, target, ctx.shapes))
+        signals = node.learning_signals(grad_y, target, ctx.shapes, ctx.positions)
+        return (None, grad_y, None, *signals)
 
 
 class DFA(nn.Module):
@@ -127,7 +151,11 @@ class DFA(nn.Module):
             (one ``(K, d_l)`` matrix per point).
         error: ``"sum"`` feeds back ``e = P * dL/dy`` (``P``: the number of positions, ``N``
             for an ``(N, K)`` output; softmax minus one-hot per position for a mean
-            cross-entropy), ``"mean"`` feeds back ``dL/dy``.
+            cross-entropy), ``"mean"`` feeds back ``dL/dy``. Under ``torch.distributed``
+            (``DistributedDataParallel``, one slice of the batch per rank), ``P`` counts the
+            positions of every rank (one all-reduce per step) and DRTP's target signal is
+            scaled to match, so that DDP's average of the ranks' gradients is the step of one
+            process on the whole batch for every method.
         seed: seed of the ``torch.Generator`` that draws the matrices (never the global RNG).
         signal: what is projected onto the points. ``"error"`` (DFA, default): ``e``.
             ``"target"`` (DRTP, Frenkel et al. 2021): ``-onehot(target)`` in place of ``e``, see
@@ -304,24 +332,31 @@ class DFA(nn.Module):
         return s.reshape(*lead, f, *(1 for _ in rest[1:])).expand(shape)  # (C, H, W, ...)
 
     # -- signals -------------------------------------------------------------------------------
-    def error_from_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
-        """``e`` from ``dL/dy``, both of ``y``'s shape (DESIGN.md 2, 9 and 11)."""
-        positions = grad_y.numel() // grad_y.shape[self.class_dim]
+    def error_from_grad(self, grad_y: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+        """``e`` from ``dL/dy``, both of ``y``'s shape (DESIGN.md 2, 9 and 11). ``positions``:
+        ``P``, by default ``y``'s own; in training, the whole data-parallel batch's."""
+        if positions is None:
+            positions = grad_y.numel() // grad_y.shape[self.class_dim]
         return grad_y * positions if self.error == "sum" else grad_y
 
     def learning_signals(
-        self, grad_y: torch.Tensor, target: torch.Tensor | None, shapes: Sequence[torch.Size]
+        self,
+        grad_y: torch.Tensor,
+        target: torch.Tensor | None,
+        shapes: Sequence[torch.Size],
+        positions: int | None = None,
     ) -> list[torch.Tensor]:
         """What this node sends to points of these shapes ``(N, *)``: DFA signals from
         ``dL/dy`` (``y``'s shape), DRTP signals from the class targets ``(N, *)``, or zeros
-        (shallow)."""
+        (shallow). ``positions``: those of the whole batch (all data-parallel ranks'), by
+        default ``y``'s."""
         if self.signal == "none":
             return [grad_y.new_zeros(shape) for shape in shapes]
         if self.signal == "target":
             if target is None:
                 raise ValueError("signal='target' (DRTP) needs the class targets")
-            return self.target_signals(target, shapes)
-        return self.signals(self.error_from_grad(grad_y), shapes)
+            return self.target_signals(target, shapes, positions)
+        return self.signals(self.error_from_grad(grad_y, positions), shapes)
 
     def signals(self, error: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
         """DFA signals ``s_l``, each of shape ``shapes[l]`` ``(N, *, ...)``, from ``e`` of
@@ -330,7 +365,7 @@ class DFA(nn.Module):
         return self._spread(lambda M: flat @ M, shapes, error.dim())
 
     def target_signals(
-        self, target: torch.Tensor, shapes: Sequence[torch.Size]
+        self, target: torch.Tensor, shapes: Sequence[torch.Size], positions: int | None = None
     ) -> list[torch.Tensor]:
         """DRTP signals, each of shape ``shapes[l]`` ``(N, *, ...)``, from class targets
         ``(N, *)`` (one per position).
@@ -346,7 +381,11 @@ class DFA(nn.Module):
         away from the target.
         """
         flat = target.reshape(-1)
-        scale = -1.0 if self.error == "sum" else -1.0 / flat.shape[0]
+        # DDP averages the ranks' gradients: the world size undoes it ("sum"), and "mean" divides
+        # by the whole batch's positions. One process: world 1, positions its own.
+        world, _ = data_parallel()
+        total = flat.shape[0] if positions is None else positions
+        scale = -1.0 * world if self.error == "sum" else -1.0 * world / total
         return self._spread(lambda M: M.index_select(0, flat) * scale, shapes, target.dim() + 1)
 
     def _spread(self, project, shapes: Sequence[torch.Size], ydim: int) -> list[torch.Tensor]:
@@ -441,7 +480,10 @@ class DFA(nn.Module):
             # The points handed on detached copies: only the output layer is in the graph.
             return y
         self.prepare([h.shape for h in recorded], y)
-        return _DFAFunction.apply(self, y, *recorded)
+        # Under torch.distributed, e = P * dL/dy with P the whole batch's positions: with DDP's
+        # average of the ranks' gradients, the step of one process on the whole batch.
+        positions = global_positions(y.numel() // y.shape[self.class_dim], y)
+        return _DFAFunction.apply(self, y, positions, *recorded)
 
     def _label(self, i: int) -> str:
         name = self.points[i].name

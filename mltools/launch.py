@@ -18,6 +18,26 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
     Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
     code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
+    from . import distributed
+
+    if distributed.launched():  # torchrun: one run at a time, on every process together
+        if args.slurm or args.jobs > 1 or args.shard:
+            raise UsageError(
+                "under torchrun every process trains the same run: --jobs, --shard and --slurm "
+                "do not apply (docs/paper-study.md)"
+            )
+        args.device = distributed.start(args.device)
+        args.quiet = args.quiet or not distributed.is_main()
+    try:
+        return _execute(specs, args, headline, write_report, report_command)
+    finally:
+        distributed.stop()
+
+
+def _execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:
+    from . import distributed
+
+    say = print if distributed.is_main() else (lambda *_, **__: None)
     if args.tensorboard:
         from .board import require
 
@@ -32,7 +52,8 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
     # data only.
     check_inputs("cpu" if args.slurm else args.device, specs)
     writable_dir(args.out)  # only once the inputs are known good: bad input writes nothing
-    print(f"{headline}, {len(specs)} runs in all", flush=True)
+    world = f", {distributed.world_size()} processes each" if distributed.launched() else ""
+    say(f"{headline}, {len(specs)} runs in all{world}", flush=True)
     if args.slurm:
         jobs, _ = slurm.submit(specs, args, Path(sys.argv[0]).stem or "sweep", report_command)
         if args.slurm == "slurm":
@@ -44,9 +65,11 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
                 select_shard(specs, args.shard), args.device, args.jobs, args.quiet
             )
         except SweepStopped as stop:
-            print(summarize(stop.outcomes), flush=True)
+            say(summarize(stop.outcomes), flush=True)
             raise
-        print(summarize(outcomes), flush=True)
+        say(summarize(outcomes), flush=True)
+    if not distributed.is_main():
+        return 1 if outcomes["failed"] else 0
     try:
         write_or_stop(write_report, Path(args.out))
     except UsageError as err:  # e.g. every run diverged: nothing to tabulate, the runs are kept

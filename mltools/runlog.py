@@ -95,13 +95,17 @@ def write_metrics(path: Path, records: Iterable[dict]) -> None:
 
 
 class RunLog:
-    """Appends timestamped lines to ``log.txt`` (and mirrors them to ``echo`` when given)."""
+    """Appends timestamped lines to ``log.txt`` (and mirrors them to ``echo`` when given);
+    ``enabled=False``: writes nothing (the ranks of a data-parallel run other than 0)."""
 
-    def __init__(self, run_dir: Path, echo=None) -> None:
+    def __init__(self, run_dir: Path, echo=None, enabled: bool = True) -> None:
         self.path = Path(run_dir) / LOG
         self.echo = echo
+        self.enabled = enabled
 
     def write(self, message: str) -> None:
+        if not self.enabled:
+            return
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
         with open(self.path, "a") as f:
             f.write(line + "\n")
@@ -121,6 +125,8 @@ class RunLog:
                 for k in ALIGN_FIELDS + tuple(k for k in OPTIONAL_ALIGN_FIELDS if k in a)
             )
             self.write(f"{head} align point={a['point']} name={json.dumps(a['name'])} {values}")
+        for block, norm in enumerate(record.get("stream_norm", [])):  # Transformers only
+            self.write(f"{head} stream block={block} norm={_fmt(norm)}")
 
 
 def _fmt(x: Any) -> str:
@@ -223,6 +229,12 @@ def parse_log(text: str, source: str = LOG) -> tuple[list[dict], list[str]]:
                     **{k: pairs[k] for k in ALIGN_FIELDS + OPTIONAL_ALIGN_FIELDS if k in pairs},
                 }
             )
+        elif rest.startswith("stream "):
+            stream = epochs.get(epoch, {}).setdefault("stream_norm", [])
+            if epoch not in epochs or pairs.get("block") != len(stream) or "norm" not in pairs:
+                warnings.append(f"{source}:{number}: incomplete stream line skipped")
+                continue
+            stream.append(pairs["norm"])
         elif all(k in pairs for k in EPOCH_FIELDS):
             fields = EPOCH_FIELDS + tuple(k for k in OPTIONAL_EPOCH_FIELDS if k in pairs)
             epochs[epoch] = {"epoch": epoch, **{k: pairs[k] for k in fields}, "alignment": []}

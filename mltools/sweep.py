@@ -117,18 +117,21 @@ def train_locked(
     """Create the run folder, take its lock and train unless another process holds it."""
     import torch
 
+    from . import distributed
     from .device import resolve_device
     from .train import train_run
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    if not runlog.acquire_lock(spec.run_dir):
-        print(
-            f"{spec.label}: busy (another process is training {spec.run_dir}), skipped", flush=True
-        )
+    # Under torchrun the ranks train each run together: rank 0 holds the lock and decides.
+    main = distributed.is_main()
+    locked = runlog.acquire_lock(spec.run_dir) if main else True
+    if not distributed.share(locked):
+        if main:
+            print(f"{spec.label}: busy (another process is training {spec.run_dir}), skipped")
         return "busy"
     try:
-        if plan(spec) == "skip":  # another sweep finished it since this one started
-            return "skipped"
+        if distributed.share(plan(spec) if main else None) == "skip":
+            return "skipped"  # another sweep finished it since this one started
         resolved = resolve_device(device)
         if resolved.index is not None:
             torch.cuda.set_device(resolved)  # else CUDA also opens a context on cuda:0
@@ -136,7 +139,8 @@ def train_locked(
             spec.config, spec.run_dir, resolved, quiet=quiet, bars=bars, on_epoch=on_epoch
         )
     finally:
-        runlog.release_lock(spec.run_dir)
+        if main:
+            runlog.release_lock(spec.run_dir)
 
 
 def devices_for(device: str, jobs: int) -> list[str]:
@@ -168,10 +172,14 @@ def run_sweep(
     Raises SweepStopped once a run failed on a full disk: no further run starts (with ``jobs``,
     the runs already started finish).
     """
+    from . import distributed
+
     outcomes: Counter = Counter()
     todo = []
-    for spec in specs:
-        if plan(spec) == "skip":
+    # Under torchrun every rank trains the same runs: rank 0's plan is everyone's.
+    plans = distributed.share([plan(spec) for spec in specs] if distributed.is_main() else None)
+    for spec, planned in zip(specs, plans):
+        if planned == "skip":
             outcomes["skipped"] += 1
             export_board(spec)
         else:

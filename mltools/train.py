@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import dfatools
 
-from . import models, recipes, runlog
+from . import distributed, models, recipes, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
 from .experiments import BOTTLENECK_POINTS
@@ -265,21 +265,32 @@ def train_epoch(
     cfg: RunConfig,
     order: torch.Generator,
     bar: tqdm,
+    step_model: torch.nn.Module | None = None,
 ) -> tuple[float, float]:
     """One pass over the training set, the schedule stepped after every batch; mean loss and
-    top-1 (percent), one host sync at the end."""
+    top-1 (percent), one host sync at the end.
+
+    ``step_model``: what runs the forward pass, ``model`` itself or, under torchrun, ``model``
+    in ``DistributedDataParallel``: each rank then takes its slice of every batch
+    (:func:`distributed.part`), its loss weighted by its share of the batch's targets so that
+    DDP's average of the ranks' gradients is the gradient of the whole batch's mean loss.
+    """
     model.train()
+    step_model = step_model or model
+    world = distributed.world_size()
     x, y = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     mode = dfatools.backprop(model) if cfg.method == "bp" else contextlib.nullcontext()
     with mode:
-        for idx in iterate_batches(len(y), cfg.batch_size, order, x.device):
-            out = model(x[idx])
+        for batch in iterate_batches(len(y), cfg.batch_size, order, x.device):
+            idx = distributed.part(batch)
+            out = step_model(x[idx])
             loss = dfatools.cross_entropy(out, y[idx])  # every position a sample
             opt.zero_grad(set_to_none=True)
             model.feedback.set_target(y[idx])  # DRTP's learning signal; ignored by other methods
-            loss.backward()
+            share = y[idx].numel() * world / (y[batch].numel())  # 1 in one process
+            (loss * share if share != 1 else loss).backward()
             if cfg.recipe.clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.recipe.clip)
             opt.step()
@@ -287,6 +298,8 @@ def train_epoch(
             loss_sum += loss.detach() * y[idx].numel()
             correct += (out.detach().argmax(-1) == y[idx]).sum()
             bar.update(1)
+    distributed.all_sum(loss_sum)
+    distributed.all_sum(correct)
     return loss_sum.item() / y.numel(), 100.0 * correct.item() / y.numel()
 
 
@@ -384,6 +397,7 @@ def provenance(device: torch.device) -> dict:
         # the thread count is set by OMP_NUM_THREADS.
         "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
+        "world_size": distributed.world_size(),  # processes of a data-parallel run (torchrun)
     }
 
 
@@ -454,12 +468,14 @@ def train_run(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    show = not quiet
-    log = runlog.RunLog(run_dir)
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder and prints
+    show = not quiet and main
+    log = runlog.RunLog(run_dir, enabled=main)
     config = {**asdict(cfg), **provenance(device), "status": "running", "diverged_epoch": None}
     if cfg.arch == "bottleneck":
         config.update(bottleneck_layout(cfg))
-    runlog.write_config(run_dir, config)
+    write_config = runlog.write_config if main else lambda *_: None
+    write_config(run_dir, config)
     try:
         status = _train(
             cfg, run_dir, device, log, show, bars and show and sys.stderr.isatty(), on_epoch
@@ -469,11 +485,12 @@ def train_run(
         raise
     except Exception as err:
         config.update(status="failed", error=f"{type(err).__name__}: {err}")
-        runlog.write_config(run_dir, config)
+        write_config(run_dir, config)
         log.write(f"failed: {type(err).__name__}: {err}")
         raise
     config.update(status=status[0], diverged_epoch=status[1])
-    runlog.write_config(run_dir, config)
+    write_config(run_dir, config)
+    distributed.barrier()  # the status is on disk before any rank plans the next run
     return status[0]
 
 
@@ -495,10 +512,20 @@ class Trainer:
         bars: bool = False,
     ) -> None:
         self.cfg, self.run_dir, self.device, self.log, self.bars = cfg, run_dir, device, log, bars
-        self.say = tqdm.write if show else (lambda line: None)
+        self.main = distributed.is_main()  # writes the run folder (every rank trains)
+        self.say = tqdm.write if show and self.main else (lambda line: None)
         self.data = get_data(cfg, device)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
+        self.step_model = self.model  # under torchrun, in DistributedDataParallel
+        if distributed.launched():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(
+                self.model,
+                device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.method == "shallow",  # its blocks get no gradient
+            )
         check_recipe(cfg)
         self.opt = recipes.make_optimizer(cfg.recipe, self.model, cfg.lr)
         steps = cfg.epochs * math.ceil(len(self.data.y_train) / cfg.batch_size)
@@ -510,7 +537,7 @@ class Trainer:
     def start(self) -> int:
         """The first epoch to run: after the checkpoint's, or 0 (PAI applied when asked)."""
         first = self._start()
-        if self.cfg.tensorboard:
+        if self.cfg.tensorboard and self.main:
             from .board import RunBoard
 
             records, _ = runlog.read_json_lines(self.run_dir / runlog.METRICS)
@@ -533,7 +560,8 @@ class Trainer:
             self.say(
                 f"{cfg.experiment} seed{cfg.seed}: no usable checkpoint, restarting from scratch"
             )
-        runlog.write_metrics(run_dir / runlog.METRICS, [])
+        if self.main:
+            runlog.write_metrics(run_dir / runlog.METRICS, [])
         log.write(
             f"start {cfg.experiment} seed {cfg.seed}: {cfg.method.upper()} {cfg.arch} on "
             f"{cfg.dataset} ({len(data.y_train)} train, {len(data.y_eval)} "
@@ -562,7 +590,7 @@ class Trainer:
                 file=sys.stderr,
             ) as bar:
                 train_loss, train_top1 = train_epoch(
-                    self.model, self.opt, self.sched, data, cfg, self.order, bar
+                    self.model, self.opt, self.sched, data, cfg, self.order, bar, self.step_model
                 )
             if self.plateau is not None and math.isfinite(train_loss):
                 # The training loss, never the evaluated split (the test set in a study).
@@ -572,7 +600,8 @@ class Trainer:
             record.update(
                 eval_loss=None, eval_top1=None, time_s=time.perf_counter() - tic, alignment=[]
             )
-            runlog.append_metrics(self.run_dir, record)
+            if self.main:
+                runlog.append_metrics(self.run_dir, record)
             log.epoch(record, cfg.epochs)
             log.write(f"diverged at epoch {epoch}: training loss is {train_loss}")
             self.say(
@@ -590,24 +619,28 @@ class Trainer:
             record["eval_bpc"] = record["eval_loss"] / math.log(2)
         record["alignment"] = alignment(self.model, data)
         record["time_s"] = time.perf_counter() - tic
-        runlog.append_metrics(self.run_dir, record)
+        if self.main:
+            runlog.append_metrics(self.run_dir, record)
         log.epoch(record, cfg.epochs)
-        if self.board is not None:
-            self.board.add(record)
-        save_checkpoint(
-            self.run_dir,
-            self.model,
-            self.opt,
-            self.sched,
-            self.order,
-            epoch,
-            self.device,
-            self.plateau,
-        )
+        if self.main:
+            if self.board is not None:
+                self.board.add(record)
+            save_checkpoint(
+                self.run_dir,
+                self.model,
+                self.opt,
+                self.sched,
+                self.order,
+                epoch,
+                self.device,
+                self.plateau,
+            )
         self.say(record_line(cfg, record, data.eval_split))
         return record
 
     def finish(self) -> None:
+        if not self.main:
+            return
         write_torch(self.run_dir / runlog.MODEL, self.model.state_dict())
         if self.data.vocab is not None:
             text = sample_text(self.model, self.data, self.cfg.seed)

@@ -368,6 +368,9 @@ def test_the_script_trains_post_norm_dfa_at_the_hidden_state_and_records_the_str
         assert (config["norm"], config["error_at"]) == ("post", "hidden")
         records = [json.loads(line) for line in (run_dir / runlog.METRICS).read_text().splitlines()]
         assert len(records) == 3 and all(len(r["stream_norm"]) == 2 for r in records)
+        rebuilt, warnings = runlog.parse_log((run_dir / runlog.LOG).read_text())
+        assert not warnings  # log.txt alone rebuilds the stream too
+        assert [r["stream_norm"] for r in rebuilt] == [r["stream_norm"] for r in records]
     state = torch.load(root / "dfa" / "seed0" / runlog.MODEL, weights_only=True)
     assert state["feedback.matrix"].shape == (32, 32)  # the hidden width, not the vocabulary
     report = (root / "report.md").read_text(encoding="utf-8")
