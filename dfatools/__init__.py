@@ -7,7 +7,7 @@
 >>> dfatools.measure_alignment(model, x, y)    # the paper's alignment at every point
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from .alignment import Alignment, cross_entropy, measure_alignment
 from .bottleneck import Bottleneck

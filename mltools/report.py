@@ -70,7 +70,8 @@ from .tables import (
 
 
 def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
-    """One PNG: alignment vs epoch at each feedback point, then eval top-1 vs epoch.
+    """One PNG: alignment vs epoch at each feedback point, then eval top-1 vs epoch, then (for
+    Transformers, which record ``stream_norm``) the residual stream after the last block.
 
     ``curves``: experiment -> {"label", "runs", "eval_label", "arch", "alignment"}; mean over
     the done runs, band = sample std over seeds. A curve whose ``alignment`` is False (shallow:
@@ -85,10 +86,15 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
             for a in alignment_of(rec)
         }
     )
-    width = 3.6 * (len(points) + 1)
+    streams = any(
+        rec.get("stream_norm") for c in curves.values() for r in c["runs"] for rec in r.records
+    )
+    panels = len(points) + 1 + streams
+    width = 3.6 * panels
     columns = legend_columns([c["label"] for c in curves.values()], width)
     fig = new_figure(width, 4.2 + legend_height(len(curves), columns))
-    axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    top1_ax = axes[len(points)]
     colors = [f"C{i}" for i in range(10)]
     handles, labels = [], []
     eval_labels = sorted({c["eval_label"] for c in curves.values()})
@@ -103,8 +109,11 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
             ax.fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
             lows.append(float(np.min(m - s)))
         x, m, s = epoch_curve(c["runs"], lambda r: r.get("eval_top1"))
-        (line,) = axes[-1].plot(x, m, **style)
-        axes[-1].fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
+        (line,) = top1_ax.plot(x, m, **style)
+        top1_ax.fill_between(x, m - s, m + s, color=style["color"], alpha=0.18, lw=0)
+        if streams:
+            x, m, _ = epoch_curve(c["runs"], lambda r: (r.get("stream_norm") or [None])[-1])
+            axes[-1].plot(x, m, **style)
         handles.append(line)
         labels.append(c["label"])
         c["lows"] = lows
@@ -116,8 +125,13 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
         alignment_ylim(ax, all_lows)
     if points:
         axes[0].set_ylabel("cos(learning signal, BP gradient)")
-    axes[-1].set_title(" / ".join(eval_labels) + " accuracy")
-    axes[-1].set_ylabel(" / ".join(eval_labels) + " (%)")
+    top1_ax.set_title(" / ".join(eval_labels) + " accuracy")
+    top1_ax.set_ylabel(" / ".join(eval_labels) + " (%)")
+    if streams:
+        axes[-1].set_title("residual stream after the last block")
+        axes[-1].set_ylabel("mean norm per token")
+        if axes[-1].lines:
+            axes[-1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -125,6 +139,18 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
     fig.suptitle(f"{title}: mean over done seeds, band = ± 1 sample std")
     fig.legend(handles, labels, loc="outside lower center", ncol=columns, frameon=False)
     fig.savefig(path, dpi=110)
+
+
+def arch_label(config: dict) -> str:
+    """``Transformer``, or ``Transformer (post-norm, error at hidden)`` where a Transformer's
+    block layout or error site is not the default."""
+    arch = str(config.get("arch"))
+    changed = []
+    if config.get("norm", "pre") != "pre":
+        changed.append(f"{config['norm']}-norm")
+    if config.get("error_at", "logits") != "logits":
+        changed.append(f"error at {config['error_at']}")
+    return ARCH_NAMES.get(arch, arch) + (f" ({', '.join(changed)})" if changed else "")
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -289,7 +315,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
             [
                 row.name,
                 METHOD_NAMES.get(method, method),
-                ARCH_NAMES.get(arch, arch),
+                arch_label(row.config),
                 setting,
                 row.epochs,
                 row.lrs,
