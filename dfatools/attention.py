@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fa import DRAWN, backward_factors, draw, weight_factors
+from .backward_weights import DRAWN, backward_factors, draw, weight_factors
 
 PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 

@@ -11,6 +11,7 @@ from test_dfatools import K, batch, fc_net, feedback_matrices, numpy_fc_forward,
 from torch import nn
 
 import dfatools
+from dfatools.backward_weights import backward_weight
 
 
 def conv_net(seed=0):
@@ -123,7 +124,7 @@ def test_fa_and_sign_on_a_cnn_match_an_independent_autograd_surrogate(method):
     model = dfatools.to_method(net, method, K, seed=2)
     x, y = conv_batch()
     F.cross_entropy(model(x), y).backward()
-    mats = [dfatools.fa.backward_weight(layer).clone() for layer in weight_layers(model)]
+    mats = [backward_weight(layer).clone() for layer in weight_layers(model)]
     surrogate = nn.Sequential(
         *[_Surrogate(m, mats.pop(0)) if isinstance(m, (nn.Linear, nn.Conv2d)) else m for m in net]
     )
@@ -163,7 +164,7 @@ def test_sign_follows_the_current_weights_and_adds_no_buffer():
     with torch.no_grad():
         layer.weight.mul_(-3)
     w = layer.weight.detach()
-    torch.testing.assert_close(dfatools.fa.backward_weight(layer), torch.sign(w) * w.abs().mean())
+    torch.testing.assert_close(backward_weight(layer), torch.sign(w) * w.abs().mean())
 
 
 def test_backprop_mode_and_exact_layers_give_bp_gradients():
@@ -341,7 +342,7 @@ def test_alignment_of_each_method_matches_hand_computation(method):
         slices, _ = feedback_matrices("shared", True, [7, 5], seed=6)
         sig1, sig2 = -np.eye(K)[y.numpy()] @ slices[0], -np.eye(K)[y.numpy()] @ slices[1]
     else:
-        mats = [dfatools.fa.backward_weight(m).double().numpy() for m in weight_layers(model)]
+        mats = [backward_weight(m).double().numpy() for m in weight_layers(model)]
         sig2 = e @ mats[2]
         sig1 = (sig2 * (1 - h2**2)) @ mats[1]
     for a, true, sig, below in zip(result, (true1, true2), (sig1, sig2), (xs, h1)):
