@@ -9,7 +9,8 @@
 
 Rows are repeated interleaved and the medians reported, with each row's ratio to row 1.
 
-    python benchmarks/epoch_time.py --device cpu
+    python benchmarks/epoch_time.py --device cpu                  # 5,000 samples: minutes
+    python benchmarks/epoch_time.py --device cpu --samples 50000  # a CIFAR-10 epoch, the tables'
 """
 
 from __future__ import annotations
@@ -195,7 +196,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--epochs", type=int, default=3, help="interleaved repeats of each row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each row first")
-    parser.add_argument("--samples", type=int, default=50000, help="training samples per epoch")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=5000,
+        help="training samples per epoch (default 5000, about 5 minutes on 2 CPU cores for both "
+        "networks; 50000: a CIFAR-10 epoch, as docs/performance.md's tables)",
+    )
     parser.add_argument(
         "--eval-samples",
         type=int,

@@ -54,7 +54,7 @@ if [ "$SMALL" = 1 ]; then
 else
   SIZES=(--epochs 2)
   DFA_STEP=()
-  EPOCH_TIME=(--epochs 2)
+  EPOCH_TIME=(--samples 50000 --epochs 2)
   SCALE=1 BUDGET=480  # the 8 minutes on one GPU
 fi
 SLICE=("$PY" best_practices.py --preset paper --dataset synthetic --experiments fc-tanh conv-tanh
