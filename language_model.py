@@ -73,6 +73,8 @@ def main() -> int:
     from mltools import launch, sweep
     from mltools.train import RunConfig
 
+    if args.error_at == "hidden" and "drtp" in args.methods:
+        raise cli.UsageError("drtp projects the class targets: it takes no --error-at hidden")
     preset = LM_PRESETS[settings["preset"]]
     choices = cli.sweep_choices(args, preset, settings)
     given = {"context": args.context, "lm_width": args.width, "lm_depth": args.depth}

@@ -34,24 +34,21 @@ POSITION_MODES = ("flat", "shared")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)  # dfatools.Bottleneck is an nn.Linear
 
 
-def data_parallel() -> tuple[int, bool]:
-    """``(world size, whether it counts)``: the ranks of the initialized ``torch.distributed``
-    process group, ``(1, False)`` without one."""
+def world_size() -> int:
+    """The ranks of the initialized ``torch.distributed`` process group, 1 without one."""
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_world_size(), True
-    return 1, False
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def global_positions(local: int, like: torch.Tensor) -> int:
+def global_positions(local: int, like: torch.Tensor) -> int | torch.Tensor:
     """The number of positions of the whole data-parallel batch: ``local`` summed over the
-    ranks of the process group (one all-reduce of one number), ``local`` without one."""
-    _, parallel = data_parallel()
-    if not parallel:
+    ranks of the process group by one all-reduce, kept on ``like``'s device (no host sync);
+    ``local`` itself in one process."""
+    if world_size() == 1:
         return local
-    count = torch.tensor([local], dtype=torch.int64, device=like.device)
+    count = torch.tensor(local, dtype=torch.int64, device=like.device)  # exact at any size
     torch.distributed.all_reduce(count)
-    return int(count.item())
+    return count
 
 
 class FeedbackPoint(nn.Module):
@@ -99,7 +96,7 @@ class _DFAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, node: DFA, y: torch.Tensor, positions: int, *hidden: torch.Tensor
+        ctx, node: DFA, y: torch.Tensor, positions: int | torch.Tensor, *hidden: torch.Tensor
     ) -> torch.Tensor:
         ctx.node = node
         ctx.positions = positions  # of the whole batch, every data-parallel rank's
@@ -151,11 +148,15 @@ class DFA(nn.Module):
             (one ``(K, d_l)`` matrix per point).
         error: ``"sum"`` feeds back ``e = P * dL/dy`` (``P``: the number of positions, ``N``
             for an ``(N, K)`` output; softmax minus one-hot per position for a mean
-            cross-entropy), ``"mean"`` feeds back ``dL/dy``. Under ``torch.distributed``
-            (``DistributedDataParallel``, one slice of the batch per rank), ``P`` counts the
-            positions of every rank (one all-reduce per step) and DRTP's target signal is
-            scaled to match, so that DDP's average of the ranks' gradients is the step of one
-            process on the whole batch for every method.
+            cross-entropy), ``"mean"`` feeds back ``dL/dy``.
+        data_parallel: the model trains under ``DistributedDataParallel``, each rank on a
+            slice of the batch. Then ``P`` counts the positions of every rank (one all-reduce
+            of one number per training step, on every rank) and DRTP's target signal is scaled
+            to match, so that DDP's average of the ranks' gradients is the step of one process
+            on the whole batch, for every method: exactly when the slices are of one size, or
+            when each rank's mean loss is weighted by its share, ``P_r * world / P``. None
+            (default): whenever a ``torch.distributed`` process group is initialized; give
+            False for models that are not trained data-parallel (one model per rank).
         seed: seed of the ``torch.Generator`` that draws the matrices (never the global RNG).
         signal: what is projected onto the points. ``"error"`` (DFA, default): ``e``.
             ``"target"`` (DRTP, Frenkel et al. 2021): ``-onehot(target)`` in place of ``e``, see
@@ -180,6 +181,7 @@ class DFA(nn.Module):
         positions: str = "flat",
         output: OutputSpec = None,
         error_at: str | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         super().__init__()
         points = list(points)
@@ -219,11 +221,21 @@ class DFA(nn.Module):
         self.positions = positions
         self.output = output
         self.error_at = error_at
+        # None: whenever a torch.distributed process group is initialized (read at each step).
+        self._data_parallel = data_parallel
         self.site_calls = 0  # passes of the error_at site in this forward (placement hooks)
         self.dfa_enabled = True
         self._target: torch.Tensor | None = None
         for name in self._matrix_names():
             self.register_buffer(name, None)  # sized at the first forward pass
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether the signals are those of a DDP step on the whole batch of every rank: the
+        ``data_parallel`` given, or (None) whether a process group is initialized."""
+        if self._data_parallel is None:
+            return world_size() > 1
+        return self._data_parallel
 
     # -- matrices ------------------------------------------------------------------------------
     def _matrix_names(self) -> list[str]:
@@ -332,7 +344,9 @@ class DFA(nn.Module):
         return s.reshape(*lead, f, *(1 for _ in rest[1:])).expand(shape)  # (C, H, W, ...)
 
     # -- signals -------------------------------------------------------------------------------
-    def error_from_grad(self, grad_y: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+    def error_from_grad(
+        self, grad_y: torch.Tensor, positions: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``e`` from ``dL/dy``, both of ``y``'s shape (DESIGN.md 2, 9 and 11). ``positions``:
         ``P``, by default ``y``'s own; in training, the whole data-parallel batch's."""
         if positions is None:
@@ -344,7 +358,7 @@ class DFA(nn.Module):
         grad_y: torch.Tensor,
         target: torch.Tensor | None,
         shapes: Sequence[torch.Size],
-        positions: int | None = None,
+        positions: int | torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """What this node sends to points of these shapes ``(N, *)``: DFA signals from
         ``dL/dy`` (``y``'s shape), DRTP signals from the class targets ``(N, *)``, or zeros
@@ -365,7 +379,10 @@ class DFA(nn.Module):
         return self._spread(lambda M: flat @ M, shapes, error.dim())
 
     def target_signals(
-        self, target: torch.Tensor, shapes: Sequence[torch.Size], positions: int | None = None
+        self,
+        target: torch.Tensor,
+        shapes: Sequence[torch.Size],
+        positions: int | torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """DRTP signals, each of shape ``shapes[l]`` ``(N, *, ...)``, from class targets
         ``(N, *)`` (one per position).
@@ -383,7 +400,7 @@ class DFA(nn.Module):
         flat = target.reshape(-1)
         # DDP averages the ranks' gradients: the world size undoes it ("sum"), and "mean" divides
         # by the whole batch's positions. One process: world 1, positions its own.
-        world, _ = data_parallel()
+        world = world_size() if self.data_parallel else 1
         total = flat.shape[0] if positions is None else positions
         scale = -1.0 * world if self.error == "sum" else -1.0 * world / total
         return self._spread(lambda M: M.index_select(0, flat) * scale, shapes, target.dim() + 1)
@@ -482,7 +499,9 @@ class DFA(nn.Module):
         self.prepare([h.shape for h in recorded], y)
         # Under torch.distributed, e = P * dL/dy with P the whole batch's positions: with DDP's
         # average of the ranks' gradients, the step of one process on the whole batch.
-        positions = global_positions(y.numel() // y.shape[self.class_dim], y)
+        positions: int | torch.Tensor = y.numel() // y.shape[self.class_dim]
+        if self.data_parallel:
+            positions = global_positions(y.numel() // y.shape[self.class_dim], y)
         return _DFAFunction.apply(self, y, positions, *recorded)
 
     def _label(self, i: int) -> str:

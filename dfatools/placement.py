@@ -101,7 +101,8 @@ class _SiteCheck:
         self.node = node
 
     def __call__(self, module: nn.Module, args: tuple, output) -> None:
-        if not self.node.site_calls:
+        ran, self.node.site_calls = self.node.site_calls, 0  # a module called alone later is free
+        if not ran:
             for p in self.node.points:
                 p.clear()
             raise RuntimeError(
@@ -205,6 +206,12 @@ def attach(
         raise ValueError(
             f"{type(model).__name__} already has an attribute {NODE_NAME!r} (a converted "
             "model?); dfatools adds its DFA node under that name"
+        )
+    if error_at is not None and type(model).forward is nn.Sequential.forward:
+        raise ValueError(
+            "error_at needs a model with a forward of its own: an nn.Sequential would run the "
+            "DFA node, added as its last module, on its output too; put the layers after the "
+            "error site in a module that calls the Sequential"
         )
     model = copy.deepcopy(model)
     chosen = resolve_points(model, points)

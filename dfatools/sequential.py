@@ -77,6 +77,7 @@ def to_dfa(
     class_dim: int = -1,
     positions: str | None = None,
     error_at: str | None = None,
+    data_parallel: bool | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` trained by DFA (the given model is left untouched).
 
@@ -125,6 +126,9 @@ def to_dfa(
 
     >>> model = dfatools.to_dfa(gpt, 128, points=[Block], error_at="norm")  # z: (N, T, 128)
 
+    ``data_parallel``: see :class:`DFA`; by default on whenever a ``torch.distributed`` process
+    group is initialized (``DistributedDataParallel``, each rank a slice of every batch).
+
     See :class:`DFA` for ``normalize``, ``feedback``, ``error``, ``seed``, ``signal``
     (``"target"``: DRTP, ``"none"``: shallow training), ``output``, ``class_dim`` and
     ``positions``.
@@ -135,7 +139,12 @@ def to_dfa(
     >>> F.cross_entropy(model(x), y).backward()
     """
     options: dict[str, Any] = dict(
-        normalize=normalize, feedback=feedback, error=error, seed=seed, signal=signal
+        normalize=normalize,
+        feedback=feedback,
+        error=error,
+        seed=seed,
+        signal=signal,
+        data_parallel=data_parallel,
     )
     if positions is None:
         positions = "flat" if points is None else "shared"

@@ -40,11 +40,12 @@ def is_main() -> bool:
 def start(device: str) -> str:
     """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and return this rank's
     device: ``cuda:LOCAL_RANK`` when ``device`` is ``auto`` or ``cuda`` and CUDA is there, else
-    ``device`` as given. Without torchrun, ``device`` unchanged."""
+    ``device`` as given (``cuda:N`` too: each process takes its own). Without torchrun,
+    ``device`` unchanged."""
     if not launched():
         return device
-    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-    if cuda:
+    cuda = (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available()
+    if cuda:  # one device per process, whatever index was named
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     elif device == "auto":
         device = "cpu"

@@ -1,4 +1,5 @@
-"""How large a trained character LM's residual stream grows, block by block.
+"""How large a Transformer's residual stream grows, block by block: recorded every epoch
+(:class:`StreamNorm`, ``stream_norm`` in metrics.jsonl) and measured on trained runs.
 
 A pre-norm GPT (:class:`mltools.models.CharGPT`) ends with a LayerNorm, so its loss does not
 depend on the scale of the last residual stream ``x_L`` (the sum of the embedding and every
@@ -19,8 +20,44 @@ import torch
 from . import runlog
 from .cli import ArgumentParser, positive_int
 from .data import DataError
-from .models import CharGPT
+from .models import CharGPT, residual_blocks
 from .text import load_text
+
+
+class StreamNorm:
+    """The residual stream after each Transformer block of ``model`` (``stream_norm``, DESIGN.md
+    14): within ``with``, every forward pass adds each block output's per-token Euclidean norms;
+    :meth:`values` gives their mean, one value per block (``[]`` for other networks)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.blocks = residual_blocks(model)
+        self.sums: list[torch.Tensor] = []
+        self.tokens = 0
+        self._handles: list = []
+
+    def _hook(self, i: int):
+        def hook(module, args, output) -> None:
+            h = output[0] if isinstance(output, tuple) else output
+            norms = h.detach().norm(dim=-1)  # (N, T): one per token
+            # On the outputs' device: no host sync per batch.
+            self.sums[i] = self.sums[i].to(norms.device) + norms.sum()
+            if i == 0:
+                self.tokens += norms.numel()
+
+        return hook
+
+    def __enter__(self) -> StreamNorm:
+        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+        self.sums = [torch.zeros(()) for _ in self.blocks]  # moved to the outputs' device
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def values(self) -> list[float]:
+        """The mean norm per token after each block, over every pass so far (one host sync)."""
+        return [float(s) / self.tokens for s in self.sums] if self.tokens else []
 
 
 @torch.no_grad()

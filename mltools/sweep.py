@@ -101,6 +101,10 @@ def run_one(
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one broken run must not stop a sweep of hundreds
+        from . import distributed
+
+        if distributed.launched():
+            raise  # under torchrun: the ranks' collectives would no longer match; torchrun stops
         print(
             f"{spec.label}: failed: {type(err).__name__}: {err} (see {spec.run_dir / runlog.LOG})",
             flush=True,
@@ -181,7 +185,8 @@ def run_sweep(
     for spec, planned in zip(specs, plans):
         if planned == "skip":
             outcomes["skipped"] += 1
-            export_board(spec)
+            if distributed.is_main():
+                export_board(spec)
         else:
             todo.append(spec)
     if specs and not quiet:
@@ -400,6 +405,7 @@ def run_parallel(
 def check_inputs(device: str, specs: list[RunSpec]) -> None:
     """Fail early, with one line, on a device, dataset (the first run's) or recipe the runs
     could not use."""
+    from . import distributed
     from .data import DataError
     from .device import resolve_device
     from .train import check_recipe, get_data
@@ -408,7 +414,12 @@ def check_inputs(device: str, specs: list[RunSpec]) -> None:
         for spec in specs:
             check_recipe(spec.config)
         resolved = resolve_device(device)
-        get_data(specs[0].config, resolved)
+        # Under torchrun, rank 0 downloads (--download) before the others read.
+        if distributed.is_main():
+            get_data(specs[0].config, resolved)
+        distributed.barrier()
+        if not distributed.is_main():
+            get_data(specs[0].config, resolved)
     except (ValueError, DataError) as err:
         raise UsageError(str(err)) from None
 

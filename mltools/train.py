@@ -31,6 +31,7 @@ from . import distributed, models, recipes, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
 from .data import Dataset, iterate_batches, load_dataset
 from .experiments import BOTTLENECK_POINTS
+from .stream import StreamNorm
 from .text import TEXT_DATASETS, load_text
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
@@ -208,38 +209,16 @@ def check_recipe(cfg: RunConfig) -> None:
         )
 
 
-class StreamNorm:
-    """The residual stream after each Transformer block of ``model`` (``stream_norm``, DESIGN.md
-    14): within ``with``, every forward pass adds each block output's per-token Euclidean norms;
-    :meth:`values` gives their mean, one value per block (``[]`` for other networks)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.blocks = models.residual_blocks(model)
-        self.sums: list[torch.Tensor | float] = []
-        self.tokens = 0
-        self._handles: list = []
-
-    def _hook(self, i: int):
-        def hook(module, args, output) -> None:
-            h = output[0] if isinstance(output, tuple) else output
-            norms = h.detach().norm(dim=-1)  # (N, T): one per token
-            self.sums[i] = self.sums[i] + norms.sum()  # on the device: no sync per batch
-            if i == 0:
-                self.tokens += norms.numel()
-
-        return hook
-
-    def __enter__(self) -> StreamNorm:
-        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
-        self.sums = [0.0 for _ in self.blocks]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def values(self) -> list[float]:
-        return [float(s) / self.tokens for s in self.sums] if self.tokens else []
+def check_slices(samples: int, batch_size: int, world: int) -> None:
+    """ValueError when a batch, the last one included, has fewer samples than the ``world``
+    data-parallel ranks that share it: a rank would get an empty slice."""
+    last = samples % batch_size or batch_size
+    if min(batch_size, last) < world:
+        raise ValueError(
+            f"{samples} training samples in batches of {batch_size} leave a batch of "
+            f"{min(batch_size, last)}, fewer than the {world} processes that share each batch; "
+            "change --batch-size or --train-samples"
+        )
 
 
 @torch.no_grad()
@@ -519,6 +498,7 @@ class Trainer:
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(device)
         self.step_model = self.model  # under torchrun, in DistributedDataParallel
         if distributed.launched():
+            check_slices(len(self.data.y_train), cfg.batch_size, distributed.world_size())
             from torch.nn.parallel import DistributedDataParallel
 
             self.step_model = DistributedDataParallel(
@@ -549,9 +529,10 @@ class Trainer:
         state = load_checkpoint(run_dir, self.device, log, trust=cfg.trust_checkpoints)
         if state is not None:
             restore(state, self.model, self.opt, self.sched, self.order, self.device, self.plateau)
-            runlog.write_metrics(
-                run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log)
-            )
+            if self.main:
+                runlog.write_metrics(
+                    run_dir / runlog.METRICS, kept_records(run_dir, state["epoch"], log)
+                )
             log.write(f"resumed from the checkpoint of epoch {state['epoch']}")
             self.say(f"{cfg.experiment} seed{cfg.seed}: resumed after epoch {state['epoch']}")
             return state["epoch"] + 1

@@ -23,16 +23,17 @@ import dfatools
 from mltools import models
 
 WORLD = 2
-BATCH = 8  # 4 per rank
-LAYOUTS = ("fc", "gpt", "gpt-hidden")
+BATCH = 7  # slices of 3 and 4: each rank's mean loss weighted by its share
+LAYOUTS = ("fc", "fc-mean", "gpt", "gpt-hidden")  # fc-mean: error="mean"
 
 
 def build(layout: str, method: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The converted model and a batch ``(x, y)``, the same in every process (seeded)."""
     torch.manual_seed(0)
-    if layout == "fc":
+    if layout.startswith("fc"):
         net = models.fc((6,), 5, width=16, depth=2)
-        model = dfatools.to_method(net, method, 5, seed=3)
+        error = "mean" if layout == "fc-mean" else "sum"
+        model = dfatools.to_method(net, method, 5, seed=3, error=error)
         return model, torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
     net = models.CharGPT(7, 6, 16, 2)
     site = {"error_at": "norm"} if layout == "gpt-hidden" and method != "drtp" else {}
@@ -41,15 +42,18 @@ def build(layout: str, method: str) -> tuple[torch.nn.Module, torch.Tensor, torc
     return model, torch.randint(0, 7, (BATCH, 6)), torch.randint(0, 7, (BATCH, 6))
 
 
-def step_gradients(model: torch.nn.Module, x, y, method: str, wrap=None) -> dict:
-    """The gradients of one step of ``method`` on ``(x, y)``, by name (None where none)."""
+def step_gradients(
+    model: torch.nn.Module, x, y, method: str, wrap=None, share: float = 1.0
+) -> dict:
+    """The gradients of one step of ``method`` on ``(x, y)``, by name (None where none), the
+    mean loss weighted by ``share`` (a rank's part of the batch times the world size)."""
     node = dfatools.find_dfa(model)
     run = wrap(model) if wrap is not None else model
     mode = dfatools.backprop(model) if method == "bp" else torch.enable_grad()
     with mode:
         out = run(x)
         node.set_target(y)
-        dfatools.cross_entropy(out, y).backward()
+        (dfatools.cross_entropy(out, y) * share).backward()
     return {n: p.grad for n, p in model.named_parameters()}
 
 
@@ -64,8 +68,9 @@ def worker(rank: int, folder: str) -> None:
             for method in dfatools.METHODS:
                 model, x, y = build(layout, method)
                 part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+                share = y[part].numel() * WORLD / y.numel()  # as mltools.train weighs it
                 ddp = lambda m: DistributedDataParallel(m, find_unused_parameters=True)  # noqa: E731
-                grads = step_gradients(model, x[part], y[part], method, wrap=ddp)
+                grads = step_gradients(model, x[part], y[part], method, wrap=ddp, share=share)
                 node = dfatools.find_dfa(model)
                 matrices = node.matrices if node.materialized else []
                 found[f"{layout}/{method}"] = {"grads": grads, "matrices": matrices}

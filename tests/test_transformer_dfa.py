@@ -18,7 +18,8 @@ from torch import nn
 import dfatools
 from mltools import effects, models, recipes, runlog
 from mltools.runlog import Run
-from mltools.train import RunConfig, StreamNorm, Trainer, build_model, train_run
+from mltools.stream import StreamNorm
+from mltools.train import RunConfig, Trainer, build_model, check_slices, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -170,6 +171,45 @@ def test_alignment_and_pai_take_the_true_gradient_at_the_error_site():
     dfatools.prealign(model, tokens, target)  # no Linear reads a block directly: left as is
 
 
+class Tower(nn.Module):
+    """A Linear layer reads the point ``act1`` directly (PAI can solve it); ``act2`` is the
+    error site; the head sits on top: ``(N, 6)`` in, ``(N, 5)`` out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(6, 12), nn.Tanh()
+        self.fc2, self.act2 = nn.Linear(12, 12), nn.Tanh()
+        self.head = nn.Linear(12, 5)
+
+    def trunk(self, x):
+        return self.act2(self.fc2(self.act1(self.fc1(x))))
+
+    def forward(self, x):
+        return self.head(self.trunk(x))
+
+
+class TowerTrunk(nn.Module):
+    """Tower up to its error site, its layers under the same names."""
+
+    def __init__(self, tower: Tower) -> None:
+        super().__init__()
+        self.fc1, self.act1, self.fc2, self.act2 = tower.fc1, tower.act1, tower.fc2, tower.act2
+
+    def forward(self, x):
+        return self.act2(self.fc2(self.act1(self.fc1(x))))
+
+
+def test_pai_at_an_error_site_is_pai_of_the_sub_model_with_the_rest_on_top():
+    torch.manual_seed(0)
+    tower = Tower()
+    x, y = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    model = dfatools.prealign(dfatools.to_dfa(tower, 12, points=["act1"], error_at="act2"), x, y)
+    trunk = dfatools.to_dfa(TowerTrunk(tower), 12, points=["act1"])
+    dfatools.prealign(trunk, x, y, loss_fn=lambda z, t: F.cross_entropy(tower.head(z), t))
+    torch.testing.assert_close(model.fc2.weight, trunk.fc2.weight)
+    assert not torch.allclose(model.fc2.weight, tower.fc2.weight)  # PAI did solve it
+
+
 def test_error_at_refuses_what_it_cannot_be():
     net = models.CharGPT(7, 6, 16, 2)
     x = torch.randint(0, 7, (2, 6))
@@ -177,8 +217,11 @@ def test_error_at_refuses_what_it_cannot_be():
         dfatools.to_dfa(net, 16, points=[models.Block], error_at="nrom")
     with pytest.raises(ValueError, match="inside the feedback point"):
         dfatools.to_dfa(net, 16, points=[models.Block], error_at="blocks.1.mlp")
+    chain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="points="):
-        dfatools.to_dfa(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), 4, error_at="1")
+        dfatools.to_dfa(chain, 4, error_at="3")
+    with pytest.raises(ValueError, match="forward of its own"):
+        dfatools.to_dfa(chain, 4, points=["1"], error_at="3")
     with pytest.raises(ValueError, match="DRTP"):
         dfatools.to_method(net, "drtp", 16, points=[models.Block], error_at="norm")
     with pytest.raises(RuntimeError, match="did not run"):
@@ -188,6 +231,9 @@ def test_error_at_refuses_what_it_cannot_be():
         late(x)  # training: the node finds the point not yet run
     with pytest.raises(RuntimeError, match="ran after the error site"), torch.no_grad():
         late(x)  # evaluation too, where points are identities
+    fine = dfatools.to_dfa(net, 16, points=[models.Block], error_at="norm")
+    fine(x)
+    fine.blocks[0](fine.embed(x), fine.mask)  # a block called alone after a pass: no error
 
     class Twice(nn.Module):
         def __init__(self):
@@ -209,7 +255,9 @@ def test_every_method_takes_error_at(method):
     tokens, target = torch.randint(0, 7, (2, 6)), torch.randint(0, 7, (2, 6))
     with dfatools.backprop(model) if method == "bp" else torch.enable_grad():
         dfatools.cross_entropy(model(tokens), target).backward()
-    assert net.head.weight.grad is None and model.head.weight.grad is not None
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    learned = model.blocks[0].mlp[0].weight.grad
+    assert (learned is None) == (method == "shallow")  # shallow: the blocks get nothing
     assert len(dfatools.measure_alignment(model, tokens, target)) == 2
 
 
@@ -336,6 +384,14 @@ def test_bad_knobs_on_the_command_line_exit_2_before_training(tmp_path, flags):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_data_parallel_batch_must_leave_every_rank_a_sample():
+    check_slices(100, 32, 2)  # the last batch of 4: 2 each
+    with pytest.raises(ValueError, match="batch of 1, fewer than the 2 processes"):
+        check_slices(97, 32, 2)
+    with pytest.raises(ValueError, match="fewer than the 8"):
+        check_slices(64, 4, 8)
+
+
 def test_norm_and_error_at_are_refused_outside_the_transformers(tmp_path):
     out = script(
         "best_practices.py",
@@ -350,6 +406,10 @@ def test_norm_and_error_at_are_refused_outside_the_transformers(tmp_path):
     assert out.returncode == 2 and "transformer" in out.stderr
     with pytest.raises(ValueError, match="Transformers"):
         build_model(RunConfig(arch="fc", norm="post"), (4,), 3)
+    (tmp_path / "t.txt").write_text(VERSE * 20, encoding="utf-8")
+    drtp = script("language_model.py", "--text", "t.txt", "--methods", "drtp", "--error-at",
+                  "hidden", "--out", "d", cwd=tmp_path)  # fmt: skip
+    assert drtp.returncode == 2 and "drtp" in drtp.stderr and not (tmp_path / "d").exists()
 
 
 def test_the_script_trains_post_norm_dfa_at_the_hidden_state_and_records_the_stream(tmp_path):
