@@ -54,7 +54,7 @@ def parse_args():
 
 
 def list_experiments() -> None:
-    from mltools.train import ARCHS, RunConfig
+    from mltools.config import ARCHS, RunConfig
 
     base = RunConfig()
     print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
@@ -112,7 +112,7 @@ def main() -> int:
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     choices = cli.sweep_choices(args, BEST_PRACTICES_PRESETS[settings["preset"]], settings)
     from mltools import launch, sweep
-    from mltools.train import RunConfig
+    from mltools.config import RunConfig
 
     names = chosen_experiments(args, list(choices) or DEFAULT_EXPERIMENTS)
     blocks = cli.transformer_options(args)  # --norm, --error-at: the transformer-* experiments'

@@ -84,7 +84,7 @@ def main() -> int:
     out = Path(args.out)
     from mltools import launch, sweep
     from mltools.bottleneck_report import cell_name, write_bottleneck_report
-    from mltools.train import RunConfig
+    from mltools.config import RunConfig
 
     settings["recipe"] = cli.recipe_for(settings, args, "bottleneck")
     shared = sweep.shared_settings(settings, args)

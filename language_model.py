@@ -71,7 +71,7 @@ def main() -> int:
     if settings["dataset"] == "text" and not args.text:
         raise cli.UsageError("the text preset reads a file: give --text PATH")
     from mltools import launch, sweep
-    from mltools.train import RunConfig
+    from mltools.config import RunConfig
 
     if args.error_at == "hidden" and "drtp" in args.methods:
         raise cli.UsageError("drtp projects the class targets: it takes no --error-at hidden")

@@ -22,9 +22,9 @@ from typing import Callable
 
 from . import runlog, stopping
 from .cli import DiskFull, UsageError, disk_full
+from .config import RunConfig
 from .progress import SweepProgress
 from .recipes import recipe_of
-from .train import RunConfig
 
 
 @dataclass
