@@ -151,9 +151,22 @@ def bash_flags(script: Path) -> set[str]:
     return {flag for p in patterns for flag in p.split("|") if flag.startswith("-")}
 
 
+LAUNCHERS = {"srun", "torchrun"}  # start a script of ours: its own arguments are checked
+
+
+def launched_script(words: tuple[str, ...]) -> tuple[str, ...]:
+    """``python script.py ARGS`` for a command that starts it through launchers
+    (``srun torchrun --nproc_per_node 4 script.py ARGS``); the command itself otherwise."""
+    if words[0] not in LAUNCHERS:
+        return words
+    script = next((i for i, w in enumerate(words) if w.endswith(".py")), None)
+    assert script is not None, "a launcher that starts no script of ours"
+    return ("python", *words[script:])
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_command_runs_as_written(command: Command, monkeypatch, capsys) -> None:
-    program, *args = command.words
+    program, *args = launched_script(command.words)
     if program in EXTERNAL:
         if program == "pip" and "-r" in args:
             assert (ROOT / args[args.index("-r") + 1]).is_file(), "no such requirements file"
