@@ -12,6 +12,9 @@
 #   final     per layout: BP, FA, shallow and DFA in its best configuration on val, 3 seeds on
 #             every window of the test plays
 #   publish   reports, grids and runs to docs/results/shakespeare-layouts
+#   snapshot  (not run by default) the finished runs alone, config.json and metrics.jsonl, to
+#             docs/results/shakespeare-layouts: a study stopped half-way and committed goes on
+#             from there in another checkout, whose first step copies them back
 #
 # Every rate by the steady rule on the val plays (mean val top-1 per character over the last 3
 # epochs of seeds 0 and 1; python -m mltools.lr_grid --per-method), 10 epochs, on a half-decade
@@ -72,6 +75,13 @@ print(max(cells, key=lambda c: (score[c], -cells.index(c))))
 PY
 }
 mkdir -p "$WORK/choices"
+# Runs finished in another checkout and committed (snapshot, publish): skipped, not trained again.
+for part in grid final; do
+  if [ -d "$PUBLISHED/$part" ]; then
+    mkdir -p "$WORK/$part"
+    cp -rn "$PUBLISHED/$part/." "$WORK/$part/"
+  fi
+done
 # The pre-norm baselines: the published study's grid and final runs (config.json and
 # metrics.jsonl: a finished run is skipped, never trained again).
 if [ ! -d "$WORK/grid/pre-base" ]; then
@@ -124,6 +134,22 @@ PY
     python language_model.py --preset shakespeare-study --choices "$WORK/choices/final-$layout.json" \
       --methods dfa $(flags_of "$chosen") --out "$WORK/final/$layout" --quiet --jobs 2 </dev/null
   done
+fi
+if wanted snapshot; then
+  step "snapshot"
+  for config in "$WORK"/grid/*/lr*/language_model/*/seed*/config.json \
+    "$WORK"/final/*/language_model/*/seed*/config.json; do
+    [ -f "$config" ] || continue
+    run=$(dirname "$config")
+    [[ $run == "$WORK"/grid/pre-base/* ]] && continue  # published in docs/results/shakespeare
+    grep -q '"status": "done"' "$config" || continue
+    target="$PUBLISHED/${run#"$WORK"/}"
+    mkdir -p "$target"
+    cp "$run/config.json" "$run/metrics.jsonl" "$target/"
+    [ -f "$run/samples.txt" ] && cp "$run/samples.txt" "$target/"
+  done
+  mkdir -p "$PUBLISHED/choices"
+  cp "$WORK"/choices/*.json "$PUBLISHED/choices/"
 fi
 if wanted publish; then
   step "publish"
