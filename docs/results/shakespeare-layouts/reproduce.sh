@@ -6,7 +6,8 @@
 #   ablation  DFA, macro points, AdamW (the study's recipe), {pre, post} x {logits, hidden}
 #   baselines BP, FA and shallow (untrained blocks) for both layouts, AdamW. The pre-norm ones
 #             are the published Shakespeare study's (docs/results/shakespeare: the same model,
-#             data, recipe, rule and code), copied in rather than trained again
+#             data, recipe, rule and code), copied in rather than trained again, and so are
+#             its DFA grid runs, the pre-logits cell from 3e-4 up
 #   variants  the best of the four ablation cells again with adam2020 (Adam, clip 0.5,
 #             ReduceLROnPlateau) and with micro points
 #   final     per layout: BP, FA, shallow and DFA in its best configuration on val, 3 seeds on
@@ -92,6 +93,13 @@ if [ ! -d "$WORK/grid/pre-base" ]; then
   done
   python -m mltools.lr_grid "$WORK/grid/pre-base" --per-method \
     --choices "$WORK/choices/pre-base.json" >/dev/null
+  # The pre-logits cell is the published DFA grid (3e-4 to 1e-2) with the rates below it.
+  for folder in docs/results/shakespeare/lr-grid/lr*; do
+    if [ -d "$folder/language_model/dfa" ]; then
+      mkdir -p "$WORK/grid/pre-logits/$(basename "$folder")/language_model"
+      cp -rn "$folder/language_model/dfa" "$WORK/grid/pre-logits/$(basename "$folder")/language_model/"
+    fi
+  done
 fi
 if wanted ablation; then
   step "ablation"
