@@ -159,7 +159,7 @@ def text_dir(tmp_path_factory) -> Path:
 def test_two_processes_train_one_run_folder_with_the_metrics_of_one(text_dir):
     """Every method's metrics within 1e-5 (relative) of one process's: the sums of the ranks'
     gradients differ from one process's sum only by the order of float additions."""
-    methods = ["dfa", "bp", "drtp", "shallow", "fa"]
+    methods = ["dfa", "drtp", "bp"]  # the scaled signals, and the reference (the rest: above)
     one = language_model(text_dir, "--methods", *methods, "--epochs", "2", "--out", "one")
     assert one.returncode == 0, one.stderr
     two = language_model(
@@ -179,8 +179,8 @@ def test_two_processes_train_one_run_folder_with_the_metrics_of_one(text_dir):
 
 
 def test_a_killed_torchrun_job_resumes_to_the_metrics_of_an_uninterrupted_one(text_dir):
-    (text_dir / "long.txt").write_text(VERSE * 1500, encoding="utf-8")  # epochs of seconds
-    args = ["--methods", "dfa", "--epochs", "4", "--recipe", "adam2020", "--plateau"]
+    (text_dir / "long.txt").write_text(VERSE * 1000, encoding="utf-8")  # epochs of seconds
+    args = ["--methods", "dfa", "--epochs", "3", "--recipe", "adam2020", "--plateau"]
     args += ["--text", "long.txt"]
     whole = language_model(text_dir, *args, "--out", "whole", processes=2)
     assert whole.returncode == 0, whole.stderr
@@ -198,7 +198,7 @@ def test_a_killed_torchrun_job_resumes_to_the_metrics_of_an_uninterrupted_one(te
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     job.wait()
-    assert len(metrics(run)) < 5, "the job finished before it could be killed"
+    assert len(metrics(run)) < 4, "the job finished before it could be killed"
     resumed = language_model(text_dir, *args, "--out", "killed", processes=2)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from the checkpoint" in (run / "log.txt").read_text()
