@@ -585,48 +585,50 @@ def convergence_flags(used: Sequence[tuple[Run, dict]], seeds: int | None = None
     )
 
 
+def _flag_lines(criterion: str, flagged: list[str], heading: str, none: str) -> list[str]:
+    """A criterion stated under a table, then the runs it flags under ``heading`` (or ``none``)."""
+    if flagged:
+        return [criterion, "", heading, "", *(f"- {f}" for f in flagged), ""]
+    return [criterion, "", none, ""]
+
+
 def unbounded_lines(flags: Iterable[Flags]) -> list[str]:
     """The residual-stream criterion, stated under a table of Transformers, and the runs it
     flags."""
-    growing = [f for row in flags for f in row.unbounded]
-    lines = [
+    return _flag_lines(
         f"`unbounded`: done seeds whose residual stream (`stream_norm`, the mean norm per token "
         f"after each block, on the evaluated split) grew by more than {GROWTH_LIMIT:g}x at some "
         "block over the run's last half (epoch E against epoch E // 2).",
-        "",
-    ]
-    if growing:
-        return lines + ["Unbounded at epoch E:", ""] + [f"- {f}" for f in growing] + [""]
-    return lines + ["No run is flagged as unbounded.", ""]
+        [f for row in flags for f in row.unbounded],
+        "Unbounded at epoch E:",
+        "No run is flagged as unbounded.",
+    )
 
 
 def convergence_lines(flags: Iterable[Flags], split: str = "test") -> list[str]:
-    """The criterion, stated under a table, and the list of every flagged run."""
-    flagged = [f for row in flags for f in row.flagged]
-    lines = [
+    """The criteria, stated under a table, and the list of every flagged run."""
+    flags = list(flags)
+    converged = _flag_lines(
         f"`unconverged`: done seeds that had not converged at the epoch E of the table's "
         f"values, out of the seeds in the means. A run is flagged when its {split} top-1 was "
         f"still setting new highs (early stopping's rule, patience {RISE_SPAN} epochs): "
         f"max(top1[E−1], top1[E]) − max(top1[0..E−2]) > {RISE_LIMIT:.1f} percentage point; "
         f"`unknown` when it has fewer than {RISE_SPAN + 2} epoch records (epoch 0 included) "
         "or they are not at hand (recovered logs).",
-        "",
-    ]
-    if flagged:
-        lines += ["Not converged at epoch E:", ""] + [f"- {f}" for f in flagged] + [""]
-    else:
-        lines += ["No run is flagged as not converged.", ""]
-    swinging = [f for row in flags for f in row.unsteady]
-    lines += [
+        [f for row in flags for f in row.flagged],
+        "Not converged at epoch E:",
+        "No run is flagged as not converged.",
+    )
+    steady = _flag_lines(
         f"`unsteady`: done seeds whose {split} top-1 moved by more than {SWING_LIMIT:.1f} "
         f"percentage points (max − min) over epochs E−{SWING_SPAN - 1}..E: a final value that "
         f"one lucky or unlucky epoch decided; `unknown` when it has fewer than {SWING_SPAN + 1} "
         "epoch records or they are not at hand.",
-        "",
-    ]
-    if swinging:
-        return lines + ["Unsteady at epoch E:", ""] + [f"- {f}" for f in swinging] + [""]
-    return lines + ["No run is flagged as unsteady.", ""]
+        [f for row in flags for f in row.unsteady],
+        "Unsteady at epoch E:",
+        "No run is flagged as unsteady.",
+    )
+    return converged + steady
 
 
 # -- undefined cosines ----------------------------------------------------------------------------
