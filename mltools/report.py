@@ -533,7 +533,7 @@ def against_bp_lines(
         "",
     ]
     table, sentences = [], []
-    for arch, group in by_architecture(rows).items():
+    for group in by_architecture(rows).values():
         for row in group:
             e = top1.get(row.name)
             ev = mean_std(r.get("eval_top1") for r in row.records)
@@ -546,7 +546,7 @@ def against_bp_lines(
                     ci = f"[{fmt_signed(e.interval.low, 2)}, {fmt_signed(e.interval.high, 2)}]"
             table.append(
                 [
-                    ARCH_NAMES.get(arch, arch),
+                    arch_label(row.config),
                     METHOD_NAMES.get(row.method, row.method),
                     row.name,
                     row.lrs,
@@ -564,7 +564,7 @@ def against_bp_lines(
             if row.method == "dfa" and e is not None and e.clear is not None:
                 where = "below" if e.interval.diff < 0 else "above"
                 sentences.append(
-                    f"- {ARCH_NAMES.get(arch, arch)}: DFA ({row.name}) is "
+                    f"- {arch_label(row.config)}: DFA ({row.name}) is "
                     f"{abs(e.interval.diff):.2f} points {where} BP ({e.reference}): DFA − BP = "
                     f"{fmt_signed(e.interval.diff, 2)}, 95% CI [{fmt_signed(e.interval.low, 2)}, "
                     f"{fmt_signed(e.interval.high, 2)}], {e.verdict}."
