@@ -122,7 +122,9 @@ def to_dfa(
     ``to_dfa(..., num_classes=width)`` and running the rest on top of it by plain autograd.
     Every point must lie before it; a submodule that does not run, or runs twice, in a forward
     pass is refused with a RuntimeError. ``output=`` then names the tensor in that
-    submodule's output, and the loss reads the model's output as it is.
+    submodule's output, and the loss reads the model's output as it is; ``class_dim`` is
+    ``z``'s, so :func:`~dfatools.measure_alignment` and :func:`~dfatools.prealign` need a
+    ``loss_fn`` when the model's output lays its classes out otherwise.
 
     >>> model = dfatools.to_dfa(gpt, 128, points=[Block], error_at="norm")  # z: (N, T, 128)
 
