@@ -52,6 +52,7 @@ from .experiments import BOTTLENECK_POINTS, METHODS
 from .runlog import Run, parse_json
 from .tables import (
     BP_MARK,
+    METHOD_NAMES,
     OTHER_ALIGNMENT,
     Echo,
     alignment_of,
@@ -78,14 +79,6 @@ _FOLDER = re.compile(
     r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)(?:-points(?P<points>.+))?"
 )
 INIT_NAMES = {"std": "standard init", "pai": "PAI", "recovered": "2019 log"}
-METHOD_NAMES = {
-    "dfa": "DFA",
-    "bp": "BP",
-    "fa": "FA",
-    "sign": "sign symmetry",
-    "drtp": "DRTP",
-    "shallow": "shallow",
-}
 POINTS_NAMES = {
     "all": "",
     "2019": "2019 network",
