@@ -15,7 +15,13 @@ import shlex
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BEST_PRACTICES_PRESETS, DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
+from mltools.experiments import (
+    BEST_PRACTICES,
+    BEST_PRACTICES_PRESETS,
+    DEFAULT_EXPERIMENTS,
+    EXPERIMENTS,
+    GROUPS,
+)
 
 PROG = "best_practices.py"
 
@@ -105,7 +111,7 @@ def main() -> int:
     reference = BEST_PRACTICES_PRESETS[args.preset].reference if args.preset else "dfa"
     write_report = functools.partial(write_best_practices_report, reference=reference)
     if args.report_only:
-        if not (out / "best_practices").is_dir():
+        if not (out / BEST_PRACTICES).is_dir():
             raise cli.UsageError(f"no best-practices runs under {out}; train some first")
         cli.write_or_stop(write_report, cli.writable_dir(out))
         return 0
@@ -128,7 +134,7 @@ def main() -> int:
         specs += [
             sweep.RunSpec(
                 RunConfig(experiment=name, seed=seed, **shared, **changes),
-                out / "best_practices" / name / f"seed{seed}",
+                out / BEST_PRACTICES / name / f"seed{seed}",
             )
             for seed in range(own["seeds"])
         ]

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BOTTLENECK_POINTS, BOTTLENECK_PRESETS, METHODS
+from mltools.experiments import BOTTLENECK, BOTTLENECK_POINTS, BOTTLENECK_PRESETS, METHODS
 
 PROG = "bottleneck.py"
 
@@ -107,7 +107,7 @@ def main() -> int:
                             seed=seed,
                             **shared,
                         ),
-                        out / "bottleneck" / name / f"seed{seed}",
+                        out / BOTTLENECK / name / f"seed{seed}",
                     )
                     for seed in range(settings["seeds"])
                 ]

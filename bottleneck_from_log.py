@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
 from mltools.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
+from mltools.experiments import BOTTLENECK
 
 
 def main() -> int:
@@ -80,7 +81,7 @@ def report(args) -> Path:
     return write_recovered_bottleneck_report(
         args.recovered,
         args.sizes,
-        args.results / "bottleneck" / "figures-recovered",
+        args.results / BOTTLENECK / "figures-recovered",
         args.epoch,
         args.module,
     )

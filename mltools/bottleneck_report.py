@@ -48,7 +48,7 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import BOTTLENECK_POINTS, METHODS
+from .experiments import BOTTLENECK, BOTTLENECK_POINTS, METHODS
 from .runlog import Run, parse_json
 from .tables import (
     BP_MARK,
@@ -159,7 +159,7 @@ def _bottleneck_point(runs: Sequence[Run], records: Sequence[dict]) -> int:
 def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Cell], list[str]]:
     """Cells found under ``<results>/bottleneck/``, with load warnings."""
     cells, warnings = [], []
-    for folder in sorted((Path(results) / "bottleneck").glob("*")):
+    for folder in sorted((Path(results) / BOTTLENECK).glob("*")):
         if not folder.is_dir() or not any(folder.glob("seed*")):
             continue
         runs = load_seeds(folder)
@@ -208,7 +208,7 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
     written to ``<results>/bottleneck/figures/``, which is returned. UsageError when there is
     nothing to report."""
     results = Path(results)
-    if not (results / "bottleneck").is_dir():
+    if not (results / BOTTLENECK).is_dir():
         raise UsageError(
             f"no bottleneck runs in {results} "
             f"(expected {results / 'bottleneck'}/<mode>-<init>-b<size>/seed<k>/)"
@@ -220,7 +220,7 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
         at = f"epoch {epoch}" if epoch is not None else "their last epoch"
         raise UsageError(f"no done bottleneck run has a record at {at} in {results / 'bottleneck'}")
     at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
-    return write_outputs(cells, results / "bottleneck" / "figures", warnings, at, point_label, echo)
+    return write_outputs(cells, results / BOTTLENECK / "figures", warnings, at, point_label, echo)
 
 
 # -- recovered 2019 logs --------------------------------------------------------------------------

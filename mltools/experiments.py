@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The folder each script's runs go to under --out, <out>/<folder>/<experiment>/seed<k>/.
+BEST_PRACTICES = "best_practices"
+BOTTLENECK = "bottleneck"
+LANGUAGE_MODEL = "language_model"
 # The learning-signal methods, as dfatools.METHODS names them (a test checks they agree).
 METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
 # Feedback points of the bottleneck net (docs/deviations-bottleneck.md). all: one before every

@@ -19,6 +19,7 @@ from .effects import (
     unbounded_lines,
     welch_interval,
 )
+from .experiments import LANGUAGE_MODEL
 from .recipes import recipe_of
 from .runlog import SAMPLES, Run
 from .tables import (
@@ -37,7 +38,7 @@ from .tables import (
 )
 from .tables import final_records as done_records
 
-FOLDER = "language_model"
+FOLDER = LANGUAGE_MODEL
 REFERENCE = "bp"
 ORDER = ("bp", "dfa", "fa", "sign", "brsf", "frsf", "drtp", "shallow")
 

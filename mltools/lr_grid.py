@@ -50,6 +50,7 @@ from pathlib import Path
 
 from .cli import ArgumentParser
 from .effects import unconverged
+from .experiments import BEST_PRACTICES, LANGUAGE_MODEL
 from .runlog import Run, load_run
 from .tables import final_records, fmt, load_seeds, markdown_table, number, write_csv
 
@@ -76,7 +77,7 @@ def grid_scores(
     for lr, folder in rate_folders(grid).items():
         row = {}
         for name in references:
-            used, _ = final_records(load_seeds(folder / "best_practices" / name))
+            used, _ = final_records(load_seeds(folder / BEST_PRACTICES / name))
             value = number(used[0][1].get("eval_top1")) if used else None
             row[name] = 0.0 if value is None else value  # diverged, failed or missing: 0%
         scores[lr] = row
@@ -154,7 +155,7 @@ def grid_run(name: str, lr: float, run: Run) -> GridRun:
 
 # The per-method rule reads the runs of either script: experiments of best_practices.py,
 # methods of language_model.py.
-SWEEPS = ("best_practices", "language_model")
+SWEEPS = (BEST_PRACTICES, LANGUAGE_MODEL)
 
 STEADY_SEEDS = 2  # the steady rule averages seeds 0 and 1 ...
 STEADY_SPAN = 3  # ... over their last 3 epochs

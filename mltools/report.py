@@ -37,7 +37,7 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import EXPERIMENTS, GROUPS
+from .experiments import BEST_PRACTICES, EXPERIMENTS, GROUPS
 from .recipes import recipe_of
 from .runlog import Run
 from .tables import (
@@ -203,7 +203,7 @@ class Row:
 def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
     """Experiments found under ``<out>/best_practices/``, in EXPERIMENTS order (unknown names after,
     sorted), with load warnings."""
-    root = Path(out) / "best_practices"
+    root = Path(out) / BEST_PRACTICES
     folders = {p.name: p for p in root.glob("*") if p.is_dir() and any(p.glob("seed*"))}
     names = [n for n in EXPERIMENTS if n in folders] + sorted(set(folders) - set(EXPERIMENTS))
     rows, warnings = [], []
@@ -226,7 +226,7 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
     table and a figure of eval top-1 vs epoch per method.
     """
 
-    root = Path(out) / "best_practices"
+    root = Path(out) / BEST_PRACTICES
     if not root.is_dir():
         raise FileNotFoundError(f"no best_practices folder in {out}")
     rows, warnings = collect_best_practices(out)
