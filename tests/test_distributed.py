@@ -74,6 +74,11 @@ def worker(rank: int, folder: str) -> None:
                 node = dfatools.find_dfa(model)
                 matrices = node.matrices if node.materialized else []
                 found[f"{layout}/{method}"] = {"grads": grads, "matrices": matrices}
+        # Not data-parallel (one model per rank): data_parallel=False keeps the rank's own error.
+        torch.manual_seed(0)
+        alone = dfatools.to_dfa(models.fc((6,), 5, width=16, depth=2), 5, data_parallel=False)
+        x, y = torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
+        found["alone"] = {"grads": step_gradients(alone, x[:3], y[:3], "dfa"), "matrices": []}
         torch.save(found, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -105,6 +110,16 @@ def test_two_processes_take_the_step_of_one_on_the_whole_batch(ranks, layout, me
     hidden = [g for n, g in want.items() if g is not None and not n.startswith("head")]
     if method != "shallow":  # the hidden layers learn: a wrong scale could not hide
         assert hidden and any(g.abs().sum() > 0 for g in hidden)
+
+
+def test_a_model_that_is_not_data_parallel_keeps_its_own_error(ranks):
+    torch.manual_seed(0)
+    alone = dfatools.to_dfa(models.fc((6,), 5, width=16, depth=2), 5)
+    x, y = torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
+    want = step_gradients(alone, x[:3], y[:3], "dfa")
+    for rank in ranks:
+        for name, grad in want.items():
+            torch.testing.assert_close(rank["alone"]["grads"][name], grad, msg=name)
 
 
 def test_every_rank_holds_the_same_feedback_matrices(ranks):
