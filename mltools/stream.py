@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from . import runlog
-from .cli import ArgumentParser, positive_int
 from .data import DataError
 from .models import CharGPT, residual_blocks
 from .text import load_text
@@ -137,6 +136,8 @@ def table(out: Path, windows: int) -> str:
 
 
 def main() -> None:
+    from .cli import ArgumentParser, positive_int  # the command's own; training imports StreamNorm
+
     parser = ArgumentParser(prog="python -m mltools.stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="a language_model.py --out folder")
     parser.add_argument(
