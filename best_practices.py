@@ -60,7 +60,8 @@ def parse_args():
 
 
 def list_experiments() -> None:
-    from mltools.config import ARCHS, RunConfig
+    from mltools.architectures import ARCHS
+    from mltools.config import RunConfig
 
     base = RunConfig()
     print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
@@ -129,8 +130,12 @@ def main() -> int:
         own = cli.experiment_settings(settings, choices, name, args)
         shared = sweep.shared_settings(own, args)
         changes = dict(EXPERIMENTS[name][1])
+        model = dict(changes.get("model", {}))
         if changes.get("arch") == "transformer":
-            changes.update(blocks)
+            model.update(blocks)
+        if changes.get("arch") == "cnn":
+            model["min_side"] = own["cnn_min_side"]  # the preset's, for its dataset
+        changes["model"] = model
         specs += [
             sweep.RunSpec(
                 RunConfig(experiment=name, seed=seed, **shared, **changes),

@@ -13,7 +13,8 @@ import shlex
 from pathlib import Path
 
 from mltools import cli
-from mltools.experiments import BOTTLENECK, BOTTLENECK_POINTS, BOTTLENECK_PRESETS, METHODS
+from mltools.architectures import BOTTLENECK_POINTS, FULL_WIDTH
+from mltools.experiments import BOTTLENECK, BOTTLENECK_PRESETS, METHODS
 
 PROG = "bottleneck.py"
 
@@ -62,7 +63,10 @@ def parse_args():
         "input-gradient mask), 2019-nomask (that placement without the mask); mask mode only",
     )
     parser.add_argument(
-        "--width", type=cli.positive_int, default=800, help="network width (default 800)"
+        "--width",
+        type=cli.positive_int,
+        default=FULL_WIDTH,
+        help=f"network width (default {FULL_WIDTH})",
     )
     cli.add_sweep_arguments(parser, BOTTLENECK_PRESETS)
     return parser.parse_args()
@@ -83,6 +87,7 @@ def main() -> int:
     cells = sweep_cells(args.methods, args.init)
     out = Path(args.out)
     from mltools import launch, sweep
+    from mltools.architectures import BottleneckOptions
     from mltools.bottleneck_report import cell_name, write_bottleneck_report
     from mltools.config import RunConfig
 
@@ -98,11 +103,8 @@ def main() -> int:
                         RunConfig(
                             experiment=name,
                             arch="bottleneck",
+                            model=BottleneckOptions(size, args.mode, points, args.width),
                             method=method,
-                            bottleneck_size=size,
-                            bottleneck_mode=args.mode,
-                            bottleneck_points=points,
-                            width=args.width,
                             init=init,
                             seed=seed,
                             **shared,

@@ -71,14 +71,17 @@ def main() -> int:
     if settings["dataset"] == "text" and not args.text:
         raise cli.UsageError("the text preset reads a file: give --text PATH")
     from mltools import launch, sweep
+    from mltools.architectures import GPTOptions
     from mltools.config import RunConfig
 
     if args.error_at == "hidden" and "drtp" in args.methods:
         raise cli.UsageError("drtp projects the class targets: it takes no --error-at hidden")
     preset = LM_PRESETS[settings["preset"]]
     choices = cli.sweep_choices(args, preset, settings)
-    given = {"context": args.context, "lm_width": args.width, "lm_depth": args.depth}
+    given = {"context": args.context, "width": args.width, "depth": args.depth}
     model = {**preset.model, **{k: v for k, v in given.items() if v is not None}}
+    window = {"context": model.pop("context")} if "context" in model else {}  # the data's
+    model.update(points=args.points, **cli.transformer_options(args))
     text = str(Path(args.text).resolve()) if args.text and settings["dataset"] == "text" else None
     specs = []
     for method in dict.fromkeys(args.methods):
@@ -87,20 +90,19 @@ def main() -> int:
             config = RunConfig(
                 experiment=method,
                 arch="gpt",
+                model=GPTOptions(**model),
                 method=method,
                 text=text,
-                lm_points=args.points,
-                **cli.transformer_options(args),
+                **window,
                 seed=seed,
-                **model,
                 **sweep.shared_settings(own, args),
             )
             specs.append(sweep.RunSpec(config, out / FOLDER / method / f"seed{seed}"))
-    first = specs[0].config
+    first, gpt = specs[0].config, GPTOptions(**model)
     headline = (
-        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {first.lm_width} "
-        f"depth {first.lm_depth}, context {first.context}, {first.norm}-norm blocks, "
-        f"{args.points} points, error at the {first.error_at} -> {out / FOLDER}"
+        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, GPT width {gpt.width} "
+        f"depth {gpt.depth}, context {first.context}, {gpt.norm}-norm blocks, "
+        f"{gpt.points} points, error at the {gpt.error_at} -> {out / FOLDER}"
     )
     return launch.execute(
         specs,

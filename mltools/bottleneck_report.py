@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from .architectures import BOTTLENECK_POINTS
 from .cli import UsageError
 from .effects import (
     MEAN_COS,
@@ -48,7 +49,7 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import BOTTLENECK, BOTTLENECK_POINTS, METHODS
+from .experiments import BOTTLENECK, METHODS
 from .runlog import Run, parse_json
 from .tables import (
     BP_MARK,
@@ -170,10 +171,11 @@ def collect_bottleneck(results: Path, epoch: int | None = None) -> tuple[list[Ce
         # The config is the authority; the folder name stands in when it is unreadable. Runs
         # written before methods (points) existed were DFA (all), their configs may lack the key.
         method = str(config.get("method") or (m and m["method"]) or "dfa")
-        points = str(config.get("bottleneck_points") or (m and m["points"]) or "all")
-        mode = str(config.get("bottleneck_mode") or (m and m["mode"]) or "")
+        model = config.get("model") or {}
+        points = str(model.get("points") or (m and m["points"]) or "all")
+        mode = str(model.get("mode") or (m and m["mode"]) or "")
         init = str(config.get("init") or (m and m["init"]) or "")
-        size = config.get("bottleneck_size") or (m and int(m["size"]))
+        size = model.get("size") or (m and int(m["size"]))
         if not (mode and init and isinstance(size, int)):
             warnings.append(
                 f"{folder}: neither config nor folder name gives mode, init and size; skipped"

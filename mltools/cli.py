@@ -361,7 +361,7 @@ def sweep_choices(args: argparse.Namespace, preset, settings: dict) -> dict[str,
 
 
 def transformer_options(args: argparse.Namespace) -> dict:
-    """The RunConfig fields --norm and --error-at give (only those given)."""
+    """The Transformer options --norm and --error-at give (only those given)."""
     given = {"norm": args.norm, "error_at": args.error_at}
     return {k: v for k, v in given.items() if v is not None}
 

@@ -1,60 +1,51 @@
-"""A run's settings (DESIGN.md 6): the :class:`RunConfig` that config.json holds.
+"""A run's settings (DESIGN.md 6): the :class:`RunConfig` that config.json holds, and
+:func:`read`, the one way a config.json is turned back into settings.
 
 No torch here: sweeps plan, and reports read, runs without it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
-from . import recipes
+from . import architectures, recipes
+from .architectures import ARCHS, ModelOptions
 
-CNN_POINTS = ("all", "2019")
-ARCHS = ("fc", "cnn", "bottleneck", "resnet", "transformer", "gpt")
-TRANSFORMERS = ("transformer", "gpt")  # the architectures with norm, error_at and stream_norm
+__all__ = ["ARCHS", "RunConfig", "read", "upgrade"]
+
 # RunConfig fields that say how to run, not what: they never make a folder hold another run.
 RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 
 
 @dataclass
 class RunConfig:
-    """Every setting of one run; saved in config.json."""
+    """Every setting of one run; saved in config.json (``model`` as a nested object).
+
+    ``model`` holds the options of ``arch`` (:mod:`mltools.architectures`): its options
+    dataclass, a dict of its option names, or None for its defaults.
+    """
 
     experiment: str = "fc-tanh"
+    # -- data
     dataset: str = "digits"
     data_dir: str = "data"
     download: bool = False
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    arch: str = "fc"  # fc | cnn | bottleneck | resnet | transformer | gpt (ARCHS)
-    method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow (dfatools.METHODS)
-    act: str = "tanh"
+    text: str | None = None  # the UTF-8 file of dataset "text" (mltools.text)
+    context: int = 128  # text: characters per window
+    # -- the network
+    arch: str = "fc"  # architectures.ARCHS
+    model: ModelOptions | None = None
+    # -- the method
+    method: str = "dfa"  # dfa | bp | fa | sign | drtp | shallow | brsf | frsf (dfatools.METHODS)
     normalize: bool = True  # feedback normalization
     # How a point with more dimensions than the output gets its signal (dfatools.DFA): flat
     # (the paper's) | shared (one projection repeated over a block's positions)
     positions: str = "flat"
-    batch_norm: bool = False
-    input_dropout: float = 0.0
-    dropout: float = 0.0  # after hidden Linear layers
-    conv_dropout: float = 0.0  # Dropout2d after conv layers
-    cnn_min_side: int = 32  # smaller CNN inputs are upsampled to this side
-    cnn_points: str = "all"  # all: a point before every hidden weight layer | 2019: as
-    # the 2019 code, none before the output (its Linear(576, 128) got BP)
     init: str = "std"  # std | pai
-    bottleneck_size: int | None = None
-    bottleneck_mode: str = "mask"  # mask | width
-    bottleneck_points: str = "all"  # all | 2019 | 2019-nomask (experiments.BOTTLENECK_POINTS)
-    width: int = 800  # bottleneck net width
-    text: str | None = None  # the UTF-8 file of dataset "text" (mltools.text)
-    context: int = 128  # text: characters per window
-    lm_width: int = 128  # gpt: model width (heads of 32 dimensions)
-    lm_depth: int = 4  # gpt: blocks
-    lm_points: str = "macro"  # gpt: macro (every block) | micro (inside every block)
-    # gpt, transformer: the block layout (models.NORMS: pre | post) and where the DFA node takes
-    # the error (models.ERROR_SITES: logits, the output | hidden, the head's input)
-    norm: str = "pre"
-    error_at: str = "logits"
+    # -- training
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4  # the peak of the recipe's schedule
@@ -65,6 +56,7 @@ class RunConfig:
     tensorboard: bool = False  # also write TensorBoard event files (mltools.board)
 
     def __post_init__(self) -> None:
+        self.model = architectures.options_of(self.arch, self.model)
         if isinstance(self.recipe, str):
             self.recipe = recipes.get_recipe(self.recipe)
         elif isinstance(self.recipe, dict):
@@ -73,3 +65,31 @@ class RunConfig:
     def settings(self) -> dict:
         """What defines the result; a run folder holding other settings is another run."""
         return {k: v for k, v in asdict(self).items() if k not in RUNTIME_OPTIONS}
+
+
+FIELDS = frozenset(f.name for f in fields(RunConfig))
+
+
+def upgrade(config: dict) -> dict:
+    """A config.json object in today's layout: the options of a file written before they were
+    nested (flat keys such as ``lm_width``, ``bottleneck_size``) moved under ``model`` with their
+    architecture's names, other architectures' keys dropped, and the recipe of a file written
+    before recipes (:func:`recipes.recipe_of`). Other keys (status, provenance) are kept."""
+    flat = {k: v for k, v in config.items() if k in architectures.FLAT_NAMES}
+    out = {k: v for k, v in config.items() if k not in architectures.FLAT_NAMES}
+    arch = str(config.get("arch", "fc"))
+    if "model" not in config and arch in architectures.ARCHITECTURES:
+        out["model"] = architectures.from_flat(arch, flat)
+    out["recipe"] = recipes.recipe_of(config)
+    out.pop("optimizer", None)  # read into the recipe
+    return out
+
+
+def read(config: dict) -> RunConfig:
+    """The RunConfig a config.json object describes, from any version of the file: settings
+    added since it was written have their defaults. ValueError for a file no version wrote."""
+    known = {k: v for k, v in upgrade(config).items() if k in FIELDS}
+    try:
+        return RunConfig(**known)
+    except TypeError as err:  # an option of the wrong type (a damaged or hand-edited file)
+        raise ValueError(f"config.json: {err}") from None

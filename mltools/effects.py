@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from .architectures import FULL_WIDTH
 from .runlog import Run
 from .tables import (
     alignment_of,
@@ -56,7 +57,6 @@ REFERENCES = {
         "transformer": "transformer-bp",
     },
 }
-FULL_WIDTH = 800  # DESIGN.md 4: the bottleneck net's width when its config gives none
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
 RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's
 # min_delta and patience)
@@ -86,7 +86,7 @@ def reference_width(configs: Iterable[dict | None]) -> int:
     """The bottleneck size that a cell is compared with: the network's ``width`` from the first
     config that gives one as an int, else 800."""
     for config in configs:
-        width = (config or {}).get("width")
+        width = ((config or {}).get("model") or {}).get("width")
         if isinstance(width, int) and not isinstance(width, bool):
             return width
     return FULL_WIDTH
@@ -272,16 +272,29 @@ def fmt_signed(x: float, decimals: int) -> str:
     return f"{x:+.{decimals}f}" if math.isfinite(x) else ""
 
 
-def effect_cells(e: Effect) -> list[str]:
-    """Markdown cells: difference (bold when clear), CI, seeds, df, verdict."""
+def difference_cells(e: Effect) -> list[str]:
+    """The two markdown cells every report gives a difference: ``**+1.23**`` (bold when the
+    interval excludes 0; ``-`` without a difference) and ``[+0.40, +2.06]`` (``-`` without an
+    interval)."""
     d, iv = e.metric.decimals, e.interval
     diff = fmt_signed(iv.diff, d) or "-"
     ci = f"[{fmt_signed(iv.low, d)}, {fmt_signed(iv.high, d)}]" if e.clear is not None else "-"
+    return [f"**{diff}**" if e.clear else diff, ci]
+
+
+def difference_text(e: Effect) -> str:
+    """A difference in a sentence: ``+1.23, 95% CI [+0.40, +2.06], clear effect``."""
+    d, iv = e.metric.decimals, e.interval
+    ci = f", {LEVEL:.0%} CI [{fmt_signed(iv.low, d)}, {fmt_signed(iv.high, d)}]"
+    return f"{fmt_signed(iv.diff, d)}{ci if e.clear is not None else ''}, {e.verdict}"
+
+
+def effect_cells(e: Effect) -> list[str]:
+    """Markdown cells: difference (bold when clear), CI, seeds, df, verdict."""
     return [
-        f"**{diff}**" if e.clear else diff,
-        ci,
+        *difference_cells(e),
         f"{e.n} vs {e.n_ref}",
-        fmt(iv.df, 1) or "-",
+        fmt(e.interval.df, 1) or "-",
         f"**{e.verdict}**" if e.clear else e.verdict,
     ]
 

@@ -14,38 +14,35 @@ BOTTLENECK = "bottleneck"
 LANGUAGE_MODEL = "language_model"
 # The learning-signal methods, as dfatools.METHODS names them (a test checks they agree).
 METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
-# Feedback points of the bottleneck net (docs/deviations-bottleneck.md). all: one before every
-# hidden weight layer; 2019: as the 2019 code, none before the bottleneck layer, and its
-# input-gradient mask in training; 2019-nomask: that placement without the mask.
-BOTTLENECK_POINTS = ("all", "2019", "2019-nomask")
 
-# name -> (short description, settings that differ from the FC tanh DFA default)
+# name -> (short description, the RunConfig settings that differ from the FC tanh DFA default;
+# "model": the architecture's options, mltools.architectures)
 EXPERIMENTS: dict[str, tuple[str, dict]] = {
-    "fc-bn": ("FC, batch norm", {"arch": "fc", "batch_norm": True}),
+    "fc-bn": ("FC, batch norm", {"arch": "fc", "model": {"batch_norm": True}}),
     "fc-tanh": ("FC, tanh", {"arch": "fc"}),
-    "fc-relu": ("FC, ReLU", {"arch": "fc", "act": "relu"}),
-    "fc-leaky0.5": ("FC, LeakyReLU 0.5", {"arch": "fc", "act": "leaky0.5"}),
-    "fc-leaky0.1": ("FC, LeakyReLU 0.1", {"arch": "fc", "act": "leaky0.1"}),
-    "fc-leaky0.01": ("FC, LeakyReLU 0.01", {"arch": "fc", "act": "leaky0.01"}),
+    "fc-relu": ("FC, ReLU", {"arch": "fc", "model": {"act": "relu"}}),
+    "fc-leaky0.5": ("FC, LeakyReLU 0.5", {"arch": "fc", "model": {"act": "leaky0.5"}}),
+    "fc-leaky0.1": ("FC, LeakyReLU 0.1", {"arch": "fc", "model": {"act": "leaky0.1"}}),
+    "fc-leaky0.01": ("FC, LeakyReLU 0.01", {"arch": "fc", "model": {"act": "leaky0.01"}}),
     "fc-nonorm": ("FC, no feedback normalization", {"arch": "fc", "normalize": False}),
     "conv-nonorm": ("CNN, no feedback normalization", {"arch": "cnn", "normalize": False}),
     "fc-drop0.1-0.5": (
         "FC, dropout input 0.1, hidden 0.5",
-        {"arch": "fc", "input_dropout": 0.1, "dropout": 0.5},
+        {"arch": "fc", "model": {"input_dropout": 0.1, "dropout": 0.5}},
     ),
     "fc-drop0.1-0.1": (
         "FC, dropout input 0.1, hidden 0.1",
-        {"arch": "fc", "input_dropout": 0.1, "dropout": 0.1},
+        {"arch": "fc", "model": {"input_dropout": 0.1, "dropout": 0.1}},
     ),
     "conv-drop0.1-0.5": (
         "CNN, dropout input 0.1, FC 0.5, conv 0",
-        {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.5},
+        {"arch": "cnn", "model": {"input_dropout": 0.1, "dropout": 0.5}},
     ),
     "conv-drop0.1-0.1": (
         "CNN, dropout input 0.1, FC 0.1, conv 0",
-        {"arch": "cnn", "input_dropout": 0.1, "dropout": 0.1},
+        {"arch": "cnn", "model": {"input_dropout": 0.1, "dropout": 0.1}},
     ),
-    "conv-bn": ("CNN, batch norm", {"arch": "cnn", "batch_norm": True}),
+    "conv-bn": ("CNN, batch norm", {"arch": "cnn", "model": {"batch_norm": True}}),
     "conv-tanh": ("CNN, tanh", {"arch": "cnn"}),
     "fc-bp": ("FC, tanh, backprop", {"arch": "fc", "method": "bp"}),
     "conv-bp": ("CNN, tanh, backprop", {"arch": "cnn", "method": "bp"}),
@@ -54,7 +51,7 @@ EXPERIMENTS: dict[str, tuple[str, dict]] = {
     # so its Linear(576, 128) was trained by BP (docs/deviations.md).
     "conv-tanh-2019": (
         "CNN, tanh, the 2019 code's feedback points (3, top hidden layer BP)",
-        {"arch": "cnn", "cnn_points": "2019"},
+        {"arch": "cnn", "model": {"points": "2019"}},
     ),
 }
 # The rest of the feedback-alignment family (DESIGN.md 7), on the paper's FC and CNN. Not in the
@@ -72,8 +69,8 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     )
 }
 # DFA on models that are not a chain of layers (DESIGN.md 9): points at every residual block or
-# encoder layer (mltools.models.feedback_points). Run when named, or with --group resnet
-# transformer.
+# encoder layer (mltools.models.build_resnet, build_transformer). Run when named, or with
+# --group resnet transformer.
 MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method, **extra})
     for arch, label, extra in (
@@ -171,7 +168,8 @@ class Preset:
     reference: str = "dfa"  # effects are against fc-/conv- experiments of this method
     recipes: dict[str, str] = field(default_factory=lambda: dict(PAPER_RECIPES))
     eval_samples: int | None = None  # None: the whole evaluation split
-    model: dict[str, int] = field(default_factory=dict)  # language models: context, lm_width, ...
+    # Language models: the window length (context) and the GPT's options (width, depth)
+    model: dict[str, int] = field(default_factory=dict)
 
     def recipe(self, arch: str) -> str:
         """The name of the recipe this preset trains ``arch`` with."""
@@ -271,7 +269,7 @@ SHAKESPEARE = dict(
     train_samples=8000,
     eval_samples=1000,
     recipes={"gpt": "adamw"},
-    model={"context": 64, "lm_width": 64, "lm_depth": 4},
+    model={"context": 64, "width": 64, "depth": 4},
 )
 LM_PRESETS = {
     "text": Preset("text", seeds=1, epochs=2, batch_size=32, lr=1e-3, recipes={"gpt": "adamw"}),

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from .effects import (
-    Interval,
+    Effect,
+    Metric,
+    compare,
     convergence_flags,
     convergence_lines,
-    fmt_signed,
+    difference_cells,
+    difference_text,
     unbounded_lines,
-    welch_interval,
 )
 from .experiments import LANGUAGE_MODEL
 from .recipes import recipe_of
@@ -32,6 +34,7 @@ from .tables import (
     markdown_table,
     mean_std,
     new_figure,
+    number,
     point_stats,
     status_counts,
     write_csv,
@@ -51,13 +54,15 @@ def collect(out: Path) -> dict[str, list[Run]]:
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
 
-def bpc_interval(runs: list[Run], reference: list[Run]) -> Interval | None:
+BPC = Metric("eval_bpc", "eval bpc", lambda r: number(r.get("eval_bpc")), 3)
+
+
+def bpc_effect(name: str, runs: list[Run], reference: list[Run]) -> Effect | None:
     """Final eval bpc minus BP's, with its 95% Welch interval; None without BP runs."""
     if not reference:
         return None
-    values = [r["eval_bpc"] for _, r in done_records(runs)[0] if r.get("eval_bpc") is not None]
-    base = [r["eval_bpc"] for _, r in done_records(reference)[0] if r.get("eval_bpc") is not None]
-    return welch_interval(values, base) if values and base else None
+    records = [r for _, r in done_records(runs)[0]]
+    return compare(name, records, REFERENCE, [r for _, r in done_records(reference)[0]], [BPC])[0]
 
 
 def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
@@ -67,7 +72,7 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         raise FileNotFoundError(f"no language-model runs under {Path(out) / FOLDER}")
     root = Path(out) / FOLDER
     reference = runs.get(REFERENCE, [])
-    head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP [95% CI]"]
+    head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP", "95% CI"]
     head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "stream norm"]
     head += ["unconverged", "unsteady", "unbounded"]
     rows, csv_rows, flags, sentences = [], [], [], []
@@ -83,15 +88,15 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         top1 = mean_std(r.get("eval_top1") for r in records)
         stats = point_stats(records)
         cos = mean_std(s["cos"] for s in stats.values())[0] if stats else math.nan
-        interval = bpc_interval(group, reference) if name != REFERENCE else None
-        diff = "reference" if name == REFERENCE else "-"
-        if interval is not None and math.isfinite(interval.diff):
-            diff = fmt_signed(interval.diff, 3)
-            if math.isfinite(interval.low):
-                diff += f" [{fmt_signed(interval.low, 3)}, {fmt_signed(interval.high, 3)}]"
-                verdict = "clear" if interval.low > 0 or interval.high < 0 else "within noise"
+        effect = bpc_effect(name, group, reference) if name != REFERENCE else None
+        interval = effect.interval if effect else None
+        diff = ci = "reference" if name == REFERENCE else "-"
+        if effect is not None:
+            diff, ci = difference_cells(effect)
+            if effect.clear is not None:
                 sentences.append(
-                    f"- {name}: {bpc[0]:.3f} bits per character, {diff} against BP ({verdict})."
+                    f"- {name}: {bpc[0]:.3f} bits per character, {difference_text(effect)} "
+                    "against BP."
                 )
         configs = [r.config or {} for r, _ in used]
         lrs = "/".join(sorted({f"{c.get('lr'):g}" for c in configs if c.get("lr")}))
@@ -109,6 +114,7 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
                 fmt_counts(status_counts(group)),
                 fmt_pm(bpc[0], bpc[1], 3),
                 diff,
+                ci,
                 fmt_pm(top1[0], top1[1], 2),
                 fmt_pm(train[0], train[1], 3),
                 fmt(cos, 3),
@@ -171,9 +177,10 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
 def layout(config: dict) -> str:
     """``post-norm, macro, error at hidden``: a run's blocks as config.json records them (runs
     from before the layouts existed were pre-norm with the error at the logits)."""
+    model = config.get("model") or {}
     return (
-        f"{config.get('norm', 'pre')}-norm, {config.get('lm_points', 'macro')}, "
-        f"error at {config.get('error_at', 'logits')}"
+        f"{model.get('norm', 'pre')}-norm, {model.get('points', 'macro')}, "
+        f"error at {model.get('error_at', 'logits')}"
     )
 
 

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 import dfatools
 
-ACTIVATIONS = ("tanh", "relu", "leaky0.5", "leaky0.1", "leaky0.01")
+from . import architectures
+from .architectures import ACTIVATIONS, ERROR_SITES, FULL_WIDTH, LM_POINTS, NORMS
+
+if TYPE_CHECKING:
+    from .architectures import (
+        BottleneckOptions,
+        CNNOptions,
+        FCOptions,
+        GPTOptions,
+        ResNetOptions,
+        TransformerOptions,
+    )
+    from .config import RunConfig
+
 CNN_SIDE = 32  # the paper's CNN is laid out for 32x32 inputs
 BOTTLENECK_BLOCK = 1  # the bottleneck layer produces hidden block 1 (h2) in both modes
 # The input mask's generator gets seed + this: seeded with ``seed`` itself, its bits would be
@@ -50,7 +64,7 @@ def fc(
     input_shape: tuple[int, ...],
     num_classes: int,
     act: str = "tanh",
-    width: int = 800,
+    width: int = FULL_WIDTH,
     depth: int = 3,
     input_dropout: float = 0.0,
     dropout: float = 0.0,
@@ -170,7 +184,7 @@ def bottleneck_net(
     num_classes: int,
     size: int,
     mode: str = "mask",
-    width: int = 800,
+    width: int = FULL_WIDTH,
     seed: int = 0,
     input_mask_batch: int | None = None,
 ) -> nn.Sequential:
@@ -244,7 +258,7 @@ def resnet(
 ) -> nn.Module:
     """A small CIFAR-style ResNet of torchvision ``BasicBlock``s: conv 3x3 stem, one stage per
     width (``blocks`` blocks each, stride 2 from the second stage on), global average pool,
-    Linear(widths[-1], K). Feedback points go at every ``BasicBlock`` (:func:`feedback_points`).
+    Linear(widths[-1], K). Feedback points go at every ``BasicBlock`` (:func:`build_resnet`).
 
     Shape: ``(N, C, H, W)`` in, ``(N, num_classes)`` out.
     """
@@ -276,10 +290,9 @@ def resnet(
     )
 
 
-NORMS = ("pre", "post")
-"""Transformer block layouts (DESIGN.md 14). ``pre``: ``x + f(LN(x))`` per sublayer and a final
-LayerNorm before the head (GPT-2's). ``post``: ``LN(x + f(x))`` per sublayer and no final
-LayerNorm (the original Transformer's, and Launay et al. 2020's DFA Transformers')."""
+# NORMS, the Transformer block layouts (DESIGN.md 14). pre: x + f(LN(x)) per sublayer and a
+# final LayerNorm before the head (GPT-2's). post: LN(x + f(x)) per sublayer and no final
+# LayerNorm (the original Transformer's, and Launay et al. 2020's DFA Transformers').
 
 
 def _check_norm(norm: str) -> None:
@@ -405,10 +418,8 @@ class CharGPT(nn.Module):
         return self.head(self.norm(x))
 
 
-LM_POINTS = ("macro", "micro")
 # The qualified name of the head's input in both Transformers: error_at="hidden" (DESIGN.md 14).
 HIDDEN_SITE = "norm"
-ERROR_SITES = ("logits", "hidden")
 RESIDUAL_BLOCKS = (Block, nn.TransformerEncoderLayer)
 
 
@@ -449,12 +460,87 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS)]
 
 
-def feedback_points(arch: str) -> list[type] | None:
-    """The ``points=`` of an architecture for ``dfatools.to_dfa``; None: the nn.Sequential rule."""
-    if arch == "resnet":
-        from torchvision.models.resnet import BasicBlock
+# -- the builders of mltools.architectures' registry ----------------------------------------------
+Built = tuple[nn.Module, dict]  # the network, and the to_dfa keywords that place its feedback
 
-        return [BasicBlock]
-    if arch == "transformer":
-        return [nn.TransformerEncoderLayer]
-    return None
+
+def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> Built:
+    """The plain network of ``cfg.arch`` with its options ``cfg.model``, and the ``to_dfa``
+    keywords that place its feedback (:class:`mltools.architectures.Architecture`).
+    ValueError for options it cannot build."""
+    cfg.model.check()
+    return globals()[architectures.get(cfg.arch).builder](cfg.model, input_shape, num_classes, cfg)
+
+
+def build_fc(o: FCOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig) -> Built:
+    net = fc(
+        input_shape,
+        num_classes,
+        act=o.act,
+        input_dropout=o.input_dropout,
+        dropout=o.dropout,
+        batch_norm=o.batch_norm,
+    )
+    return net, {}
+
+
+def build_cnn(
+    o: CNNOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
+) -> Built:
+    net = cnn(
+        input_shape,
+        num_classes,
+        act=o.act,
+        input_dropout=o.input_dropout,
+        conv_dropout=o.conv_dropout,
+        dropout=o.dropout,
+        batch_norm=o.batch_norm,
+        min_side=o.min_side,
+    )
+    # The 2019 code's placement: no point before the output layer (docs/deviations.md).
+    return net, {"exact_top": 2 if o.points == "2019" else 1}
+
+
+def build_bottleneck(
+    o: BottleneckOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
+) -> Built:
+    assert o.size is not None  # BottleneckOptions.check
+    net = bottleneck_net(
+        input_shape,
+        num_classes,
+        o.size,
+        mode=o.mode,
+        width=o.width,
+        seed=cfg.seed,
+        # The 2019 mask has the input gradient's shape at the first (full) batch.
+        input_mask_batch=cfg.batch_size if o.points == "2019" else None,
+    )
+    return net, ({"points": points_2019(net)} if o.points != "all" else {})
+
+
+def build_resnet(
+    o: ResNetOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
+) -> Built:
+    from torchvision.models.resnet import BasicBlock
+
+    return resnet(input_shape, num_classes), {"points": [BasicBlock]}
+
+
+def _error_site(net: nn.Module, site: str) -> dict:
+    name, width = error_site(net, site)
+    return {} if name is None else {"error_at": name, "num_classes": width}
+
+
+def build_transformer(
+    o: TransformerOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
+) -> Built:
+    net = RowTransformer(input_shape, num_classes, norm=o.norm)
+    return net, {"points": [nn.TransformerEncoderLayer], **_error_site(net, o.error_at)}
+
+
+def build_gpt(
+    o: GPTOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
+) -> Built:
+    """``input_shape`` is ``(T,)``: the data's window length is the model's context."""
+    net = CharGPT(num_classes, input_shape[0], o.width, o.depth, o.norm)
+    return net, {"points": lm_points(net, o.points), **_error_site(net, o.error_at)}

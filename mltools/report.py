@@ -30,8 +30,9 @@ from .effects import (
     REFERENCES,
     convergence_flags,
     convergence_lines,
+    difference_cells,
+    difference_text,
     experiment_effects,
-    fmt_signed,
     unbounded_lines,
     undefined_lines,
     undefined_note,
@@ -144,12 +145,12 @@ def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
 def arch_label(config: dict) -> str:
     """``Transformer``, or ``Transformer (post-norm, error at hidden)`` where a Transformer's
     block layout or error site is not the default."""
-    arch = str(config.get("arch"))
+    arch, model = str(config.get("arch")), config.get("model") or {}
     changed = []
-    if config.get("norm", "pre") != "pre":
-        changed.append(f"{config['norm']}-norm")
-    if config.get("error_at", "logits") != "logits":
-        changed.append(f"error at {config['error_at']}")
+    if model.get("norm", "pre") != "pre":
+        changed.append(f"{model['norm']}-norm")
+    if model.get("error_at", "logits") != "logits":
+        changed.append(f"error at {model['error_at']}")
     return ARCH_NAMES.get(arch, arch) + (f" ({', '.join(changed)})" if changed else "")
 
 
@@ -540,10 +541,7 @@ def against_bp_lines(
             cos = mean_std(map(MEAN_COS.value, row.records))[0]
             diff = ci = "reference" if row.name in REFERENCES["bp"].values() else "-"
             if e is not None:
-                d = fmt_signed(e.interval.diff, 2)
-                diff = f"**{d}**" if e.clear else d
-                if e.clear is not None:
-                    ci = f"[{fmt_signed(e.interval.low, 2)}, {fmt_signed(e.interval.high, 2)}]"
+                diff, ci = difference_cells(e)
             table.append(
                 [
                     arch_label(row.config),
@@ -566,8 +564,7 @@ def against_bp_lines(
                 sentences.append(
                     f"- {arch_label(row.config)}: DFA ({row.name}) is "
                     f"{abs(e.interval.diff):.2f} points {where} BP ({e.reference}): DFA − BP = "
-                    f"{fmt_signed(e.interval.diff, 2)}, 95% CI [{fmt_signed(e.interval.low, 2)}, "
-                    f"{fmt_signed(e.interval.high, 2)}], {e.verdict}."
+                    f"{difference_text(e)}."
                 )
     head = ["architecture", "method", "experiment", "lr", "recipe", "epochs", "seeds"]
     head += [f"{split} top-1"]

@@ -167,12 +167,17 @@ def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def read_config(run_dir: Path) -> tuple[dict | None, list[str]]:
+    """A run folder's config.json in today's layout, whichever version wrote it
+    (:func:`mltools.config.upgrade`: the options under ``model``), or None and the problem.
+    :func:`mltools.config.read` turns it into a RunConfig."""
+    from .config import upgrade
+
     path = Path(run_dir) / CONFIG
     try:
         config = parse_json(path.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-        return config, []
+        return upgrade(config), []
     except FileNotFoundError:
         return None, [f"{path}: missing"]
     except (OSError, ValueError) as err:

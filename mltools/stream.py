@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from . import runlog
+from .config import read
 from .data import DataError
-from .models import CharGPT, residual_blocks
+from .models import CharGPT, build, residual_blocks
 from .text import load_text
 
 
@@ -92,10 +93,10 @@ def run_config(run_dir: Path) -> dict:
 def trained_net(run_dir: Path, vocab: int) -> CharGPT:
     """The run's network from ``config.json`` and ``model.pt``, without what a method added
     (the DFA matrix, a layer method's feedback buffers). ValueError if it cannot be read."""
-    config = run_config(run_dir)
-    net = CharGPT(
-        vocab, config["context"], config["lm_width"], config["lm_depth"], config.get("norm", "pre")
-    )
+    cfg = read(run_config(run_dir))
+    net, _ = build(cfg, (cfg.context,), vocab)
+    if not isinstance(net, CharGPT):
+        raise ValueError(f"{run_dir}: a {cfg.arch} run, not a character GPT")
     try:
         state = torch.load(run_dir / runlog.MODEL, map_location="cpu", weights_only=True)
         own = net.state_dict()

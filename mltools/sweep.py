@@ -22,9 +22,8 @@ from typing import Callable
 
 from . import runlog, stopping
 from .cli import DiskFull, UsageError, disk_full
-from .config import RunConfig
+from .config import RunConfig, read
 from .progress import SweepProgress
-from .recipes import recipe_of
 
 
 @dataclass
@@ -45,6 +44,12 @@ def select_shard(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[Ru
     return specs[i::n]
 
 
+def _flat(settings: dict) -> dict:
+    """``settings`` with the model's options as ``model.<name>`` keys, compared one by one."""
+    model = settings.pop("model", {}) or {}
+    return {**settings, **{f"model.{k}": v for k, v in model.items()}}
+
+
 def plan(spec: RunSpec) -> str:
     """``skip`` (finished), ``run`` (new, interrupted, or to be extended to more epochs).
 
@@ -53,9 +58,13 @@ def plan(spec: RunSpec) -> str:
     config, _ = runlog.read_config(spec.run_dir)
     if config is None:
         return "run"  # new, or config unreadable: the checkpoint decides how far it got
-    wanted = spec.config.settings()
-    # A setting added after the run was written had its default; the recipe, its optimizer's.
-    stored = {**RunConfig().settings(), **config, "recipe": recipe_of(config)}
+    wanted = _flat(spec.config.settings())
+    try:  # a setting added after the run was written had its default
+        stored = _flat(read(config).settings())
+    except ValueError as err:
+        raise UsageError(
+            f"{spec.run_dir}: {err}; use another --out or delete that folder"
+        ) from None
     # A constant rate can train on; a decaying schedule is laid out over the run's epochs.
     extensible = {"epochs"} if spec.config.recipe.schedule == "constant" else set()
     differ = sorted(k for k, v in wanted.items() if k not in extensible and stored.get(k) != v)
@@ -438,7 +447,6 @@ def shared_settings(settings: dict, args) -> dict:
         eval_split=settings["eval_split"],
         train_samples=settings["train_samples"],
         eval_samples=settings["eval_samples"],
-        cnn_min_side=settings["cnn_min_side"],
         trust_checkpoints=args.trust_checkpoints,
         tensorboard=args.tensorboard,
         epochs=settings["epochs"],

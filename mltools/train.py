@@ -27,11 +27,10 @@ from tqdm import tqdm
 
 import dfatools
 
-from . import distributed, models, recipes, runlog
+from . import architectures, distributed, models, recipes, runlog
 from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
-from .config import ARCHS, CNN_POINTS, TRANSFORMERS, RunConfig
+from .config import RunConfig
 from .data import Dataset, iterate_batches, load_dataset
-from .experiments import BOTTLENECK_POINTS
 from .stream import StreamNorm
 from .text import TEXT_DATASETS, load_text
 
@@ -44,82 +43,23 @@ SAMPLE_LENGTH = 300  # characters sampled after the prompt
 # -- building blocks ------------------------------------------------------------------------------
 def build_net(
     cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
-) -> tuple[torch.nn.Module, list | None]:
-    """The plain network, and ``to_dfa``'s ``points`` for it (None: the nn.Sequential rule)."""
-    if cfg.bottleneck_points not in BOTTLENECK_POINTS:
-        raise ValueError(
-            f"unknown bottleneck_points {cfg.bottleneck_points!r}; choose from {BOTTLENECK_POINTS}"
-        )
-    old_neck = cfg.bottleneck_points != "all"
-    if old_neck and (cfg.arch != "bottleneck" or cfg.bottleneck_mode != "mask"):
-        raise ValueError(
-            f"bottleneck_points {cfg.bottleneck_points!r} is the 2019 code's mask-mode "
-            f"bottleneck net; got arch {cfg.arch!r}, mode {cfg.bottleneck_mode!r}"
-        )
-    if cfg.arch not in TRANSFORMERS and (cfg.norm, cfg.error_at) != ("pre", "logits"):
-        raise ValueError(
-            f"norm and error_at are options of the Transformers ({', '.join(TRANSFORMERS)}), "
-            f"not of arch {cfg.arch!r}"
-        )
-    if cfg.arch == "fc":
-        net = models.fc(
-            input_shape,
-            num_classes,
-            act=cfg.act,
-            input_dropout=cfg.input_dropout,
-            dropout=cfg.dropout,
-            batch_norm=cfg.batch_norm,
-        )
-    elif cfg.arch == "cnn":
-        net = models.cnn(
-            input_shape,
-            num_classes,
-            act=cfg.act,
-            input_dropout=cfg.input_dropout,
-            conv_dropout=cfg.conv_dropout,
-            dropout=cfg.dropout,
-            batch_norm=cfg.batch_norm,
-            min_side=cfg.cnn_min_side,
-        )
-    elif cfg.arch == "bottleneck":
-        net = models.bottleneck_net(
-            input_shape,
-            num_classes,
-            cfg.bottleneck_size,
-            mode=cfg.bottleneck_mode,
-            width=cfg.width,
-            seed=cfg.seed,
-            # The 2019 mask has the input gradient's shape at the first (full) batch.
-            input_mask_batch=cfg.batch_size if cfg.bottleneck_points == "2019" else None,
-        )
-    elif cfg.arch == "resnet":
-        net = models.resnet(input_shape, num_classes)
-    elif cfg.arch == "transformer":
-        net = models.RowTransformer(input_shape, num_classes, norm=cfg.norm)
-    elif cfg.arch == "gpt":
-        net = models.CharGPT(num_classes, cfg.context, cfg.lm_width, cfg.lm_depth, cfg.norm)
-        return net, models.lm_points(net, cfg.lm_points)
-    else:
-        raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHS}")
-    return net, models.points_2019(net) if old_neck else models.feedback_points(cfg.arch)
+) -> tuple[torch.nn.Module, dict]:
+    """The plain network, and the ``to_dfa`` keywords that place its feedback
+    (:func:`mltools.models.build`)."""
+    return models.build(cfg, input_shape, num_classes)
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
-    net, points = build_net(cfg, input_shape, num_classes)
-    if cfg.cnn_points not in CNN_POINTS:
-        raise ValueError(f"unknown cnn_points {cfg.cnn_points!r}; choose from {CNN_POINTS}")
-    exact_top = 2 if cfg.arch == "cnn" and cfg.cnn_points == "2019" else 1
-    placement = {"exact_top": exact_top} if points is None else {"points": points}
-    site, width = models.error_site(net, cfg.error_at)
-    if site is not None:
-        if cfg.method == "drtp":
-            raise ValueError("drtp projects the class targets: it takes no error_at")
-        placement["error_at"] = site
+    """The network of ``cfg`` trained by its method."""
+    net, placement = build_net(cfg, input_shape, num_classes)
+    if "error_at" in placement and cfg.method == "drtp":
+        raise ValueError("drtp projects the class targets: it takes no error_at")
+    width = placement.pop("num_classes", num_classes)
     # Every method keeps the DFA model's feedback points, where alignment is measured.
     return dfatools.to_method(
         net,
         cfg.method,
-        width or num_classes,
+        width,
         normalize=cfg.normalize,
         positions=cfg.positions,
         seed=cfg.seed,
@@ -132,14 +72,16 @@ def bottleneck_layout(cfg: RunConfig) -> dict:
     :func:`models.point_blocks`), and ``bottleneck_point``: the index of the point right after
     the bottleneck layer. Recorded in config.json so reports line up networks of other points.
     """
-    blocks = models.point_blocks(*build_net(cfg, (1, 1, 1), 2))  # the layout only
+    net, placement = build_net(cfg, (1, 1, 1), 2)  # the layout only
+    blocks = models.point_blocks(net, placement.get("points"))
     return {"point_blocks": blocks, "bottleneck_point": blocks.index(models.BOTTLENECK_BLOCK)}
 
 
 def check_recipe(cfg: RunConfig) -> None:
     """ValueError for a recipe the run cannot honour: weight decay would move the entries that
     a mask-mode bottleneck layer keeps at their initial value (DESIGN.md 5)."""
-    if cfg.arch == "bottleneck" and cfg.bottleneck_mode == "mask" and cfg.recipe.weight_decay:
+    mask = isinstance(cfg.model, architectures.BottleneckOptions) and cfg.model.mode == "mask"
+    if mask and cfg.recipe.weight_decay:
         raise ValueError(
             "weight decay would move the frozen entries of the mask-mode bottleneck layer; "
             "use --weight-decay 0 or --mode width"

@@ -73,9 +73,7 @@ def small(points, **changes) -> RunConfig:
     base = dict(
         experiment=f"mask-std-b5-points{points}",
         arch="bottleneck",
-        bottleneck_points=points,
-        bottleneck_size=5,
-        width=32,
+        model={"points": points, "size": 5, "width": 32},
         epochs=2,
         batch_size=64,
         lr=0.05,
@@ -125,7 +123,11 @@ def numpy_2019_grads(model, x, y, mask, seed):
 @pytest.mark.parametrize("points", ["2019", "2019-nomask"])
 def test_2019_gradients_match_hand_computation(points):
     torch.manual_seed(0)
-    model = build_model(small(points, width=16, batch_size=8, seed=3), (1, 2, 3), K)
+    model = build_model(
+        small(points, model={"points": points, "size": 5, "width": 16}, batch_size=8, seed=3),
+        (1, 2, 3),
+        K,
+    )
     masks = [m for m in model.modules() if isinstance(m, models.InputGradMask)]
     assert len(masks) == (1 if points == "2019" else 0)
     gen = torch.Generator().manual_seed(1)
@@ -159,7 +161,7 @@ def test_resume_is_exact_and_layout_recorded(tmp_path, points):
     assert records(a) == records(b)
     assert all(len(r["alignment"]) == 2 for r in records(a))  # h2 and h3 only
     cfg = json.loads((a / runlog.CONFIG).read_text())
-    assert cfg["bottleneck_points"] == points
+    assert cfg["model"]["points"] == points
     assert (cfg["point_blocks"], cfg["bottleneck_point"]) == ([1, 2], 0)
     state = torch.load(a / runlog.MODEL, weights_only=True)
     assert ("3.mask" in state) == (points == "2019")
@@ -194,9 +196,9 @@ def test_pai_prealigns_both_2019_points(tmp_path):
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"bottleneck_points": "nope"}, "unknown bottleneck_points"),
-        ({"bottleneck_points": "2019", "bottleneck_mode": "width"}, "mask-mode"),
-        ({"bottleneck_points": "2019", "arch": "fc"}, "mask-mode"),
+        ({"model": {"points": "nope", "size": 5}}, "unknown bottleneck points"),
+        ({"model": {"points": "2019", "mode": "width", "size": 5}}, "mask-mode"),
+        ({"model": {"size": None}}, "needs a size"),
     ],
 )
 def test_bad_points_setting_is_a_clear_error(changes, match):

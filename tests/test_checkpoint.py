@@ -92,14 +92,14 @@ def make_old_format(path) -> None:
 
 def test_old_checkpoint_is_refused_then_resumes_exactly_when_trusted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train_run(small(epochs=3, dropout=0.3), a, CPU, quiet=True)
-    train_run(small(epochs=1, dropout=0.3), b, CPU, quiet=True)
+    train_run(small(epochs=3, model={"dropout": 0.3}), a, CPU, quiet=True)
+    train_run(small(epochs=1, model={"dropout": 0.3}), b, CPU, quiet=True)
     for name in (runlog.CHECKPOINT, runlog.PREVIOUS_CHECKPOINT):
         make_old_format(b / name)
     with pytest.raises(UnsafeCheckpoint, match="--trust-checkpoints") as err:
-        train_run(small(epochs=3, dropout=0.3), b, CPU, quiet=True)
+        train_run(small(epochs=3, model={"dropout": 0.3}), b, CPU, quiet=True)
     assert "\n" not in str(err.value) and "numpy" in str(err.value)
-    train_run(small(epochs=3, dropout=0.3, trust_checkpoints=True), b, CPU, quiet=True)
+    train_run(small(epochs=3, model={"dropout": 0.3}, trust_checkpoints=True), b, CPU, quiet=True)
     assert metrics(a) == metrics(b)
     log = (b / runlog.LOG).read_text()
     assert "loaded with pickle" in log and "resumed from the checkpoint of epoch 1" in log

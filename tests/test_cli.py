@@ -157,7 +157,7 @@ def test_bottleneck_methods_sweep(tmp_path):
     config = json.loads(
         (tmp_path / "bottleneck" / "fa-mask-std-b2" / "seed0" / "config.json").read_text()
     )
-    assert (config["method"], config["init"], config["bottleneck_size"]) == ("fa", "std", 2)
+    assert (config["method"], config["init"], config["model"]["size"]) == ("fa", "std", 2)
     with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["init"], r["size"]) for r in rows] == [
@@ -187,7 +187,7 @@ def test_bottleneck_points_sweep(tmp_path):
     config = json.loads(
         (tmp_path / "bottleneck" / "mask-std-b2-points2019" / "seed0" / "config.json").read_text()
     )
-    assert (config["bottleneck_points"], config["point_blocks"]) == ("2019", [1, 2])
+    assert (config["model"]["points"], config["point_blocks"]) == ("2019", [1, 2])
     with open(tmp_path / "bottleneck" / "figures" / "bottleneck_table.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["points"], r["size"]) for r in rows] == [

@@ -77,8 +77,11 @@ def assert_alignment_close(on_cuda: list, on_cpu: list) -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"arch": "fc", "batch_norm": True},
-        {"arch": "cnn", "cnn_min_side": 16},  # 8x8 digits upsampled to 16x16: 4 feedback points
+        {"arch": "fc", "model": {"batch_norm": True}},
+        {
+            "arch": "cnn",
+            "model": {"min_side": 16},
+        },  # 8x8 digits upsampled to 16x16: 4 feedback points
     ],
 )
 def test_dfa_gradients_on_cuda_equal_the_cpu_ones(exact_float32, changes):
@@ -123,7 +126,7 @@ def test_checkpoint_written_on_cuda_resumes_there_and_loads_on_the_cpu(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
 
     def run(epochs: int):
-        return small(epochs=epochs, dropout=0.3)  # dropout draws from the CUDA RNG
+        return small(epochs=epochs, model={"dropout": 0.3})  # dropout draws from the CUDA RNG
 
     train_run(run(3), a, CUDA, quiet=True)
     train_run(run(1), b, CUDA, quiet=True)

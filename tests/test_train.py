@@ -34,16 +34,20 @@ def metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize(
     "arch, changes",
     [
-        ("fc", {"experiment": "fc-drop", "input_dropout": 0.1, "dropout": 0.5, "batch_norm": True}),
+        (
+            "fc",
+            {
+                "experiment": "fc-drop",
+                "model": {"input_dropout": 0.1, "dropout": 0.5, "batch_norm": True},
+            },
+        ),
         ("cnn", {"experiment": "conv-tanh", "train_samples": 64, "batch_size": 32}),
-        ("bottleneck", {"experiment": "mask-std-b5", "bottleneck_size": 5, "width": 64}),
+        ("bottleneck", {"experiment": "mask-std-b5", "model": {"size": 5, "width": 64}}),
         (
             "bottleneck",
             {
                 "experiment": "width-pai-b5",
-                "bottleneck_size": 5,
-                "width": 64,
-                "bottleneck_mode": "width",
+                "model": {"size": 5, "width": 64, "mode": "width"},
                 "init": "pai",
             },
         ),
@@ -57,7 +61,11 @@ def test_one_epoch_smoke_run_writes_the_run_folder(tmp_path, arch, changes):
     assert config["versions"]["torch"] == torch.__version__
     records = metrics(tmp_path)
     assert [r["epoch"] for r in records] == [0, 1]
-    n_points = {"fc": 3, "cnn": 4, "bottleneck": 3 if cfg.bottleneck_mode == "mask" else 4}[arch]
+    n_points = {
+        "fc": 3,
+        "cnn": 4,
+        "bottleneck": 3 if getattr(cfg.model, "mode", "") == "mask" else 4,
+    }[arch]
     assert all(len(r["alignment"]) == n_points for r in records)
     assert all(0 <= r["eval_top1"] <= 100 for r in records)
     assert (tmp_path / "model.pt").exists() and (tmp_path / "checkpoint.pt").exists()
@@ -75,9 +83,9 @@ def test_pai_run_starts_aligned(tmp_path):
 
 def test_resume_after_extension_equals_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train_run(small(epochs=3, dropout=0.3), a, CPU, quiet=True)
-    train_run(small(epochs=1, dropout=0.3), b, CPU, quiet=True)
-    train_run(small(epochs=3, dropout=0.3), b, CPU, quiet=True)  # picks up at epoch 2
+    train_run(small(epochs=3, model={"dropout": 0.3}), a, CPU, quiet=True)
+    train_run(small(epochs=1, model={"dropout": 0.3}), b, CPU, quiet=True)
+    train_run(small(epochs=3, model={"dropout": 0.3}), b, CPU, quiet=True)  # picks up at epoch 2
     assert metrics(a) == metrics(b)
     assert "resumed from the checkpoint of epoch 1" in (b / "log.txt").read_text()
 
@@ -117,7 +125,7 @@ def test_damaged_metrics_line_is_refilled_from_the_log_on_resume(tmp_path):
 
 
 def test_divergence_stops_the_run_and_the_sweep_goes_on(tmp_path):
-    bad = RunSpec(small(experiment="fc-relu", act="relu", lr=1e6), tmp_path / "bad")
+    bad = RunSpec(small(experiment="fc-relu", model={"act": "relu"}, lr=1e6), tmp_path / "bad")
     good = RunSpec(small(epochs=1), tmp_path / "good")
     outcomes = run_sweep([bad, good], device="cpu", quiet=True)
     assert outcomes["diverged"] == 1 and outcomes["done"] == 1
@@ -281,16 +289,16 @@ def test_unreadable_config_does_not_lose_the_run(tmp_path):
 
 
 def test_cnn_2019_placement_and_input_side(tmp_path):
-    """cnn_points="2019" leaves out the point before the output layer (3 points, as the 2019
-    code's CNN); cnn_min_side sets the side small inputs are upsampled to (16 -> 64 features)."""
+    """points="2019" leaves out the point before the output layer (3 points, as the 2019
+    code's CNN); min_side sets the side small inputs are upsampled to (16 -> 64 features)."""
     from mltools.train import build_model
 
     ours = build_model(RunConfig(arch="cnn"), (1, 28, 28), 10)
-    old = build_model(RunConfig(arch="cnn", cnn_points="2019"), (1, 28, 28), 10)
+    old = build_model(RunConfig(arch="cnn", model={"points": "2019"}), (1, 28, 28), 10)
     x = torch.zeros(2, 1, 28, 28)
     sizes = [p.h[0].numel() for p in dfatools_traces(old, x)]
     assert len(ours.feedback_points) == 4 and sizes == [32 * 15 * 15, 64 * 7 * 7, 64 * 3 * 3]
-    small_side = build_model(RunConfig(arch="cnn", cnn_min_side=16), (1, 8, 8), 10)
+    small_side = build_model(RunConfig(arch="cnn", model={"min_side": 16}), (1, 8, 8), 10)
     linears = [m for m in small_side if isinstance(m, torch.nn.Linear)]
     assert linears[0].in_features == 64 * 1 * 1
 
@@ -312,11 +320,11 @@ def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
 
     run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
     config = json.loads((tmp_path / runlog.CONFIG).read_text())
-    del config["cnn_points"]
+    del config["model"]["act"]
     (tmp_path / runlog.CONFIG).write_text(json.dumps(config))
     assert plan(RunSpec(small(epochs=1), tmp_path)) == "skip"
-    with pytest.raises(UsageError, match="cnn_points"):
-        plan(RunSpec(small(epochs=1, cnn_points="2019"), tmp_path))
+    with pytest.raises(UsageError, match=r"model\.act"):
+        plan(RunSpec(small(epochs=1, model={"act": "relu"}), tmp_path))
 
 
 def test_the_cuda_rng_state_restored_is_the_run_devices():

@@ -19,7 +19,7 @@ import dfatools
 from mltools import effects, models, recipes, runlog
 from mltools.runlog import Run
 from mltools.stream import StreamNorm
-from mltools.train import RunConfig, Trainer, build_model, check_slices, train_run
+from mltools.train import RunConfig, Trainer, check_slices, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -299,8 +299,8 @@ def test_unbounded_flags_a_stream_grown_tenfold_over_the_last_half(tmp_path):
 def lm_config(path: Path, **changes) -> RunConfig:
     base = dict(
         experiment="dfa", dataset="text", text=str(path), arch="gpt", method="dfa", context=16,
-        lm_width=32, lm_depth=2, epochs=4, batch_size=16, lr=3e-3, recipe="adam2020",
-        norm="post", error_at="hidden",
+        model={"width": 32, "depth": 2, "norm": "post", "error_at": "hidden"}, epochs=4,
+        batch_size=16, lr=3e-3, recipe="adam2020",
     )  # fmt: skip
     return RunConfig(**{**base, **changes})
 
@@ -404,8 +404,8 @@ def test_norm_and_error_at_are_refused_outside_the_transformers(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 2 and "transformer" in out.stderr
-    with pytest.raises(ValueError, match="Transformers"):
-        build_model(RunConfig(arch="fc", norm="post"), (4,), 3)
+    with pytest.raises(ValueError, match="norm: not an option of arch 'fc'"):
+        RunConfig(arch="fc", model={"norm": "post"})
     (tmp_path / "t.txt").write_text(VERSE * 20, encoding="utf-8")
     drtp = script("language_model.py", "--text", "t.txt", "--methods", "drtp", "--error-at",
                   "hidden", "--out", "d", cwd=tmp_path)  # fmt: skip
@@ -425,7 +425,7 @@ def test_the_script_trains_post_norm_dfa_at_the_hidden_state_and_records_the_str
     for method in ("bp", "dfa", "shallow"):
         run_dir = root / method / "seed0"
         config = json.loads((run_dir / runlog.CONFIG).read_text())
-        assert (config["norm"], config["error_at"]) == ("post", "hidden")
+        assert (config["model"]["norm"], config["model"]["error_at"]) == ("post", "hidden")
         records = [json.loads(line) for line in (run_dir / runlog.METRICS).read_text().splitlines()]
         assert len(records) == 3 and all(len(r["stream_norm"]) == 2 for r in records)
         rebuilt, warnings = runlog.parse_log((run_dir / runlog.LOG).read_text())
