@@ -11,7 +11,8 @@ Outputs go to RESULTS_DIR/bottleneck/figures/, or RESULTS_DIR/bottleneck/figures
 
 from pathlib import Path
 
-from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
+from mltools.bottleneck_recovered import write_recovered_bottleneck_report
+from mltools.bottleneck_report import write_bottleneck_report
 from mltools.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
 from mltools.experiments import BOTTLENECK
 

@@ -32,15 +32,13 @@ from typing import Callable
 
 import numpy as np
 
-from .architectures import BOTTLENECK_POINTS
+from .architectures import BOTTLENECK_POINTS, FULL_WIDTH
 from .cli import UsageError
 from .effects import (
     MEAN_COS,
     Effect,
     Metric,
     compare,
-    convergence_flags,
-    convergence_lines,
     no_reference_note,
     point_cos,
     reference_width,
@@ -50,7 +48,12 @@ from .effects import (
     write_effects,
 )
 from .experiments import BOTTLENECK, METHODS
-from .runlog import Run, parse_json
+from .flags import (
+    Flags,
+    convergence_flags,
+    convergence_lines,
+)
+from .runlog import Run
 from .tables import (
     BP_MARK,
     METHOD_NAMES,
@@ -72,7 +75,6 @@ from .tables import (
     point_label,
     point_stats,
     status_counts,
-    well_formed,
     write_csv,
 )
 
@@ -225,134 +227,103 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
     return write_outputs(cells, results / BOTTLENECK / "figures", warnings, at, point_label, echo)
 
 
-# -- recovered 2019 logs --------------------------------------------------------------------------
-def read_recovered(path: Path) -> list[list[dict]]:
-    """The JSON that log_retrieval.py writes for a 2019 log: runs of epoch dicts; UsageError."""
-    try:
-        runs = parse_json(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise UsageError(f"cannot read recovered log {path}: {err}") from None
-    ok = isinstance(runs, list) and all(
-        isinstance(run, list)
-        and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in run)
-        for run in runs
-    )
-    if not ok:
-        raise UsageError(
-            f"{path}: not a recovered 2019 log (expected a list of runs, each a list "
-            "of epoch objects, as log_retrieval.py writes)"
-        )
-    return runs
-
-
-def _modules(epoch: dict) -> list[dict]:
-    """Well-formed module entries of a recovered epoch (dicts with an int ``index``)."""
-    return well_formed(epoch.get("modules"), "index")
-
-
-def _default_module(epoch: dict) -> int | None:
-    linear = [m["index"] for m in _modules(epoch) if str(m.get("name", "")).startswith("Linear")]
-    return linear[1] if len(linear) > 1 else None
-
-
-def recovered_cells(
-    runs: Sequence[Sequence[dict]],
-    sizes: Sequence[int],
-    epoch: int | None = None,
-    module: int | None = None,
-) -> tuple[list[Cell], list[str]]:
-    """Cells from recovered 2019 runs, one run per size in order (a repeated size is a second seed).
-
-    A module's ``mean`` stands in for ``cos_mean`` (the 2019 logs hold no per-sample angles, so
-    degrees stay empty); the bottleneck point is module ``module``, by default the second Linear
-    module of the epoch. Mode is "mask" (the 2019 code masked), init "recovered", points "2019".
-    """
-    if len(sizes) != len(runs):
-        raise UsageError(
-            f"{len(sizes)} sizes given for {len(runs)} recovered runs; give one size per run"
-        )
-    grouped: dict[int, list[dict]] = {}
-    warnings = []
-    for i, (run, size) in enumerate(zip(runs, sizes)):
-        if epoch is None:
-            record = run[-1] if run else None
-        else:
-            record = next((e for e in run if e["epoch"] == epoch), None)
-        if record is None:
-            warnings.append(f"recovered run {i} (size {size}): no epoch {epoch}; left out")
-            grouped.setdefault(size, [])
-            continue
-        point = module if module is not None else _default_module(record)
-        if point is None:
-            raise UsageError(
-                f"recovered run {i}: fewer than two Linear modules in epoch "
-                f"{record['epoch']}; name the bottleneck module with --module"
-            )
-        if not any(m["index"] == point for m in _modules(record)):
-            warnings.append(
-                f"recovered run {i} (size {size}): no module {point} in epoch {record['epoch']}"
-            )
-        grouped.setdefault(size, []).append(
-            {
-                "epoch": record["epoch"],
-                "train_top1": record.get("train_top1"),
-                "eval_top1": record.get("test_top1"),
-                "bottleneck_point": point,
-                "alignment": [
-                    {
-                        "point": m["index"],
-                        "name": m.get("name", ""),
-                        "cos_mean": m.get("mean"),
-                        "cos_std": m.get("std"),
-                        "angle_deg": None,
-                    }
-                    for m in _modules(record)
-                ],
-            }
-        )
-    cells = [
-        Cell(
-            "dfa",
-            "mask",
-            "recovered",
-            size,
-            {"done": len(recs)},
-            recs,
-            recs[0]["bottleneck_point"] if recs else (module or 0),
-            points="2019",
-        )
-        for size, recs in sorted(grouped.items())
-    ]
-    return cells, warnings
-
-
-def write_recovered_bottleneck_report(
-    recovered: Path,
-    sizes: Sequence[int],
-    out_dir: Path,
-    epoch: int | None = None,
-    module: int | None = None,
-    echo: Echo = print,
-) -> Path:
-    """The bottleneck figures and table from a recovered 2019 JSON, written to ``out_dir``."""
-    runs = read_recovered(recovered)
-    cells, warnings = recovered_cells(runs, sizes, epoch, module)
-    if not any(c.records for c in cells):
-        raise UsageError(f"no recovered run has epoch {epoch}")
-    at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
-    return write_outputs(
-        cells,
-        Path(out_dir),
-        warnings,
-        at,
-        lambda p: f"m{p}",
-        echo,
-        source=f"recovered 2019 log {recovered}; cos = the module's logged mean, "
-        "no angles in those logs",
-    )
-
-
 # -- outputs --------------------------------------------------------------------------------------
+@dataclass
+class Columns:
+    """What the table's columns depend on: the feedback points found, those with an angle,
+    whether any bottleneck point has undefined cosines, and the evaluated split(s)."""
+
+    points: list[int]
+    with_deg: list[int]
+    with_undefined: bool
+    eval_name: str
+    label: Callable[[int], str]
+
+    def markdown_head(self) -> list[str]:
+        return [
+            *("method", "points", "mode", "init", "size", "seeds", "unconverged", "unsteady"),
+            *("train top-1", f"{self.eval_name} top-1", "bottleneck point"),
+            *(f"cos {self.label(p)}" for p in self.points),
+            *(f"deg {self.label(p)}" for p in self.with_deg),
+        ]
+
+    def csv_head(self) -> list[str]:
+        return [
+            *("method", "points", "mode", "init", "size", "seeds_done", "seeds_diverged"),
+            *("seeds_used", "seeds_unconverged", "seeds_convergence_unknown", "seeds_unsteady"),
+            *("eval_split", "train_top1_mean", "train_top1_std", "eval_top1_mean"),
+            *("eval_top1_std", "bottleneck_point", "bottleneck_cos_mean", "bottleneck_cos_std"),
+            *(f"cos_{self.label(p)}" for p in self.points),
+            *(f"deg_{self.label(p)}" for p in self.with_deg),
+            *(["bottleneck_undefined_frac"] if self.with_undefined else []),
+        ]
+
+
+def columns_of(
+    cells: Sequence[Cell], stats: Sequence[dict], label: Callable[[int], str]
+) -> Columns:
+    points = sorted({p for s in stats for p in s})
+    with_deg = [
+        p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)
+    ]
+    with_undefined = any(math.isfinite(undefined_frac(c, s)) for c, s in zip(cells, stats))
+    eval_name = "/".join(sorted({c.eval_split for c in cells}))
+    return Columns(points, with_deg, with_undefined, eval_name, label)
+
+
+def undefined_frac(cell: Cell, stats: dict) -> float:
+    """The fraction of undefined cosines at the cell's bottleneck point (nan when unknown)."""
+    return stats.get(cell.bottleneck_point, {}).get("undefined", math.nan)
+
+
+def markdown_row(c: Cell, s: dict, flag: Flags, cols: Columns) -> list[str]:
+    """The row of cell ``c`` (point stats ``s``) in bottleneck_table.md."""
+    tr = mean_std(r.get("train_top1") for r in c.records)
+    ev = mean_std(r.get("eval_top1") for r in c.records)
+    return [
+        *(c.method, c.points, c.mode, c.init, str(c.size), fmt_counts(c.counts)),
+        *(flag.cell(), flag.unsteady_cell(), fmt_pm(tr[0], tr[1], 2), fmt_pm(ev[0], ev[1], 2)),
+        cols.label(c.bottleneck_point),
+        *(cos_cell(s.get(p, {}).get("cos"), 3, c.method) for p in cols.points),
+        *(cos_cell(s.get(p, {}).get("deg"), 1, c.method) for p in cols.with_deg),
+    ]
+
+
+def csv_row(c: Cell, s: dict, flag: Flags, cols: Columns) -> list[object]:
+    """The row of cell ``c`` (point stats ``s``) in bottleneck_table.csv."""
+    tr = mean_std(r.get("train_top1") for r in c.records)
+    ev = mean_std(r.get("eval_top1") for r in c.records)
+    bn = s.get(c.bottleneck_point, {})
+    defined = OTHER_ALIGNMENT.get(c.method) != "undefined"  # shallow: no cosine to write
+    return [
+        *(c.method, c.points, c.mode, c.init, c.size),
+        *(c.counts.get("done", 0), c.counts.get("diverged", 0), len(c.records)),
+        *(len(flag.flagged), flag.unknown, len(flag.unsteady), c.eval_split),
+        *(fmt(tr[0], 4), fmt(tr[1], 4), fmt(ev[0], 4), fmt(ev[1], 4)),
+        cols.label(c.bottleneck_point),
+        fmt(bn.get("cos"), 6) if defined else "",
+        fmt(bn.get("cos_std"), 6) if defined else "",
+        *(fmt(s.get(p, {}).get("cos"), 6) if defined else "" for p in cols.points),
+        *(fmt(s.get(p, {}).get("deg"), 4) if defined else "" for p in cols.with_deg),
+        *([fmt(undefined_frac(c, s), 6)] if cols.with_undefined else []),
+    ]
+
+
+def intro_lines(at: str, source: str) -> list[str]:
+    return [
+        "# Bottleneck sweep",
+        "",
+        f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
+        "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
+        "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
+        "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
+        "bottleneck layer, plotted in alignment_vs_size.png. Shallow delivers no signal, so "
+        f"its cosines are undefined (and not plotted); {BP_MARK} BP: the cosine of the DFA "
+        "signal on the BP-trained network.",
+        "",
+    ]
+
+
 def write_outputs(
     cells: Sequence[Cell],
     folder: Path,
@@ -368,122 +339,19 @@ def write_outputs(
         echo(f"warning: {w}")
     stats = [point_stats(c.records) for c in cells]
     flags = [convergence_flags(c.used, len(c.records)) for c in cells]
-    points = sorted({p for s in stats for p in s})
-    with_deg = [
-        p for p in points if any(math.isfinite(s.get(p, {}).get("deg", math.nan)) for s in stats)
-    ]
-    undefined = [
-        s.get(c.bottleneck_point, {}).get("undefined", math.nan) for c, s in zip(cells, stats)
-    ]
-    with_undefined = any(math.isfinite(u) for u in undefined)
-    splits = sorted({c.eval_split for c in cells})
-    eval_name = "/".join(splits)
-    md_head = [
-        "method",
-        "points",
-        "mode",
-        "init",
-        "size",
-        "seeds",
-        "unconverged",
-        "unsteady",
-        "train top-1",
-        f"{eval_name} top-1",
-        "bottleneck point",
-        *(f"cos {label(p)}" for p in points),
-        *(f"deg {label(p)}" for p in with_deg),
-    ]
-    csv_head = [
-        "method",
-        "points",
-        "mode",
-        "init",
-        "size",
-        "seeds_done",
-        "seeds_diverged",
-        "seeds_used",
-        "seeds_unconverged",
-        "seeds_convergence_unknown",
-        "seeds_unsteady",
-        "eval_split",
-        "train_top1_mean",
-        "train_top1_std",
-        "eval_top1_mean",
-        "eval_top1_std",
-        "bottleneck_point",
-        "bottleneck_cos_mean",
-        "bottleneck_cos_std",
-        *(f"cos_{label(p)}" for p in points),
-        *(f"deg_{label(p)}" for p in with_deg),
-        *(["bottleneck_undefined_frac"] if with_undefined else []),
-    ]
-    md_rows, csv_rows = [], []
-    for c, s, flag, u in zip(cells, stats, flags, undefined):
-        tr = mean_std(r.get("train_top1") for r in c.records)
-        ev = mean_std(r.get("eval_top1") for r in c.records)
-        bn = s.get(c.bottleneck_point, {})
-        defined = OTHER_ALIGNMENT.get(c.method) != "undefined"  # shallow: no cosine to write
-        md_rows.append(
-            [
-                c.method,
-                c.points,
-                c.mode,
-                c.init,
-                str(c.size),
-                fmt_counts(c.counts),
-                flag.cell(),
-                flag.unsteady_cell(),
-                fmt_pm(tr[0], tr[1], 2),
-                fmt_pm(ev[0], ev[1], 2),
-                label(c.bottleneck_point),
-                *(cos_cell(s.get(p, {}).get("cos"), 3, c.method) for p in points),
-                *(cos_cell(s.get(p, {}).get("deg"), 1, c.method) for p in with_deg),
-            ]
-        )
-        csv_rows.append(
-            [
-                c.method,
-                c.points,
-                c.mode,
-                c.init,
-                c.size,
-                c.counts.get("done", 0),
-                c.counts.get("diverged", 0),
-                len(c.records),
-                len(flag.flagged),
-                flag.unknown,
-                len(flag.unsteady),
-                c.eval_split,
-                fmt(tr[0], 4),
-                fmt(tr[1], 4),
-                fmt(ev[0], 4),
-                fmt(ev[1], 4),
-                label(c.bottleneck_point),
-                fmt(bn.get("cos"), 6) if defined else "",
-                fmt(bn.get("cos_std"), 6) if defined else "",
-                *(fmt(s.get(p, {}).get("cos"), 6) if defined else "" for p in points),
-                *(fmt(s.get(p, {}).get("deg"), 4) if defined else "" for p in with_deg),
-                *([fmt(u, 6)] if with_undefined else []),
-            ]
-        )
-    table = markdown_table(md_head, md_rows)
-    write_csv(folder / "bottleneck_table.csv", csv_head, csv_rows)
-    effects, notes = bottleneck_effects(cells, label, eval_name)
+    cols = columns_of(cells, stats, label)
+    lines = list(zip(cells, stats, flags))
+    table = markdown_table(cols.markdown_head(), [markdown_row(*line, cols) for line in lines])
+    write_csv(
+        folder / "bottleneck_table.csv", cols.csv_head(), [csv_row(*ln, cols) for ln in lines]
+    )
+    effects, notes = bottleneck_effects(cells, label, cols.eval_name)
     text = [
-        "# Bottleneck sweep",
-        "",
-        f"Values at {at}{'; ' + source if source else ''}. Top-1 in percent, `mean ± std` over "
-        "done seeds (sample std, ddof = 1; `± -` for one seed); diverged seeds are counted in "
-        "`seeds` but left out of the means. `cos X` is the mean `cos_mean` at feedback point X, "
-        "`deg X` the mean `angle_deg`; `bottleneck point` is the point right after the "
-        "bottleneck layer, plotted in alignment_vs_size.png. Shallow delivers no signal, so "
-        f"its cosines are undefined (and not plotted); {BP_MARK} BP: the cosine of the DFA "
-        "signal on the BP-trained network.",
-        "",
+        *intro_lines(at, source),
         *points_lines(cells, stats, label),
         table,
         "",
-        *convergence_lines(flags, eval_name),
+        *convergence_lines(flags, cols.eval_name),
         *undefined_lines(
             undefined_note(c.name, s, [c.bottleneck_point], label)
             for c, s in zip(cells, stats)
@@ -495,7 +363,7 @@ def write_outputs(
             folder / "effects.csv",
             folder / "effects.png",
             name_header="cell",
-            rule="size b vs the full width, 800 unless the config "
+            rule=f"size b vs the full width, {FULL_WIDTH} unless the config "
             "gives `width`, at the same method, points, mode and init; and a cell of the 2019 "
             "points vs today's network (points `all`) at the same method, mode, init and size",
             panels=["eval_top1", "bottleneck_cos", MEAN_COS.key],
@@ -506,7 +374,7 @@ def write_outputs(
         text += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     (folder / "bottleneck_table.md").write_text("\n".join(text))
     plot_alignment(folder / "alignment_vs_size.png", cells, stats, label, at)
-    plot_accuracy(folder / "accuracy_vs_size.png", cells, eval_name, at)
+    plot_accuracy(folder / "accuracy_vs_size.png", cells, cols.eval_name, at)
     echo(table)
     return folder
 

@@ -8,6 +8,7 @@ Reads ``<out>/language_model/<method>/seed<k>/``; writes ``report.md``, ``summar
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +16,16 @@ from .effects import (
     Effect,
     Metric,
     compare,
-    convergence_flags,
-    convergence_lines,
     difference_cells,
     difference_text,
-    unbounded_lines,
 )
 from .experiments import LANGUAGE_MODEL
+from .flags import (
+    Flags,
+    convergence_flags,
+    convergence_lines,
+    unbounded_lines,
+)
 from .recipes import recipe_of
 from .runlog import SAMPLES, Run
 from .tables import (
@@ -65,6 +69,61 @@ def bpc_effect(name: str, runs: list[Run], reference: list[Run]) -> Effect | Non
     return compare(name, records, REFERENCE, [r for _, r in done_records(reference)[0]], [BPC])[0]
 
 
+@dataclass
+class MethodRow:
+    """One method's line: report.md's row, summary.csv's, its sentence against BP (if any)."""
+
+    markdown: list[str]
+    csv: list[object]
+    flags: Flags
+    sentence: str | None
+
+
+def method_row(name: str, group: list[Run], reference: list[Run], echo: Callable) -> MethodRow:
+    used, warnings = done_records(group)
+    for w in warnings:
+        echo(f"warning: {w}")
+    records = [r for _, r in used]
+    flag = convergence_flags(used)
+    bpc = mean_std(r.get("eval_bpc") for r in records)
+    train = mean_std(r.get("train_bpc") for r in records)
+    top1 = mean_std(r.get("eval_top1") for r in records)
+    stats = point_stats(records)
+    cos = mean_std(s["cos"] for s in stats.values())[0] if stats else math.nan
+    effect = bpc_effect(name, group, reference) if name != REFERENCE else None
+    diff = ci = "reference" if name == REFERENCE else "-"
+    sentence = None
+    if effect is not None:
+        diff, ci = difference_cells(effect)
+        if effect.clear is not None:
+            sentence = (
+                f"- {name}: {bpc[0]:.3f} bits per character; {name} − BP = "
+                f"{difference_text(effect)}."
+            )
+    configs = [r.config or {} for r, _ in used]
+    lrs = "/".join(sorted({f"{c.get('lr'):g}" for c in configs if c.get("lr")}))
+    recipes = "/".join(sorted({recipe_of(c)["name"] for c in configs}))
+    epochs = "/".join(sorted({str(r["epoch"]) for r in records}))
+    stream = mean_std(last_stream(r) for r in records)
+    iv = effect.interval if effect else None
+    return MethodRow(
+        [
+            *(name, "/".join(sorted({layout(c) for c in configs})), lrs, recipes, epochs),
+            *(fmt_counts(status_counts(group)), fmt_pm(bpc[0], bpc[1], 3), diff, ci),
+            *(fmt_pm(top1[0], top1[1], 2), fmt_pm(train[0], train[1], 3), fmt(cos, 3)),
+            " ".join(fmt(s["cos"], 2) for s in stats.values()),
+            *(fmt(stream[0], 4), flag.cell(), flag.unsteady_cell(), flag.unbounded_cell()),
+        ],
+        [
+            *(name, lrs, recipes, epochs, len(records), fmt(bpc[0], 5), fmt(bpc[1], 5)),
+            *((fmt(iv.diff, 5), fmt(iv.low, 5), fmt(iv.high, 5)) if iv else ("", "", "")),
+            *(fmt(top1[0], 3), fmt(cos, 4), fmt(stream[0], 5)),
+        ],
+        flag,
+        sentence,
+    )
+
+
 def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
     """Write the report of the runs under ``<out>/language_model``; returns report.md's path."""
     runs = collect(out)
@@ -75,67 +134,15 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
     head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP", "95% CI"]
     head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "stream norm"]
     head += ["unconverged", "unsteady", "unbounded"]
-    rows, csv_rows, flags, sentences = [], [], [], []
-    for name, group in runs.items():
-        used, warnings = done_records(group)
-        for w in warnings:
-            echo(f"warning: {w}")
-        records = [r for _, r in used]
-        flag = convergence_flags(used)
-        flags.append(flag)
-        bpc = mean_std(r.get("eval_bpc") for r in records)
-        train = mean_std(r.get("train_bpc") for r in records)
-        top1 = mean_std(r.get("eval_top1") for r in records)
-        stats = point_stats(records)
-        cos = mean_std(s["cos"] for s in stats.values())[0] if stats else math.nan
-        effect = bpc_effect(name, group, reference) if name != REFERENCE else None
-        interval = effect.interval if effect else None
-        diff = ci = "reference" if name == REFERENCE else "-"
-        if effect is not None:
-            diff, ci = difference_cells(effect)
-            if effect.clear is not None:
-                sentences.append(
-                    f"- {name}: {bpc[0]:.3f} bits per character, {difference_text(effect)} "
-                    "against BP."
-                )
-        configs = [r.config or {} for r, _ in used]
-        lrs = "/".join(sorted({f"{c.get('lr'):g}" for c in configs if c.get("lr")}))
-        recipes = "/".join(sorted({recipe_of(c)["name"] for c in configs}))
-        epochs = "/".join(sorted({str(r["epoch"]) for r in records}))
-        blocks = " ".join(fmt(s["cos"], 2) for s in stats.values())
-        stream = mean_std(last_stream(r) for r in records)
-        rows.append(
-            [
-                name,
-                "/".join(sorted({layout(c) for c in configs})),
-                lrs,
-                recipes,
-                epochs,
-                fmt_counts(status_counts(group)),
-                fmt_pm(bpc[0], bpc[1], 3),
-                diff,
-                ci,
-                fmt_pm(top1[0], top1[1], 2),
-                fmt_pm(train[0], train[1], 3),
-                fmt(cos, 3),
-                blocks,
-                fmt(stream[0], 4),
-                flag.cell(),
-                flag.unsteady_cell(),
-                flag.unbounded_cell(),
-            ]
-        )
-        csv_rows.append(
-            [name, lrs, recipes, epochs, len(records), fmt(bpc[0], 5), fmt(bpc[1], 5)]
-            + [fmt(interval.diff, 5) if interval else "", fmt(interval.low, 5) if interval else ""]
-            + [fmt(interval.high, 5) if interval else "", fmt(top1[0], 3), fmt(cos, 4)]
-            + [fmt(stream[0], 5)]
-        )
+    lines_of = [method_row(name, group, reference, echo) for name, group in runs.items()]
+    rows = [m.markdown for m in lines_of]
+    flags = [m.flags for m in lines_of]
+    sentences = [m.sentence for m in lines_of if m.sentence]
     write_csv(
         root / "summary.csv",
         ["method", "lr", "recipe", "epochs", "seeds_used", "eval_bpc_mean", "eval_bpc_std"]
         + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean", "stream_norm_last"],
-        csv_rows,
+        [m.csv for m in lines_of],
     )
     figure = plot_curves(root / "figures" / "curves.png", runs)
     lines = [

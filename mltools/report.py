@@ -28,17 +28,20 @@ import numpy as np
 from .effects import (
     MEAN_COS,
     REFERENCES,
-    convergence_flags,
-    convergence_lines,
     difference_cells,
     difference_text,
     experiment_effects,
-    unbounded_lines,
     undefined_lines,
     undefined_note,
     write_effects,
 )
 from .experiments import BEST_PRACTICES, EXPERIMENTS, GROUPS
+from .flags import (
+    Flags,
+    convergence_flags,
+    convergence_lines,
+    unbounded_lines,
+)
 from .recipes import recipe_of
 from .runlog import Run
 from .tables import (
@@ -218,169 +221,136 @@ def collect_best_practices(out: Path) -> tuple[list[Row], list[str]]:
     return rows, warnings
 
 
-def write_best_practices_report(out: Path, echo: Echo = print, reference: str = "dfa") -> Path:
-    """Write ``report.md``, ``summary.csv``, ``effects.csv`` and ``figures/*.png`` under
-    ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md.
+@dataclass
+class Columns:
+    """What the summary's columns depend on: the feedback points found, those with undefined
+    cosines, the evaluation splits and whether any run recorded its residual stream."""
 
-    ``reference``: the method whose fc-/conv- experiments the effects are measured against;
-    with ``"bp"`` (a per-method study, DESIGN.md 10) the report also has an ``Against BP``
-    table and a figure of eval top-1 vs epoch per method.
-    """
+    points: list[int]
+    undefined: list[int]
+    splits: list[str]
+    streams: bool
 
-    root = Path(out) / BEST_PRACTICES
-    if not root.is_dir():
-        raise FileNotFoundError(f"no best_practices folder in {out}")
-    rows, warnings = collect_best_practices(out)
-    for w in warnings:
-        echo(f"warning: {w}")
+    @property
+    def split(self) -> str:
+        return self.splits[0] if len(self.splits) == 1 else "eval"
 
-    all_stats = [point_stats(row.records) for row in rows]
-    flags = [convergence_flags(row.used) for row in rows]
-    # Transformers record their residual stream: the unbounded column is theirs.
-    streams = any(f.unbounded_unknown < f.seeds for f in flags)
+    def markdown_head(self) -> list[str]:
+        eval_head = f"{self.splits[0]} top-1" if len(self.splits) == 1 else "eval top-1 (split)"
+        return [
+            *("experiment", "method", "architecture", "setting", "epochs", "lr", "recipe"),
+            *("seeds", "unconverged", "unsteady", *(["unbounded"] if self.streams else [])),
+            *(eval_head, "train top-1", "mean cos"),
+            *(f"cos {point_label(p)}" for p in self.points),
+            *(f"deg {point_label(p)}" for p in self.points),
+        ]
+
+    def csv_head(self) -> list[str]:
+        return [
+            *("experiment", "method", "architecture", "setting", "epochs", "lr", "recipe"),
+            *("seeds_done", "seeds_diverged", "seeds_failed", "seeds_running", "seeds_other"),
+            *("seeds_used", "seeds_unconverged", "seeds_convergence_unknown", "seeds_unsteady"),
+            *("eval_split", "eval_top1_mean", "eval_top1_std", "train_top1_mean"),
+            *("train_top1_std", "alignment", "cos_mean_points"),
+            *(f"cos_{point_label(p)}" for p in self.points),
+            *(f"deg_{point_label(p)}" for p in self.points),
+            *(f"undefined_{point_label(p)}" for p in self.undefined),
+        ]
+
+
+def columns_of(rows: Sequence[Row], all_stats: Sequence[dict], flags: Sequence[Flags]) -> Columns:
     points = sorted({p for stats in all_stats for p in stats})
     undefined = [
         p
         for p in points
         if any(math.isfinite(s.get(p, {}).get("undefined", math.nan)) for s in all_stats)
     ]
-    splits = sorted({row.eval_split for row in rows})
-    split = splits[0] if len(splits) == 1 else "eval"
-    eval_head = f"{splits[0]} top-1" if len(splits) == 1 else "eval top-1 (split)"
-    md_head = [
-        "experiment",
-        "method",
-        "architecture",
-        "setting",
-        "epochs",
-        "lr",
-        "recipe",
-        "seeds",
-        "unconverged",
-        "unsteady",
-        *(["unbounded"] if streams else []),
-        eval_head,
-        "train top-1",
-        "mean cos",
-        *(f"cos {point_label(p)}" for p in points),
-        *(f"deg {point_label(p)}" for p in points),
-    ]
-    csv_head = [
-        "experiment",
-        "method",
-        "architecture",
-        "setting",
-        "epochs",
-        "lr",
-        "recipe",
-        "seeds_done",
-        "seeds_diverged",
-        "seeds_failed",
-        "seeds_running",
-        "seeds_other",
-        "seeds_used",
-        "seeds_unconverged",
-        "seeds_convergence_unknown",
-        "seeds_unsteady",
-        "eval_split",
-        "eval_top1_mean",
-        "eval_top1_std",
-        "train_top1_mean",
-        "train_top1_std",
-        "alignment",
-        "cos_mean_points",
-        *(f"cos_{point_label(p)}" for p in points),
-        *(f"deg_{point_label(p)}" for p in points),
-        *(f"undefined_{point_label(p)}" for p in undefined),
-    ]
-    md_rows, csv_rows, diverged = [], [], []
-    for row, stats, flag in zip(rows, all_stats, flags):
-        records, method, arch = row.records, row.method, row.setting("arch")
-        setting = EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0]
-        counts = status_counts(row.runs)
-        ev = mean_std(r.get("eval_top1") for r in records)
-        tr = mean_std(r.get("train_top1") for r in records)
-        cos = mean_std(map(MEAN_COS.value, records))[0]
-        seeds = fmt_counts(counts)
-        for run in row.runs:
-            if run.status == "diverged":
-                diverged.append(
-                    f"{row.name}/{run.path.name} (epoch {run.config.get('diverged_epoch')})"
-                )
-        if counts.get("diverged"):
-            seeds += " *"
-        ev_cell = fmt_pm(ev[0], ev[1], 2)
-        if len(splits) != 1 and ev_cell:
-            ev_cell += f" ({row.eval_split})"
-        md_rows.append(
-            [
-                row.name,
-                METHOD_NAMES.get(method, method),
-                arch_label(row.config),
-                setting,
-                row.epochs,
-                row.lrs,
-                row.recipes,
-                seeds,
-                flag.cell(),
-                flag.unsteady_cell(),
-                *([flag.unbounded_cell()] if streams else []),
-                ev_cell,
-                fmt_pm(tr[0], tr[1], 2),
-                cos_cell(cos, 3, method),
-                *(cos_cell(stats.get(p, {}).get("cos"), 3, method) for p in points),
-                *(cos_cell(stats.get(p, {}).get("deg"), 1, method) for p in points),
-            ]
-        )
-        other = sum(
-            n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running")
-        )
-        defined = OTHER_ALIGNMENT.get(method) != "undefined"  # shallow: no cosine to write
-        csv_rows.append(
-            [
-                row.name,
-                method,
-                arch,
-                setting,
-                row.epochs,
-                row.lrs,
-                row.recipes,
-                counts.get("done", 0),
-                counts.get("diverged", 0),
-                counts.get("failed", 0),
-                counts.get("running", 0),
-                other,
-                len(records),
-                len(flag.flagged),
-                flag.unknown,
-                len(flag.unsteady),
-                row.eval_split,
-                fmt(ev[0], 4),
-                fmt(ev[1], 4),
-                fmt(tr[0], 4),
-                fmt(tr[1], 4),
-                OTHER_ALIGNMENT.get(method, "own signal"),
-                fmt(cos, 6) if defined else "",
-                *(fmt(stats.get(p, {}).get("cos"), 6) if defined else "" for p in points),
-                *(fmt(stats.get(p, {}).get("deg"), 4) if defined else "" for p in points),
-                *(fmt(stats.get(p, {}).get("undefined"), 6) for p in undefined),
-            ]
-        )
+    # Transformers record their residual stream: the unbounded column is theirs.
+    streams = any(f.unbounded_unknown < f.seeds for f in flags)
+    return Columns(points, undefined, sorted({row.eval_split for row in rows}), streams)
 
-    table = markdown_table(md_head, md_rows)
-    write_csv(root / "summary.csv", csv_head, csv_rows)
-    figures = write_group_figures(root, rows)
-    if reference == "bp" and any(row.used for row in rows):
-        figures.append(plot_top1_per_method(root / "figures" / "top1-per-method.png", rows))
-    effects, notes = experiment_effects(
-        {row.name: row.records for row in rows},
-        split,
-        reference,
-        {row.name: row.method for row in rows},
-    )
-    references = REFERENCES[reference]
 
-    text = [
+def markdown_row(row: Row, stats: dict, flag: Flags, cols: Columns) -> list[str]:
+    """The row of ``row`` in report.md's table."""
+    method, records = row.method, row.records
+    counts = status_counts(row.runs)
+    ev = mean_std(r.get("eval_top1") for r in records)
+    tr = mean_std(r.get("train_top1") for r in records)
+    cos = mean_std(map(MEAN_COS.value, records))[0]
+    ev_cell = fmt_pm(ev[0], ev[1], 2)
+    if len(cols.splits) != 1 and ev_cell:
+        ev_cell += f" ({row.eval_split})"
+    return [
+        row.name,
+        METHOD_NAMES.get(method, method),
+        arch_label(row.config),
+        EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0],
+        row.epochs,
+        row.lrs,
+        row.recipes,
+        fmt_counts(counts) + (" *" if counts.get("diverged") else ""),
+        flag.cell(),
+        flag.unsteady_cell(),
+        *([flag.unbounded_cell()] if cols.streams else []),
+        ev_cell,
+        fmt_pm(tr[0], tr[1], 2),
+        cos_cell(cos, 3, method),
+        *(cos_cell(stats.get(p, {}).get("cos"), 3, method) for p in cols.points),
+        *(cos_cell(stats.get(p, {}).get("deg"), 1, method) for p in cols.points),
+    ]
+
+
+def csv_row(row: Row, stats: dict, flag: Flags, cols: Columns) -> list[object]:
+    """The row of ``row`` in summary.csv."""
+    method, records = row.method, row.records
+    counts = status_counts(row.runs)
+    ev = mean_std(r.get("eval_top1") for r in records)
+    tr = mean_std(r.get("train_top1") for r in records)
+    cos = mean_std(map(MEAN_COS.value, records))[0]
+    other = sum(n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running"))
+    defined = OTHER_ALIGNMENT.get(method) != "undefined"  # shallow: no cosine to write
+    return [
+        row.name,
+        method,
+        row.setting("arch"),
+        EXPERIMENTS.get(row.name, ("(not a paper experiment)", {}))[0],
+        row.epochs,
+        row.lrs,
+        row.recipes,
+        counts.get("done", 0),
+        counts.get("diverged", 0),
+        counts.get("failed", 0),
+        counts.get("running", 0),
+        other,
+        len(records),
+        len(flag.flagged),
+        flag.unknown,
+        len(flag.unsteady),
+        row.eval_split,
+        fmt(ev[0], 4),
+        fmt(ev[1], 4),
+        fmt(tr[0], 4),
+        fmt(tr[1], 4),
+        OTHER_ALIGNMENT.get(method, "own signal"),
+        fmt(cos, 6) if defined else "",
+        *(fmt(stats.get(p, {}).get("cos"), 6) if defined else "" for p in cols.points),
+        *(fmt(stats.get(p, {}).get("deg"), 4) if defined else "" for p in cols.points),
+        *(fmt(stats.get(p, {}).get("undefined"), 6) for p in cols.undefined),
+    ]
+
+
+def diverged_runs(rows: Sequence[Row]) -> list[str]:
+    """``<experiment>/seed<k> (epoch <e>)`` for every diverged run."""
+    return [
+        f"{row.name}/{run.path.name} (epoch {run.config.get('diverged_epoch')})"
+        for row in rows
+        for run in row.runs
+        if run.status == "diverged"
+    ]
+
+
+def intro_lines(root: Path) -> list[str]:
+    return [
         "# Best-practices report",
         "",
         f"Runs read from `{root}/<experiment>/seed<k>/`. Values are at each run's last epoch "
@@ -395,9 +365,41 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
         "baselines), a different quantity from the other rows'; it is not compared with them "
         "in Effects. `lr`: the learning rate of the done seeds.",
         "",
-        table,
-        "",
     ]
+
+
+def write_best_practices_report(out: Path, echo: Echo = print, reference: str = "dfa") -> Path:
+    """Write ``report.md``, ``summary.csv``, ``effects.csv`` and ``figures/*.png`` under
+    ``<out>/best_practices/``; echo warnings and the table. Returns the path of report.md.
+
+    ``reference``: the method whose fc-/conv- experiments the effects are measured against;
+    with ``"bp"`` (a per-method study, DESIGN.md 10) the report also has an ``Against BP``
+    table and a figure of eval top-1 vs epoch per method.
+    """
+    root = Path(out) / BEST_PRACTICES
+    if not root.is_dir():
+        raise FileNotFoundError(f"no best_practices folder in {out}")
+    rows, warnings = collect_best_practices(out)
+    for w in warnings:
+        echo(f"warning: {w}")
+    all_stats = [point_stats(row.records) for row in rows]
+    flags = [convergence_flags(row.used) for row in rows]
+    cols = columns_of(rows, all_stats, flags)
+    lines = list(zip(rows, all_stats, flags))
+    table = markdown_table(cols.markdown_head(), [markdown_row(*line, cols) for line in lines])
+    write_csv(root / "summary.csv", cols.csv_head(), [csv_row(*line, cols) for line in lines])
+    figures = write_group_figures(root, rows)
+    if reference == "bp" and any(row.used for row in rows):
+        figures.append(plot_top1_per_method(root / "figures" / "top1-per-method.png", rows))
+    effects, notes = experiment_effects(
+        {row.name: row.records for row in rows},
+        cols.split,
+        reference,
+        {row.name: row.method for row in rows},
+    )
+    references = REFERENCES[reference]
+    diverged = diverged_runs(rows)
+    text = [*intro_lines(root), table, ""]
     if diverged:
         text += [
             "\\* Diverged seeds are counted in `seeds` but left out of every mean and std: "
@@ -405,16 +407,16 @@ def write_best_practices_report(out: Path, echo: Echo = print, reference: str = 
             + ".",
             "",
         ]
-    text += convergence_lines(flags, split)
-    if streams:
+    text += convergence_lines(flags, cols.split)
+    if cols.streams:
         text += unbounded_lines(flags)
     text += undefined_lines(
-        undefined_note(row.name, stats, points)
+        undefined_note(row.name, stats, cols.points)
         for row, stats in zip(rows, all_stats)
         if OTHER_ALIGNMENT.get(row.method) != "undefined"  # shallow: undefined by definition
     )
     if reference == "bp":
-        text += against_bp_lines(rows, effects, flags, split)
+        text += against_bp_lines(rows, effects, flags, cols.split)
     text += write_effects(
         effects,
         notes,

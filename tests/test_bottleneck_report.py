@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from fresh_interpreter import run_script
 
-from mltools.bottleneck_report import write_bottleneck_report, write_recovered_bottleneck_report
+from mltools.bottleneck_recovered import write_recovered_bottleneck_report
+from mltools.bottleneck_report import write_bottleneck_report
 from mltools.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,14 @@ import pytest
 from scipy import stats
 
 from mltools.bottleneck_report import write_bottleneck_report
-from mltools.effects import reference_of, unconverged, unsteady, welch_interval
+from mltools.effects import (
+    reference_of,
+    welch_interval,
+)
+from mltools.flags import (
+    unconverged,
+    unsteady,
+)
 from mltools.report import write_best_practices_report
 from mltools.runlog import load_run
 

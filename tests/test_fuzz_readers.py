@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mltools import runlog
-from mltools.bottleneck_report import read_recovered
+from mltools.bottleneck_recovered import read_recovered
 from mltools.cli import UsageError
 from mltools.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, read_cifar_pickle, read_idx
 from mltools.legacy_log import LegacyEpoch, parse_legacy_log

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dfatools
-from mltools import effects, models, recipes, runlog
+from mltools import flags, models, recipes, runlog
 from mltools.runlog import Run
 from mltools.stream import StreamNorm
 from mltools.train import RunConfig, Trainer, check_slices, train_run
@@ -286,13 +286,13 @@ def test_unbounded_flags_a_stream_grown_tenfold_over_the_last_half(tmp_path):
 
     grown = [[1.0, 2.0]] * 3 + [[1.0, 25.0]] * 2  # epoch 4 over epoch 2: x12.5 at block 2
     flat = [[1.0, 2.0]] * 3 + [[1.0, 19.0]] * 2  # x9.5
-    assert effects.unbounded(*run(grown)) == (True, pytest.approx(12.5))
-    assert effects.unbounded(*run(flat)) == (False, pytest.approx(9.5))
-    assert effects.unbounded(*run([[1.0]])) == (None, None)  # no trained epoch
+    assert flags.unbounded(*run(grown)) == (True, pytest.approx(12.5))
+    assert flags.unbounded(*run(flat)) == (False, pytest.approx(9.5))
+    assert flags.unbounded(*run([[1.0]])) == (None, None)  # no trained epoch
     records = [{"epoch": e, "eval_top1": 50.0} for e in range(4)]  # not a Transformer
-    assert effects.unbounded(Run(tmp_path, {}, records), records[-1]) == (None, None)
-    flags = effects.convergence_flags([run(grown), run(flat)])
-    assert flags.unbounded_cell() == "1/2" and "x12.5" in flags.unbounded[0]
+    assert flags.unbounded(Run(tmp_path, {}, records), records[-1]) == (None, None)
+    counted = flags.convergence_flags([run(grown), run(flat)])
+    assert counted.unbounded_cell() == "1/2" and "x12.5" in counted.unbounded[0]
 
 
 # -- the adam2020 recipe ---------------------------------------------------------------------------
