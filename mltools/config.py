@@ -73,14 +73,16 @@ FIELDS = frozenset(f.name for f in fields(RunConfig))
 def upgrade(config: dict) -> dict:
     """A config.json object in today's layout: the options of a file written before they were
     nested (flat keys such as ``lm_width``, ``bottleneck_size``) moved under ``model`` with their
-    architecture's names, other architectures' keys dropped, and the recipe of a file written
-    before recipes (:func:`recipes.recipe_of`). Other keys (status, provenance) are kept."""
+    architecture's names, other architectures' keys dropped, and the recipe as a dict
+    (:func:`recipes.recipe_of`: a file written before recipes had the paper's or Adam; a
+    recipe's name is kept). Other keys (status, provenance) are kept."""
     flat = {k: v for k, v in config.items() if k in architectures.FLAT_NAMES}
     out = {k: v for k, v in config.items() if k not in architectures.FLAT_NAMES}
     arch = str(config.get("arch", "fc"))
     if "model" not in config and arch in architectures.ARCHITECTURES:
         out["model"] = architectures.from_flat(arch, flat)
-    out["recipe"] = recipes.recipe_of(config)
+    if not isinstance(config.get("recipe"), (str, recipes.Recipe)):  # a name stays a name
+        out["recipe"] = recipes.recipe_of(config)
     out.pop("optimizer", None)  # read into the recipe
     return out
 

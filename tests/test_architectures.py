@@ -71,6 +71,10 @@ def test_a_flat_config_keeps_its_architectures_keys_and_drops_the_others():
     assert read(flat).model == BottleneckOptions(size=5, mode="width", points="all", width=64)
     gpt = read({"arch": "gpt", "lm_width": 16, "lm_depth": 2, "width": 800, "context": 8})
     assert (gpt.model.width, gpt.model.depth, gpt.context) == (16, 2, 8)
+    # The recipe: a file's dict, a file from before recipes (paper SGD, or Adam), or a name.
+    assert read({"recipe": {"name": "adamw", "optimizer": "adamw"}}).recipe.optimizer == "adamw"
+    assert read({}).recipe.name == "paper" and read({"optimizer": "adam"}).recipe.name == "adam"
+    assert read({"arch": "resnet", "recipe": "sgd"}).recipe.name == "sgd"
 
 
 def test_differences_compare_every_number_but_wall_time():
