@@ -29,6 +29,7 @@ from .flags import (
 from .recipes import recipe_of
 from .runlog import SAMPLES, Run
 from .tables import (
+    alignment_of,
     alignment_value,
     epoch_curve,
     fmt,
@@ -59,27 +60,36 @@ def collect(out: Path) -> dict[str, list[Run]]:
 
 
 BPC = Metric("eval_bpc", "eval bpc", lambda r: number(r.get("eval_bpc")), 3)
+# The methods every other one is compared with: BP, and untrained blocks (shallow: only the
+# embedding and the head learn), the floor a method must beat to say it trains the blocks.
+REFERENCES = (REFERENCE, "shallow")
+LABELS = {"bp": "BP", "shallow": "shallow"}
 
 
-def bpc_effect(name: str, runs: list[Run], reference: list[Run]) -> Effect | None:
-    """Final eval bpc minus BP's, with its 95% Welch interval; None without BP runs."""
-    if not reference:
+def bpc_effect(name: str, runs: list[Run], reference: str, ref_runs: list[Run]) -> Effect | None:
+    """Final eval bpc of ``runs`` minus that of ``ref_runs``, with its 95% Welch interval; None
+    without reference runs or for the reference itself."""
+    if not ref_runs or name == reference:
         return None
     records = [r for _, r in done_records(runs)[0]]
-    return compare(name, records, REFERENCE, [r for _, r in done_records(reference)[0]], [BPC])[0]
+    return compare(name, records, reference, [r for _, r in done_records(ref_runs)[0]], [BPC])[0]
 
 
 @dataclass
 class MethodRow:
-    """One method's line: report.md's row, summary.csv's, its sentence against BP (if any)."""
+    """One method's line: report.md's row, summary.csv's, its sentences against the
+    references."""
 
     markdown: list[str]
     csv: list[object]
     flags: Flags
-    sentence: str | None
+    sentences: list[str]
 
 
-def method_row(name: str, group: list[Run], reference: list[Run], echo: Callable) -> MethodRow:
+def method_row(
+    name: str, group: list[Run], references: dict[str, list[Run]], echo: Callable
+) -> MethodRow:
+    """``references``: each reference method's runs (BP's, shallow's; empty when absent)."""
     used, warnings = done_records(group)
     for w in warnings:
         echo(f"warning: {w}")
@@ -90,37 +100,43 @@ def method_row(name: str, group: list[Run], reference: list[Run], echo: Callable
     top1 = mean_std(r.get("eval_top1") for r in records)
     stats = point_stats(records)
     cos = mean_std(s["cos"] for s in stats.values())[0] if stats else math.nan
-    effect = bpc_effect(name, group, reference) if name != REFERENCE else None
-    diff = ci = "reference" if name == REFERENCE else "-"
-    sentence = None
-    if effect is not None:
-        diff, ci = difference_cells(effect)
-        if effect.clear is not None:
-            sentence = (
-                f"- {name}: {bpc[0]:.3f} bits per character; {name} − BP = "
-                f"{difference_text(effect)}."
-            )
+    cells: list[str] = []
+    csv: list[object] = []
+    sentences = []
+    for reference, ref_runs in references.items():
+        effect = bpc_effect(name, group, reference, ref_runs)
+        diff = ci = "reference" if name == reference else "-"
+        if effect is not None:
+            diff, ci = difference_cells(effect)
+            if effect.clear is not None:
+                sentences.append(
+                    f"- {name}: {bpc[0]:.3f} bits per character; {name} − {LABELS[reference]} = "
+                    f"{difference_text(effect)}."
+                )
+        iv = effect.interval if effect else None
+        cells += [diff, ci]
+        csv += [fmt(iv.diff, 5), fmt(iv.low, 5), fmt(iv.high, 5)] if iv else ["", "", ""]
     configs = [r.config or {} for r, _ in used]
     lrs = "/".join(sorted({f"{c.get('lr'):g}" for c in configs if c.get("lr")}))
     recipes = "/".join(sorted({recipe_of(c)["name"] for c in configs}))
     epochs = "/".join(sorted({str(r["epoch"]) for r in records}))
     stream = mean_std(last_stream(r) for r in records)
-    iv = effect.interval if effect else None
     return MethodRow(
         [
             *(name, "/".join(sorted({layout(c) for c in configs})), lrs, recipes, epochs),
-            *(fmt_counts(status_counts(group)), fmt_pm(bpc[0], bpc[1], 3), diff, ci),
+            *(fmt_counts(status_counts(group)), fmt_pm(bpc[0], bpc[1], 3), *cells),
             *(fmt_pm(top1[0], top1[1], 2), fmt_pm(train[0], train[1], 3), fmt(cos, 3)),
             " ".join(fmt(s["cos"], 2) for s in stats.values()),
             *(fmt(stream[0], 4), flag.cell(), flag.unsteady_cell(), flag.unbounded_cell()),
         ],
         [
             *(name, lrs, recipes, epochs, len(records), fmt(bpc[0], 5), fmt(bpc[1], 5)),
-            *((fmt(iv.diff, 5), fmt(iv.low, 5), fmt(iv.high, 5)) if iv else ("", "", "")),
+            *csv[:3],
             *(fmt(top1[0], 3), fmt(cos, 4), fmt(stream[0], 5)),
+            *csv[3:],
         ],
         flag,
-        sentence,
+        sentences,
     )
 
 
@@ -130,18 +146,19 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
     if not runs:
         raise FileNotFoundError(f"no language-model runs under {Path(out) / FOLDER}")
     root = Path(out) / FOLDER
-    reference = runs.get(REFERENCE, [])
+    references = {m: runs.get(m, []) for m in REFERENCES}
     head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP", "95% CI"]
-    head += ["eval top-1", "train bpc", "mean cos", "blocks cos", "stream norm"]
-    head += ["unconverged", "unsteady", "unbounded"]
-    lines_of = [method_row(name, group, reference, echo) for name, group in runs.items()]
+    head += ["− shallow", "95% CI", "eval top-1", "train bpc", "mean cos", "blocks cos"]
+    head += ["stream norm", "unconverged", "unsteady", "unbounded"]
+    lines_of = [method_row(name, group, references, echo) for name, group in runs.items()]
     rows = [m.markdown for m in lines_of]
     flags = [m.flags for m in lines_of]
-    sentences = [m.sentence for m in lines_of if m.sentence]
+    sentences = [s for m in lines_of for s in m.sentences]
     write_csv(
         root / "summary.csv",
         ["method", "lr", "recipe", "epochs", "seeds_used", "eval_bpc_mean", "eval_bpc_std"]
-        + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean", "stream_norm_last"],
+        + ["bpc_minus_bp", "ci_low", "ci_high", "eval_top1_mean", "cos_mean", "stream_norm_last"]
+        + ["bpc_minus_shallow", "shallow_ci_low", "shallow_ci_high"],
         [m.csv for m in lines_of],
     )
     figure = plot_curves(root / "figures" / "curves.png", runs)
@@ -150,8 +167,9 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
         "",
         f"Runs read from `{root}/<method>/seed<k>/`. Values at each run's last epoch, `mean ± "
         "std` over done seeds. Bits per character (bpc) = mean cross-entropy per character in "
-        "nats / ln 2, on the evaluation split; `− BP`: the method's mean minus BP's, with its "
-        "95% Welch interval (lower is better). `blocks cos`: each block's mean alignment "
+        "nats / ln 2, on the evaluation split; `− BP`, `− shallow`: the method's mean minus "
+        "that of BP or of untrained blocks (shallow), with its 95% Welch interval (lower is "
+        "better). `blocks cos`: each block's mean alignment "
         "cosine, every token a sample (for BP, the DFA signal measured on the BP network). "
         "`blocks`: the block layout (pre- or post-norm), the feedback points and where DFA "
         "takes its error (logits, or the head's input: hidden). `stream norm`: the mean norm "
@@ -208,7 +226,7 @@ def plot_curves(path: Path, runs: dict[str, list[Run]]) -> Path | None:
         if len(epochs):
             bpc_ax.plot(epochs, mean, label=name)
             drawn = True
-        points = sorted({a["point"] for run in group for r in run.records for a in r["alignment"]})
+        points = sorted({a["point"] for run in group for r in run.records for a in alignment_of(r)})
         curves = [epoch_curve(group, alignment_value(p)) for p in points]
         if curves and len(curves[0][0]):
             cos_ax.plot(curves[0][0], sum(c[1] for c in curves) / len(curves), label=name)
