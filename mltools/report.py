@@ -270,13 +270,17 @@ def columns_of(rows: Sequence[Row], all_stats: Sequence[dict], flags: Sequence[F
     return Columns(points, undefined, sorted({row.eval_split for row in rows}), streams)
 
 
+def numbers(row: Row) -> tuple[dict[str, int], tuple, tuple, float]:
+    """A row's status counts, eval and train top-1 (mean, std, n) and mean cosine."""
+    ev = mean_std(r.get("eval_top1") for r in row.records)
+    tr = mean_std(r.get("train_top1") for r in row.records)
+    return status_counts(row.runs), ev, tr, mean_std(map(MEAN_COS.value, row.records))[0]
+
+
 def markdown_row(row: Row, stats: dict, flag: Flags, cols: Columns) -> list[str]:
     """The row of ``row`` in report.md's table."""
-    method, records = row.method, row.records
-    counts = status_counts(row.runs)
-    ev = mean_std(r.get("eval_top1") for r in records)
-    tr = mean_std(r.get("train_top1") for r in records)
-    cos = mean_std(map(MEAN_COS.value, records))[0]
+    method = row.method
+    counts, ev, tr, cos = numbers(row)
     ev_cell = fmt_pm(ev[0], ev[1], 2)
     if len(cols.splits) != 1 and ev_cell:
         ev_cell += f" ({row.eval_split})"
@@ -303,10 +307,7 @@ def markdown_row(row: Row, stats: dict, flag: Flags, cols: Columns) -> list[str]
 def csv_row(row: Row, stats: dict, flag: Flags, cols: Columns) -> list[object]:
     """The row of ``row`` in summary.csv."""
     method, records = row.method, row.records
-    counts = status_counts(row.runs)
-    ev = mean_std(r.get("eval_top1") for r in records)
-    tr = mean_std(r.get("train_top1") for r in records)
-    cos = mean_std(map(MEAN_COS.value, records))[0]
+    counts, ev, tr, cos = numbers(row)
     other = sum(n for s, n in counts.items() if s not in ("done", "diverged", "failed", "running"))
     defined = OTHER_ALIGNMENT.get(method) != "undefined"  # shallow: no cosine to write
     return [
