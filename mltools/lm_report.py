@@ -66,13 +66,15 @@ REFERENCES = (REFERENCE, "shallow")
 LABELS = {"bp": "BP", "shallow": "shallow"}
 
 
-def bpc_effect(name: str, runs: list[Run], reference: str, ref_runs: list[Run]) -> Effect | None:
-    """Final eval bpc of ``runs`` minus that of ``ref_runs``, with its 95% Welch interval; None
-    without reference runs or for the reference itself."""
-    if not ref_runs or name == reference:
+def bpc_effect(
+    name: str, records: list[dict], reference: str, ref_records: list[dict]
+) -> Effect | None:
+    """Final eval bpc of ``records`` (the done seeds' final records) minus that of
+    ``ref_records``, with its 95% Welch interval; None without reference runs or for the
+    reference itself."""
+    if not ref_records or name == reference:
         return None
-    records = [r for _, r in done_records(runs)[0]]
-    return compare(name, records, reference, [r for _, r in done_records(ref_runs)[0]], [BPC])[0]
+    return compare(name, records, reference, ref_records, [BPC])[0]
 
 
 @dataclass
@@ -87,9 +89,10 @@ class MethodRow:
 
 
 def method_row(
-    name: str, group: list[Run], references: dict[str, list[Run]], echo: Callable
+    name: str, group: list[Run], references: dict[str, list[dict]], echo: Callable
 ) -> MethodRow:
-    """``references``: each reference method's runs (BP's, shallow's; empty when absent)."""
+    """``references``: each reference method's final records (BP's, shallow's; empty when
+    absent)."""
     used, warnings = done_records(group)
     for w in warnings:
         echo(f"warning: {w}")
@@ -103,8 +106,8 @@ def method_row(
     cells: list[str] = []
     csv: list[object] = []
     sentences = []
-    for reference, ref_runs in references.items():
-        effect = bpc_effect(name, group, reference, ref_runs)
+    for reference, ref_records in references.items():
+        effect = bpc_effect(name, records, reference, ref_records)
         diff = ci = "reference" if name == reference else "-"
         if effect is not None:
             diff, ci = difference_cells(effect)
@@ -146,7 +149,7 @@ def write_lm_report(out: Path, echo: Callable[[str], object] = print) -> Path:
     if not runs:
         raise FileNotFoundError(f"no language-model runs under {Path(out) / FOLDER}")
     root = Path(out) / FOLDER
-    references = {m: runs.get(m, []) for m in REFERENCES}
+    references = {m: [r for _, r in done_records(runs.get(m, []))[0]] for m in REFERENCES}
     head = ["method", "blocks", "lr", "recipe", "epochs", "seeds", "eval bpc", "− BP", "95% CI"]
     head += ["− shallow", "95% CI", "eval top-1", "train bpc", "mean cos", "blocks cos"]
     head += ["stream norm", "unconverged", "unsteady", "unbounded"]

@@ -437,12 +437,12 @@ def lm_points(net: CharGPT, mode: str) -> list:
     raise ValueError(f"unknown lm_points {mode!r}; choose from {LM_POINTS}")
 
 
-def error_site(net: nn.Module, site: str) -> tuple[str | None, int | None]:
-    """``to_dfa``'s ``error_at`` and the width of the tensor there (its ``num_classes``) for an
-    error site: ``logits`` (the model's output: ``(None, None)``) or ``hidden`` (the head's
-    input, the output of ``net.norm``)."""
+def error_site(net: nn.Module, site: str) -> dict:
+    """The ``to_dfa`` keywords of an error site: ``logits``, the model's output (none), or
+    ``hidden``, the head's input, the output of ``net.norm`` (``error_at``, and the width of
+    the tensor there as ``num_classes``)."""
     if site == "logits":
-        return None, None
+        return {}
     if site == "hidden":
         head = getattr(net, "head", None)
         if not isinstance(head, nn.Linear) or not hasattr(net, HIDDEN_SITE):
@@ -450,7 +450,7 @@ def error_site(net: nn.Module, site: str) -> tuple[str | None, int | None]:
                 f"error_at='hidden' needs a Transformer with a norm and a head, not a "
                 f"{type(net).__name__}"
             )
-        return HIDDEN_SITE, head.in_features
+        return {"error_at": HIDDEN_SITE, "num_classes": head.in_features}
     raise ValueError(f"unknown error site {site!r}; choose from {ERROR_SITES}")
 
 
@@ -526,16 +526,11 @@ def build_resnet(
     return resnet(input_shape, num_classes), {"points": [BasicBlock]}
 
 
-def _error_site(net: nn.Module, site: str) -> dict:
-    name, width = error_site(net, site)
-    return {} if name is None else {"error_at": name, "num_classes": width}
-
-
 def build_transformer(
     o: TransformerOptions, input_shape: tuple[int, ...], num_classes: int, cfg: RunConfig
 ) -> Built:
     net = RowTransformer(input_shape, num_classes, norm=o.norm)
-    return net, {"points": [nn.TransformerEncoderLayer], **_error_site(net, o.error_at)}
+    return net, {"points": [nn.TransformerEncoderLayer], **error_site(net, o.error_at)}
 
 
 def build_gpt(
@@ -543,4 +538,4 @@ def build_gpt(
 ) -> Built:
     """``input_shape`` is ``(T,)``: the data's window length is the model's context."""
     net = CharGPT(num_classes, input_shape[0], o.width, o.depth, o.norm)
-    return net, {"points": lm_points(net, o.points), **_error_site(net, o.error_at)}
+    return net, {"points": lm_points(net, o.points), **error_site(net, o.error_at)}
