@@ -14,8 +14,8 @@ import functools
 import shlex
 from pathlib import Path
 
-from mltools import cli
-from mltools.experiments import (
+from mltools import cli, errors
+from mltools.studies.experiments import (
     BEST_PRACTICES,
     BEST_PRACTICES_PRESETS,
     DEFAULT_EXPERIMENTS,
@@ -60,8 +60,8 @@ def parse_args():
 
 
 def list_experiments() -> None:
-    from mltools.architectures import ARCHS
-    from mltools.config import RunConfig
+    from mltools.models.architectures import ARCHS
+    from mltools.runs.config import RunConfig
 
     base = RunConfig()
     print(f"{'name':18} {'method':7} {'arch':5} setting   (* = run by default)")
@@ -105,7 +105,7 @@ def main() -> int:
     if args.list:
         list_experiments()
         return 0
-    from mltools.report import write_best_practices_report
+    from mltools.reports.best_practices import write_best_practices_report
 
     out = Path(args.out)
     # A per-method preset reports against BP: --report-only takes the reference from --preset.
@@ -113,18 +113,20 @@ def main() -> int:
     write_report = functools.partial(write_best_practices_report, reference=reference)
     if args.report_only:
         if not (out / BEST_PRACTICES).is_dir():
-            raise cli.UsageError(f"no best-practices runs under {out}; train some first")
-        cli.write_or_stop(write_report, cli.writable_dir(out))
+            raise errors.UsageError(f"no best-practices runs under {out}; train some first")
+        errors.write_or_stop(write_report, errors.writable_dir(out))
         return 0
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, PROG)
     choices = cli.sweep_choices(args, BEST_PRACTICES_PRESETS[settings["preset"]], settings)
-    from mltools import launch, sweep
-    from mltools.config import RunConfig
+    from mltools.runs.config import RunConfig
+    from mltools.sweeps import launch, sweep
 
     names = chosen_experiments(args, list(choices) or DEFAULT_EXPERIMENTS)
     blocks = cli.transformer_options(args)  # --norm, --error-at: the transformer-* experiments'
     if blocks and not any(EXPERIMENTS[n][1].get("arch") == "transformer" for n in names):
-        raise cli.UsageError("--norm and --error-at set the transformer-* experiments; none is run")
+        raise errors.UsageError(
+            "--norm and --error-at set the transformer-* experiments; none is run"
+        )
     specs = []
     for name in names:
         own = cli.experiment_settings(settings, choices, name, args)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mltools import cli
-from mltools.architectures import BOTTLENECK_POINTS, FULL_WIDTH
-from mltools.experiments import BOTTLENECK, BOTTLENECK_PRESETS, METHODS
+from mltools import cli, errors
+from mltools.models.architectures import BOTTLENECK_POINTS, FULL_WIDTH
+from mltools.studies.experiments import BOTTLENECK, BOTTLENECK_PRESETS, METHODS
 
 PROG = "bottleneck.py"
 
@@ -80,16 +80,16 @@ def main() -> int:
     ]
     bad = [b for b in sizes if b > args.width]
     if bad:
-        raise cli.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
+        raise errors.UsageError(f"bottleneck sizes must be in 1..{args.width} (--width), got {bad}")
     points_list = list(dict.fromkeys(args.points))
     if args.mode != "mask" and points_list != ["all"]:
-        raise cli.UsageError("--points 2019 and 2019-nomask are the 2019 code's mask-mode net")
+        raise errors.UsageError("--points 2019 and 2019-nomask are the 2019 code's mask-mode net")
     cells = sweep_cells(args.methods, args.init)
     out = Path(args.out)
-    from mltools import launch, sweep
-    from mltools.architectures import BottleneckOptions
-    from mltools.bottleneck_report import cell_name, write_bottleneck_report
-    from mltools.config import RunConfig
+    from mltools.models.architectures import BottleneckOptions
+    from mltools.reports.bottleneck import cell_name, write_bottleneck_report
+    from mltools.runs.config import RunConfig
+    from mltools.sweeps import launch, sweep
 
     settings["recipe"] = cli.recipe_for(settings, args, "bottleneck")
     shared = sweep.shared_settings(settings, args)
@@ -136,7 +136,7 @@ def sweep_cells(methods: list[str], inits: list[str] | None) -> list[tuple[str, 
     cells = [(m, i) for m in methods for i in wanted if i == "std" or m == "dfa"]
     orphans = [m for m in methods if not any(cm == m for cm, _ in cells)]
     if orphans:
-        raise cli.UsageError(
+        raise errors.UsageError(
             f"--init pai pairs with dfa only (PAI pre-aligns to DFA's feedback); "
             f"add --init std to run {' '.join(orphans)}"
         )

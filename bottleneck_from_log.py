@@ -11,10 +11,11 @@ Outputs go to RESULTS_DIR/bottleneck/figures/, or RESULTS_DIR/bottleneck/figures
 
 from pathlib import Path
 
-from mltools.bottleneck_recovered import write_recovered_bottleneck_report
-from mltools.bottleneck_report import write_bottleneck_report
-from mltools.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
-from mltools.experiments import BOTTLENECK
+from mltools.cli import ArgumentParser, non_negative_int, positive_int, run_main
+from mltools.errors import UsageError
+from mltools.legacy.bottleneck_recovered import write_recovered_bottleneck_report
+from mltools.reports.bottleneck import write_bottleneck_report
+from mltools.studies.experiments import BOTTLENECK
 
 
 def main() -> int:

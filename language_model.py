@@ -12,8 +12,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mltools import cli
-from mltools.experiments import LM_PRESETS, METHODS
+from mltools import cli, errors
+from mltools.studies.experiments import LM_PRESETS, METHODS
 
 PROG = "language_model.py"
 
@@ -55,27 +55,27 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    from mltools.lm_report import FOLDER, write_lm_report
-    from mltools.text import TEXT_DATASETS
+    from mltools.data.text import TEXT_DATASETS
+    from mltools.reports.language_model import FOLDER, write_lm_report
 
     out = Path(args.out)
     if args.report_only:
         if not (out / FOLDER).is_dir():
-            raise cli.UsageError(f"no language-model runs under {out}; train some first")
-        cli.write_or_stop(write_lm_report, cli.writable_dir(out))
+            raise errors.UsageError(f"no language-model runs under {out}; train some first")
+        errors.write_or_stop(write_lm_report, errors.writable_dir(out))
         return 0
     args.preset = args.preset or ("text" if args.text else "shakespeare")
     settings = cli.resolve_preset(args, LM_PRESETS, PROG)
     if settings["dataset"] not in TEXT_DATASETS:
-        raise cli.UsageError(f"--dataset must be one of {', '.join(TEXT_DATASETS)} here")
+        raise errors.UsageError(f"--dataset must be one of {', '.join(TEXT_DATASETS)} here")
     if settings["dataset"] == "text" and not args.text:
-        raise cli.UsageError("the text preset reads a file: give --text PATH")
-    from mltools import launch, sweep
-    from mltools.architectures import GPTOptions
-    from mltools.config import RunConfig
+        raise errors.UsageError("the text preset reads a file: give --text PATH")
+    from mltools.models.architectures import GPTOptions
+    from mltools.runs.config import RunConfig
+    from mltools.sweeps import launch, sweep
 
     if args.error_at == "hidden" and "drtp" in args.methods:
-        raise cli.UsageError("drtp projects the class targets: it takes no --error-at hidden")
+        raise errors.UsageError("drtp projects the class targets: it takes no --error-at hidden")
     preset = LM_PRESETS[settings["preset"]]
     choices = cli.sweep_choices(args, preset, settings)
     given = {"context": args.context, "width": args.width, "depth": args.depth}

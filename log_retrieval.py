@@ -14,7 +14,7 @@ Exit code 1 when a path gave no epoch, 2 on bad arguments. No torch needed.
 from pathlib import Path
 
 from mltools.cli import ArgumentParser, run_main
-from mltools.retrieval import retrieve
+from mltools.legacy.retrieval import retrieve
 
 
 def main() -> int:

@@ -37,8 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dfatools
-from mltools import models
-from mltools.device import resolve_device, synchronize
+from mltools.models import networks
+from mltools.training.device import resolve_device, synchronize
 
 
 class CharLM(nn.Module):
@@ -157,8 +157,8 @@ def workloads(batch: int) -> dict:
     images = (torch.randn(batch, *shape), torch.randint(0, 10, (batch,)))
     tokens = torch.randint(0, 256, (max(batch // 4, 1), 65))
     return {
-        "fc": (lambda: models.fc(shape, 10), None, images, 10),
-        "cnn": (lambda: models.cnn(shape, 10), None, images, 10),
+        "fc": (lambda: networks.fc(shape, 10), None, images, 10),
+        "cnn": (lambda: networks.cnn(shape, 10), None, images, 10),
         "resnet18": (lambda: resnet18(num_classes=10), [BasicBlock], images, 10),
         "transformer": (
             CharLM,

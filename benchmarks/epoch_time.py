@@ -35,10 +35,11 @@ from torchvision.datasets import VisionDataset
 # Run as `python benchmarks/<name>.py` from a checkout: the packages live one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mltools import models, runlog
-from mltools.data import NORMALIZATION
-from mltools.device import resolve_device, synchronize
-from mltools.train import EVAL_BATCH, RunConfig, Trainer, get_data
+from mltools.data.datasets import NORMALIZATION
+from mltools.models import networks
+from mltools.runs import runlog
+from mltools.training.device import resolve_device, synchronize
+from mltools.training.train import EVAL_BATCH, RunConfig, Trainer, get_data
 
 BATCH = 128  # every row evaluates in batches of EVAL_BATCH, the trainer's, so rows compare fairly
 EVAL_SAMPLES = 10000  # the synthetic test split, CIFAR-10's size
@@ -90,6 +91,56 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Normalized (N, 3, H, W) images back to uint8 (N, H, W, 3), as PIL reads them."""
+    mean, std = NORMALIZATION["cifar10"]
+    return (
+        (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1))
+        .clamp(0, 1)
+        .mul(255)
+        .byte()
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
+
+
+def loaders_2019(data) -> tuple[DataLoader, DataLoader]:
+    """The 2019 data path on the same images: uint8 arrays, PIL transforms, DataLoaders."""
+    mean, std = NORMALIZATION["cifar10"]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    train_set = UInt8Images(to_uint8(data.x_train), data.y_train.cpu().numpy(), tf)
+    eval_set = UInt8Images(to_uint8(data.x_eval), data.y_eval.cpu().numpy(), tf)
+    return (
+        DataLoader(train_set, batch_size=BATCH, shuffle=True),
+        DataLoader(eval_set, batch_size=EVAL_BATCH),
+    )
+
+
+def time_rows(
+    rows: dict, device: torch.device, warmup: int, repeats: int, arch: str
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each row's epoch times ``{row: [s per repeat]}`` and peak memory in MB, after ``warmup``
+    untimed epochs; repeats interleave the rows and alternate their order."""
+    times = {name: [] for name in rows}
+    peaks = {name: 0.0 for name in rows}
+    for name in rows:  # first-use costs (allocator, kernel selection) stay out of the timings
+        for e in range(1, warmup + 1):
+            rows[name](e)
+    for rep in range(1, repeats + 1):
+        names = list(rows) if rep % 2 else list(reversed(rows))  # interleave, alternate order
+        for name in names:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            tic = time.perf_counter()
+            rows[name](warmup + rep)
+            synchronize(device)
+            times[name].append(time.perf_counter() - tic)
+            peaks[name] = max(peaks[name], peak_memory_mb(device))
+            print(f"  {arch} repeat {rep}: {name}: {times[name][-1]:.2f}s", flush=True)
+    return times, peaks
+
+
 def bench_arch(
     arch: str,
     device: torch.device,
@@ -111,33 +162,13 @@ def bench_arch(
     )
     data = get_data(base, device)
     shape, k = data.input_shape, data.num_classes
-    build = (lambda: models.fc(shape, k)) if arch == "fc" else (lambda: models.cnn(shape, k))
+    build = (lambda: networks.fc(shape, k)) if arch == "fc" else (lambda: networks.cnn(shape, k))
     torch.manual_seed(0)
     plain = build().to(device)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=5e-4)
     gen = torch.Generator().manual_seed(0)
 
-    # The 2019 data path starts from the same images as uint8, unnormalized.
-    mean, std = NORMALIZATION["cifar10"]
-
-    def to_uint8(x: torch.Tensor) -> np.ndarray:
-        """Normalized (N, 3, H, W) images back to uint8 (N, H, W, 3), as PIL reads them."""
-        return (
-            (x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1))
-            .clamp(0, 1)
-            .mul(255)
-            .byte()
-            .permute(0, 2, 3, 1)
-            .numpy()
-        )
-
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    train_set = UInt8Images(to_uint8(data.x_train), data.y_train.cpu().numpy(), tf)
-    eval_set = UInt8Images(to_uint8(data.x_eval), data.y_eval.cpu().numpy(), tf)
-    loaders = (
-        DataLoader(train_set, batch_size=BATCH, shuffle=True),
-        DataLoader(eval_set, batch_size=EVAL_BATCH),
-    )
+    loaders = loaders_2019(data)
     torch.manual_seed(0)
     legacy = build().to(device)
     legacy_opt = torch.optim.SGD(legacy.parameters(), lr=5e-4)
@@ -160,23 +191,7 @@ def bench_arch(
         "3. our trainer, BP": lambda e: trainers["bp"].epoch(e),
         "4. our trainer, DFA + alignment": lambda e: trainers["dfa"].epoch(e),
     }
-    times = {name: [] for name in rows}
-    peaks = {name: 0.0 for name in rows}
-    for name in rows:  # first-use costs (allocator, kernel selection) stay out of the timings
-        for e in range(1, warmup + 1):
-            rows[name](e)
-    for rep in range(1, repeats + 1):
-        names = list(rows) if rep % 2 else list(reversed(rows))  # interleave, alternate order
-        for name in names:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            synchronize(device)
-            tic = time.perf_counter()
-            rows[name](warmup + rep)
-            synchronize(device)
-            times[name].append(time.perf_counter() - tic)
-            peaks[name] = max(peaks[name], peak_memory_mb(device))
-            print(f"  {arch} repeat {rep}: {name}: {times[name][-1]:.2f}s", flush=True)
+    times, peaks = time_rows(rows, device, warmup, repeats, arch)
     floor = statistics.median(times[next(iter(rows))])
     return [
         {

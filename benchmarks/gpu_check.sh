@@ -99,7 +99,7 @@ describe_machine() {  # env.txt: what the figures were measured on
   "$PY" - "$DEVICE" <<'EOF'
 import platform, sys
 import numpy, torch
-from mltools.device import resolve_device
+from mltools.training.device import resolve_device
 device = resolve_device(sys.argv[1])
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}, "
       f"cuDNN {torch.backends.cudnn.version()}), numpy {numpy.__version__}, "

@@ -35,8 +35,8 @@ from pathlib import Path
 # Run as `python benchmarks/<name>.py` from a checkout: the packages live one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mltools import runlog
-from mltools.experiments import (
+from mltools.runs import runlog
+from mltools.studies.experiments import (
     BEST_PRACTICES_PRESETS,
     BOTTLENECK_PRESETS,
     DEFAULT_EXPERIMENTS,

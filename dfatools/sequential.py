@@ -172,6 +172,19 @@ def to_dfa(
             f"to_dfa needs points= for a {type(model).__name__} (only an nn.Sequential has a "
             f"default placement), e.g. to_dfa(model, {num_classes}, {suggest_points(model)})"
         )
+    return _sequential_rule(model, num_classes, exact_top, options, class_dim, positions)
+
+
+def _sequential_rule(
+    model: nn.Sequential,
+    num_classes: int,
+    exact_top: int,
+    options: dict[str, Any],
+    class_dim: int,
+    positions: str,
+) -> DFASequential:
+    """The paper's placement on a copy of ``model`` (see :func:`to_dfa`): a feedback point
+    before every weight layer but the first and the top ``exact_top - 1``."""
     layers = _flatten(copy.deepcopy(model))
     for layer in layers:
         if not isinstance(layer, WEIGHT_LAYERS) and _has_hidden_weights(layer):

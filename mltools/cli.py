@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the scripts: argument types and one-line errors.
+"""Command-line plumbing shared by the scripts: argument types, presets, and how a command ends
+(:func:`run_main`; the errors themselves are in :mod:`mltools.errors`).
 
 No torch here: bottleneck_from_log.py and log_retrieval.py run without it.
 """
@@ -7,49 +8,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from . import recipes, stopping
-from .tables import number
-
-
-class UsageError(Exception):
-    """Bad input; the message is printed as one line and the command exits with code 2."""
-
-
-class DiskFull(Exception):
-    """Files could not be written for a reason of the disk, not of the work (full, over quota,
-    file too large, read-only, I/O error): every later write would fail too, so the command
-    stops. The message is one line naming the path and what to do; the exit code is 1."""
-
-
-# Errors about the disk rather than the run, and what to do about each.
-DISK_HINTS = {
-    errno.ENOSPC: "Free space on that disk",
-    errno.EDQUOT: "Free space within your quota",
-    errno.EFBIG: "Raise the file-size limit (ulimit -f)",
-    errno.EROFS: "Make that file system writable",
-    errno.EIO: "Check that disk",
-}
-DISK_ERRNOS = frozenset(DISK_HINTS)
-
-
-def disk_full(err: BaseException, where: str | Path) -> DiskFull | None:
-    """A DiskFull for ``err`` when it is about the disk, else None. ``where`` names the path
-    when the error does not (a failed ``write`` carries no file name)."""
-    if not isinstance(err, OSError) or err.errno not in DISK_ERRNOS:
-        return None
-    path = err.filename or where
-    reason = err.strerror or os.strerror(err.errno)
-    return DiskFull(
-        f"cannot write {path}: {reason}. {DISK_HINTS[err.errno]} (or change --out), "
-        "then run the same command again to resume: finished runs are skipped"
-    )
+from mltools.errors import DiskFull, UsageError
+from mltools.reports.tables import number
+from mltools.runs import recipes
+from mltools.studies.experiments import CHOICES_DIR, EXPERIMENTS
+from mltools.sweeps import stopping
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -98,29 +67,6 @@ def shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
     return i, n
-
-
-def write_or_stop(write: Callable[[Path], object], out: Path) -> None:
-    """``write(out)`` (a report), with an OSError about the disk turned into DiskFull."""
-    try:
-        write(out)
-    except OSError as err:
-        stop = disk_full(err, out)
-        if stop is None:
-            raise
-        raise stop from None
-
-
-def writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and check we can write there; UsageError otherwise."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create output folder {path}: {err.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {path} is not writable")
-    return path
 
 
 def run_main(main: Callable[[], int | None], prog: str) -> NoReturn:
@@ -197,6 +143,13 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
         "--lr", type=positive_float, help="learning rate (the peak of the recipe's schedule)"
     )
     add_recipe_arguments(parser)
+    add_data_arguments(parser)
+    add_execution_arguments(parser)
+    add_slurm_arguments(parser)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which dataset, where its files are, and how much of it."""
     parser.add_argument(
         "--dataset", help="cifar10, cifar100, mnist, fashion-mnist, digits, synthetic"
     )
@@ -221,6 +174,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
         type=positive_int,
         help="keep only the first N evaluation samples (smoke runs, benchmarks)",
     )
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the runs train: the results folder, devices, processes, output."""
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N"
@@ -238,6 +195,16 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
         action="store_true",
         help="also write TensorBoard event files in each run folder (tensorboard --logdir RESULTS)",
     )
+    parser.add_argument(
+        "--trust-checkpoints",
+        action="store_true",
+        help="resume from checkpoints written before the safe format, which load "
+        "only with pickle and can run code: only for files you trust",
+    )
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Submitting the sweep as a SLURM job array (docs/paper-study.md)."""
     slurm = parser.add_argument_group("cluster (submitit; docs/paper-study.md)")
     slurm.add_argument(
         "--slurm",
@@ -268,12 +235,6 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, presets: dict) -> None:
         metavar="MIN",
         help="time limit per task in minutes (default 240); a task that reaches "
         "it is requeued and resumes",
-    )
-    parser.add_argument(
-        "--trust-checkpoints",
-        action="store_true",
-        help="resume from checkpoints written before the safe format, which load "
-        "only with pickle and can run code: only for files you trust",
     )
 
 
@@ -418,11 +379,11 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
 
 
 def preset_choices(preset) -> dict[str, tuple[float, int]]:
-    """``{experiment: (lr, epochs)}`` of a per-method preset (its ``choices`` file in mltools/);
-    empty for the others. UsageError when the file is missing or malformed."""
+    """``{experiment: (lr, epochs)}`` of a per-method preset (its ``choices`` file in
+    mltools/studies/); empty for the others. UsageError when the file is missing or malformed."""
     if not preset.choices:
         return {}
-    return read_choices(Path(__file__).parent / preset.choices)
+    return read_choices(CHOICES_DIR / preset.choices)
 
 
 def experiment_settings(
@@ -431,8 +392,6 @@ def experiment_settings(
     """``settings`` for one experiment (``arch``: its architecture, by default the one of
     EXPERIMENTS[name]): its recipe, the CNN seed count, and under a per-method preset the lr
     and epochs that ``choices`` give it; --lr and --epochs, when given, still override."""
-    from .experiments import EXPERIMENTS
-
     own = dict(settings)
     arch = arch or EXPERIMENTS[name][1].get("arch", "fc")
     own["recipe"] = recipe_for(settings, args, arch)
@@ -443,7 +402,7 @@ def experiment_settings(
     if name not in choices:
         raise UsageError(
             f"the {settings['preset']} preset has no chosen lr and epochs for {name} "
-            f"(mltools/{settings['choices']} has {' '.join(choices)})"
+            f"(mltools/studies/{settings['choices']} has {' '.join(choices)})"
         )
     lr, epochs = choices[name]
     return {**own, "lr": args.lr or lr, "epochs": args.epochs or epochs}

@@ -20,7 +20,7 @@ rate and number of epochs, by one of two rules (``--rule``):
   own (the stated budget the schedule is laid out over).
 * ``final`` (the ``fashion-fair`` study's, kept to reproduce it): the highest final val top-1
   of the seed-0 run; epochs where early stopping stops on that run: the first epoch E at which
-  :func:`mltools.flags.unconverged` no longer flags it (patience 2 epochs, min gain 1
+  :func:`mltools.reports.flags.unconverged` no longer flags it (patience 2 epochs, min gain 1
   point), up to the run's epochs (the stated maximum).
 
 Under either, when the chosen rate is the highest (lowest) of the experiment's grid, the rate
@@ -48,13 +48,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import ArgumentParser
-from .experiments import BEST_PRACTICES, LANGUAGE_MODEL
-from .flags import (
+from mltools.cli import ArgumentParser
+from mltools.reports.flags import (
     unconverged,
 )
-from .runlog import Run, load_run
-from .tables import final_records, fmt, load_seeds, markdown_table, number, write_csv
+from mltools.reports.tables import final_records, fmt, load_seeds, markdown_table, number, write_csv
+from mltools.runs.runlog import Run, load_run
+from mltools.studies.experiments import BEST_PRACTICES, LANGUAGE_MODEL
 
 REFERENCES = ("fc-tanh", "fc-bp", "conv-tanh", "conv-bp")
 SCORED = ("done", "diverged", "failed")  # a run in another state is not finished: not scored
@@ -185,7 +185,7 @@ def last_epochs_top1(run: Run) -> float | None:
 def steady_run(name: str, lr: float, seeds: list[Run]) -> GridRun:
     """Seeds 0 and 1 of one experiment at one rate, as one GridRun: ``score`` the steady rule's
     (None until both are finished), ``epochs`` seed 0's, ``converged`` when no seed that
-    finished is flagged by :func:`mltools.flags.unconverged`."""
+    finished is flagged by :func:`mltools.reports.flags.unconverged`."""
     config = seeds[0].config or {}
     epochs = config.get("epochs") if isinstance(config.get("epochs"), int) else None
     method = str(config.get("method", ""))

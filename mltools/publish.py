@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .cli import ArgumentParser
-from .runlog import CONFIG, METRICS, SAMPLES
+from mltools.cli import ArgumentParser
+from mltools.runs.runlog import CONFIG, METRICS, SAMPLES
 
 PUBLISHED_NAMES = (CONFIG, METRICS, SAMPLES)
 PUBLISHED_SUFFIXES = (".md", ".csv", ".png")

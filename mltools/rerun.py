@@ -1,7 +1,7 @@
 """Train a published run again from its ``config.json`` alone and compare the two
 ``metrics.jsonl``, number for number: what "anyone can re-run one run" means here.
 
-    python -m mltools.rerun docs/results/digits/fair/best_practices/fc-tanh/seed0
+    python -m mltools.rerun docs/results/digits/lr-grid/lr0.01/best_practices/fc-tanh/seed0
 
 The run is trained under ``--out`` (the run's own folder name there), through the same sweep
 code as the scripts, so a finished one is not trained twice. Wall times are left out of the
@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import cli, runlog
-from .config import read
+from mltools import cli, errors
+from mltools.runs import runlog
+from mltools.runs.config import read
 
 
 def differences(published: list[dict], again: list[dict]) -> list[tuple[str, float]]:
@@ -65,26 +66,26 @@ def main() -> int:
     published, _ = runlog.read_json_lines(args.run / runlog.METRICS)
     if config is None or not published:
         why = "; ".join(problems) or f"no {runlog.METRICS}"
-        raise cli.UsageError(f"{args.run} is not a run folder ({why})")
+        raise errors.UsageError(f"{args.run} is not a run folder ({why})")
     try:
         cfg = read(config)
     except ValueError as err:
-        raise cli.UsageError(str(err)) from None
+        raise errors.UsageError(str(err)) from None
     if args.data_dir:
         cfg.data_dir = args.data_dir
     import torch
 
-    from . import sweep
+    from mltools.sweeps import sweep
 
     # Floating-point sums depend on how many threads split them: the run's own count.
     torch.set_num_threads(args.threads or int(config.get("threads") or torch.get_num_threads()))
 
-    spec = sweep.RunSpec(cfg, cli.writable_dir(args.out) / args.run.name)
+    spec = sweep.RunSpec(cfg, errors.writable_dir(args.out) / args.run.name)
     target = spec.run_dir
     sweep.check_inputs(args.device, [spec])
     outcomes = sweep.run_sweep([spec], args.device, quiet=True)
     if outcomes.get("failed"):
-        raise cli.UsageError(f"the run failed again; see {target / runlog.LOG}")
+        raise errors.UsageError(f"the run failed again; see {target / runlog.LOG}")
     again, _ = runlog.read_json_lines(target / runlog.METRICS)
     found = differences(published, again)
     worst = max(found, key=lambda f: f[1], default=None)

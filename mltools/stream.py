@@ -1,8 +1,9 @@
-"""How large a Transformer's residual stream grows, block by block: recorded every epoch
-(:class:`StreamNorm`, ``stream_norm`` in metrics.jsonl) and measured on trained runs.
+"""The command that measures how large a trained Transformer's residual stream grows, block by
+block (the measuring itself, also recorded every epoch while training:
+:mod:`mltools.models.stream_norm`).
 
-A pre-norm GPT (:class:`mltools.models.CharGPT`) ends with a LayerNorm, so its loss does not
-depend on the scale of the last residual stream ``x_L`` (the sum of the embedding and every
+A pre-norm GPT (:class:`mltools.models.networks.CharGPT`) ends with a LayerNorm, so its loss does
+not depend on the scale of the last residual stream ``x_L`` (the sum of the embedding and every
 block's output): the true gradient at ``x_L`` has no component along ``x_L``, while a DFA
 signal, a fixed projection of the error, has one. This module measures what that does to
 trained runs: the mean norm per token of ``x_0`` (embedding plus positions) and of ``x_l``
@@ -17,69 +18,12 @@ from pathlib import Path
 
 import torch
 
-from . import runlog
-from .config import read
-from .data import DataError
-from .models import CharGPT, build, residual_blocks
-from .text import load_text
-
-
-class StreamNorm:
-    """The residual stream after each Transformer block of ``model`` (``stream_norm``, DESIGN.md
-    14): within ``with``, every forward pass adds each block output's per-token Euclidean norms;
-    :meth:`values` gives their mean, one value per block (``[]`` for other networks)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.blocks = residual_blocks(model)
-        self.sums: list[torch.Tensor] = []
-        self.tokens = 0
-        self._handles: list = []
-
-    def _hook(self, i: int):
-        def hook(module, args, output) -> None:
-            h = output[0] if isinstance(output, tuple) else output
-            norms = h.detach().norm(dim=-1)  # (N, T): one per token
-            # On the outputs' device: no host sync per batch.
-            self.sums[i] = self.sums[i].to(norms.device) + norms.sum()
-            if i == 0:
-                self.tokens += norms.numel()
-
-        return hook
-
-    def __enter__(self) -> StreamNorm:
-        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
-        self.sums = [torch.zeros(()) for _ in self.blocks]  # moved to the outputs' device
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def values(self) -> list[float]:
-        """The mean norm per token after each block, over every pass so far (one host sync)."""
-        return [float(s) / self.tokens for s in self.sums] if self.tokens else []
-
-
-@torch.no_grad()
-def stream_states(net: CharGPT, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """``x_0`` (the first block's input) and each block's output ``x_l``, all ``(N, T, d)``,
-    for ``tokens`` ``(N, T)``, read by hooks while ``net`` runs its own forward (eval mode)."""
-    net.eval()
-    states: list[torch.Tensor] = []
-    hooks = [net.blocks[0].register_forward_pre_hook(lambda _, args: states.append(args[0]))]
-    hooks += [b.register_forward_hook(lambda *io: states.append(io[2])) for b in net.blocks]
-    try:
-        net(tokens)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return states
-
-
-def stream_norms(net: CharGPT, tokens: torch.Tensor) -> list[float]:
-    """Mean norm per token of ``x_0`` and of ``x_l`` after each block, for ``tokens``
-    ``(N, T)``: ``1 + len(net.blocks)`` values."""
-    return [x.norm(dim=-1).mean().item() for x in stream_states(net, tokens)]
+from mltools.data.datasets import DataError
+from mltools.data.text import load_text
+from mltools.models.networks import CharGPT, build
+from mltools.models.stream_norm import stream_norms
+from mltools.runs import runlog
+from mltools.runs.config import read
 
 
 def run_config(run_dir: Path) -> dict:
@@ -137,7 +81,7 @@ def table(out: Path, windows: int) -> str:
 
 
 def main() -> None:
-    from .cli import ArgumentParser, positive_int  # the command's own; training imports StreamNorm
+    from mltools.cli import ArgumentParser, positive_int
 
     parser = ArgumentParser(prog="python -m mltools.stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="a language_model.py --out folder")

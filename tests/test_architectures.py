@@ -11,20 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from mltools import architectures, runlog
-from mltools.architectures import BottleneckOptions, GPTOptions
-from mltools.config import RunConfig, read, upgrade
+from mltools.models import architectures
+from mltools.models.architectures import BottleneckOptions, GPTOptions
 from mltools.rerun import differences
+from mltools.runs import runlog
+from mltools.runs.config import RunConfig, read, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_architecture_has_options_and_a_builder():
-    from mltools import models
+    from mltools.models import networks
 
     for arch in architectures.ARCHS:
         entry = architectures.get(arch)
-        assert callable(getattr(models, entry.builder)), arch
+        assert callable(getattr(networks, entry.builder)), arch
         assert set(entry.flat.values()) <= set(asdict(entry.options()))
 
 
@@ -88,7 +89,7 @@ def test_differences_compare_every_number_but_wall_time():
 
 
 def test_a_run_trained_again_from_its_config_gives_the_same_numbers(tmp_path):
-    from mltools.train import train_run
+    from mltools.training.train import train_run
 
     cfg = RunConfig(
         experiment="fc-tanh",

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mltools import models, runlog
-from mltools.train import RunConfig, build_model, train_run
+from mltools.models import networks
+from mltools.runs import runlog
+from mltools.training.train import RunConfig, build_model, train_run
 
 CPU = torch.device("cpu")
 K = 4
@@ -22,8 +23,8 @@ K = 4
 def test_mask_keeps_about_size_over_width(size):
     """Each entry is kept with probability size / 800: the kept fraction of a (128, 800) mask is
     within 5 binomial standard deviations of it."""
-    net = models.bottleneck_net((1, 4, 4), 10, size, seed=2, input_mask_batch=128)
-    (mask,) = [m.mask for m in net.modules() if isinstance(m, models.InputGradMask)]
+    net = networks.bottleneck_net((1, 4, 4), 10, size, seed=2, input_mask_batch=128)
+    (mask,) = [m.mask for m in net.modules() if isinstance(m, networks.InputGradMask)]
     assert mask.shape == (128, 800) and mask.dtype == torch.bool
     p, n = size / 800, mask.numel()
     assert abs(mask.float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
@@ -36,11 +37,11 @@ def test_mask_is_seeded_and_its_own_stream():
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
-    models.InputGradMask(64, 800, 0.25, seed=5)
+    networks.InputGradMask(64, 800, 0.25, seed=5)
     assert torch.equal(torch.rand(1), before)
 
     def net(seed):
-        return models.bottleneck_net((1, 2, 2), 3, 200, seed=seed, input_mask_batch=64)
+        return networks.bottleneck_net((1, 2, 2), 3, 200, seed=seed, input_mask_batch=64)
 
     a, b, c = net(0), net(0), net(1)
     ma, mb, mc = (n[3].mask for n in (a, b, c))
@@ -52,7 +53,7 @@ def test_mask_is_seeded_and_its_own_stream():
 def test_mask_gradient_rows_by_batch_position():
     """Values pass unchanged; the gradient is multiplied by the mask row of each batch position:
     the first n rows for a batch of n <= 6, rows i mod 6 for a larger one."""
-    layer = models.InputGradMask(6, 5, 0.5, seed=1)
+    layer = networks.InputGradMask(6, 5, 0.5, seed=1)
     mask = layer.mask.double().numpy()
     gen = torch.Generator().manual_seed(0)
     for n in (6, 4, 15):
@@ -128,7 +129,7 @@ def test_2019_gradients_match_hand_computation(points):
         (1, 2, 3),
         K,
     )
-    masks = [m for m in model.modules() if isinstance(m, models.InputGradMask)]
+    masks = [m for m in model.modules() if isinstance(m, networks.InputGradMask)]
     assert len(masks) == (1 if points == "2019" else 0)
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(6, 1, 2, 3, generator=gen), torch.randint(0, K, (6,), generator=gen)

@@ -1,4 +1,4 @@
-"""Tests of mltools.bottleneck_report and bottleneck_from_log.py on hand-written run folders."""
+"""Tests of mltools.reports.bottleneck and bottleneck_from_log.py on hand-written run folders."""
 
 import csv
 import json
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from fresh_interpreter import run_script
 
-from mltools.bottleneck_recovered import write_recovered_bottleneck_report
-from mltools.bottleneck_report import write_bottleneck_report
-from mltools.cli import UsageError
+from mltools.errors import UsageError
+from mltools.legacy.bottleneck_recovered import write_recovered_bottleneck_report
+from mltools.reports.bottleneck import write_bottleneck_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2

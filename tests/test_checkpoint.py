@@ -14,10 +14,10 @@ from test_data import Payload
 from test_train import metrics, small
 
 import dfatools
-from mltools import checkpoint, runlog
-from mltools.checkpoint import UnsafeCheckpoint
-from mltools.sweep import RunSpec, run_sweep
-from mltools.train import train_run
+from mltools.runs import checkpoint, runlog
+from mltools.runs.checkpoint import UnsafeCheckpoint
+from mltools.sweeps.sweep import RunSpec, run_sweep
+from mltools.training.train import train_run
 
 CPU = torch.device("cpu")
 

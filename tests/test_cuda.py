@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from test_train import metrics, small
 
 import dfatools
-from mltools import models, runlog
-from mltools.sweep import RunSpec, run_sweep
-from mltools.train import RunConfig, build_model, evaluate, get_data, train_run
+from mltools.models import networks
+from mltools.runs import runlog
+from mltools.sweeps.sweep import RunSpec, run_sweep
+from mltools.training.train import RunConfig, build_model, evaluate, get_data, train_run
 
 pytestmark = pytest.mark.cuda
 
@@ -102,7 +103,7 @@ def test_feedback_matrices_are_the_same_on_cpu_and_cuda(feedback):
     """B is drawn on the CPU from the seeded generator, then moved: the very same numbers."""
     x = torch.randn(4, 1, 8, 8)
     on_cpu, on_cuda = (
-        dfatools.to_dfa(models.fc((1, 8, 8), 10, width=32), 10, feedback=feedback, seed=3)
+        dfatools.to_dfa(networks.fc((1, 8, 8), 10, width=32), 10, feedback=feedback, seed=3)
         for _ in range(2)
     )
     on_cuda.to(CUDA)

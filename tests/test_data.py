@@ -1,4 +1,4 @@
-"""Tests of mltools.data on tiny files written in the real on-disk formats (no network, CPU
+"""Tests of mltools.data.datasets on tiny files written in the real on-disk formats (no network, CPU
 only)."""
 
 import codecs
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mltools import data
-from mltools.data import DATASETS, DataError, Dataset, iterate_batches, load_dataset
+from mltools.data import datasets
+from mltools.data.datasets import DATASETS, DataError, Dataset, iterate_batches, load_dataset
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -23,7 +23,7 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
 @pytest.fixture(autouse=True)
 def no_system_fashion_mnist(tmp_path, monkeypatch):
     """Tests must not see (or depend on) the Debian fashion-mnist files of this machine."""
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
 
 
 # ------------------------------------------------------------------------- writers of real formats
@@ -263,7 +263,7 @@ def test_codecs_encode_only_decodes_latin1(tmp_path):
         pickle.dumps({b"data": Payload(codecs.encode, "x" * 3072, "rot13")}, protocol=2)
     )
     with pytest.raises(DataError, match="refused.*rot13"):
-        data.read_cifar_pickle(path, "labels")
+        datasets.read_cifar_pickle(path, "labels")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +279,7 @@ def test_cifar_pickle_of_the_wrong_shape_is_one_line(tmp_path, batch, problem):
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError, match=problem) as err:
-        data.read_cifar_pickle(path, "labels")
+        datasets.read_cifar_pickle(path, "labels")
     assert "data_batch_1" in str(err.value)
 
 
@@ -320,7 +320,7 @@ def test_fashion_mnist_torchvision_layout_and_constants(tmp_path):
 def test_fashion_mnist_system_dir_is_searched(tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     _, y_train, _, _ = write_idx_set(system, gz=True)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
     ds = load_dataset("fashion-mnist", data_dir=str(tmp_path / "nonexistent"))
     assert ds.y_train.tolist() == y_train.tolist()
 
@@ -369,7 +369,9 @@ def test_missing_fashion_mnist_hints_apt_and_system_dir(tmp_path):
         load_dataset("fashion-mnist", data_dir=str(tmp_path))
     msg = str(err.value)
     assert "\n" not in msg
-    assert str(tmp_path / "FashionMNIST" / "raw") in msg and data.FASHION_MNIST_SYSTEM_DIR in msg
+    assert (
+        str(tmp_path / "FashionMNIST" / "raw") in msg and datasets.FASHION_MNIST_SYSTEM_DIR in msg
+    )
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
 
 

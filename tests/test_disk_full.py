@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from test_train import small as train_small
 
-from mltools import cli, runlog
-from mltools.launch import execute
-from mltools.report import write_best_practices_report
-from mltools.sweep import RunSpec, SweepStopped, run_sweep
-from mltools.train import RunConfig
+from mltools import errors
+from mltools.reports.best_practices import write_best_practices_report
+from mltools.runs import runlog
+from mltools.sweeps.launch import execute
+from mltools.sweeps.sweep import RunSpec, SweepStopped, run_sweep
+from mltools.training.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, c
         return write_text(path, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", report_on_full_disk)
-    with pytest.raises(cli.DiskFull) as stop:
+    with pytest.raises(errors.DiskFull) as stop:
         execute(
             specs,
             args,
@@ -146,18 +147,18 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch, c
     assert status(specs[0].run_dir) == "done"  # the runs are not touched
 
 
-@pytest.mark.parametrize("code", sorted(cli.DISK_ERRNOS))
+@pytest.mark.parametrize("code", sorted(errors.DISK_ERRNOS))
 def test_disk_errors_stop_and_others_do_not(code):
-    stop = cli.disk_full(OSError(code, os.strerror(code)), "results/x")
-    assert isinstance(stop, cli.DiskFull) and "results/x" in str(stop)
-    named = cli.disk_full(OSError(code, os.strerror(code), "results/x/log.txt"), "results")
+    stop = errors.disk_full(OSError(code, os.strerror(code)), "results/x")
+    assert isinstance(stop, errors.DiskFull) and "results/x" in str(stop)
+    named = errors.disk_full(OSError(code, os.strerror(code), "results/x/log.txt"), "results")
     assert "results/x/log.txt" in str(named)
     for other in (
         OSError(errno.EACCES, "Permission denied"),
         FileNotFoundError(2, "gone"),
         ValueError("not a disk error"),
     ):
-        assert cli.disk_full(other, "results") is None
+        assert errors.disk_full(other, "results") is None
 
 
 def test_parallel_sweep_on_a_size_limited_disk_stops_with_exit_1(tmp_path):

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import dfatools
-from mltools import models
+from mltools.models import networks
 
 WORLD = 2
 BATCH = 7  # slices of 3 and 4: each rank's mean loss weighted by its share
@@ -31,14 +31,14 @@ def build(layout: str, method: str) -> tuple[torch.nn.Module, torch.Tensor, torc
     """The converted model and a batch ``(x, y)``, the same in every process (seeded)."""
     torch.manual_seed(0)
     if layout.startswith("fc"):
-        net = models.fc((6,), 5, width=16, depth=2)
+        net = networks.fc((6,), 5, width=16, depth=2)
         error = "mean" if layout == "fc-mean" else "sum"
         model = dfatools.to_method(net, method, 5, seed=3, error=error)
         return model, torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
-    net = models.CharGPT(7, 6, 16, 2)
+    net = networks.CharGPT(7, 6, 16, 2)
     site = {"error_at": "norm"} if layout == "gpt-hidden" and method != "drtp" else {}
     width = 16 if site else 7
-    model = dfatools.to_method(net, method, width, seed=3, points=[models.Block], **site)
+    model = dfatools.to_method(net, method, width, seed=3, points=[networks.Block], **site)
     return model, torch.randint(0, 7, (BATCH, 6)), torch.randint(0, 7, (BATCH, 6))
 
 
@@ -68,7 +68,7 @@ def worker(rank: int, folder: str) -> None:
             for method in dfatools.METHODS:
                 model, x, y = build(layout, method)
                 part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-                share = y[part].numel() * WORLD / y.numel()  # as mltools.train weighs it
+                share = y[part].numel() * WORLD / y.numel()  # as mltools.training.train weighs it
                 ddp = lambda m: DistributedDataParallel(m, find_unused_parameters=True)  # noqa: E731
                 grads = step_gradients(model, x[part], y[part], method, wrap=ddp, share=share)
                 node = dfatools.find_dfa(model)
@@ -76,7 +76,7 @@ def worker(rank: int, folder: str) -> None:
                 found[f"{layout}/{method}"] = {"grads": grads, "matrices": matrices}
         # Not data-parallel (one model per rank): data_parallel=False keeps the rank's own error.
         torch.manual_seed(0)
-        alone = dfatools.to_dfa(models.fc((6,), 5, width=16, depth=2), 5, data_parallel=False)
+        alone = dfatools.to_dfa(networks.fc((6,), 5, width=16, depth=2), 5, data_parallel=False)
         x, y = torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
         found["alone"] = {"grads": step_gradients(alone, x[:3], y[:3], "dfa"), "matrices": []}
         torch.save(found, Path(folder) / f"rank{rank}.pt")
@@ -114,7 +114,7 @@ def test_two_processes_take_the_step_of_one_on_the_whole_batch(ranks, layout, me
 
 def test_a_model_that_is_not_data_parallel_keeps_its_own_error(ranks):
     torch.manual_seed(0)
-    alone = dfatools.to_dfa(models.fc((6,), 5, width=16, depth=2), 5)
+    alone = dfatools.to_dfa(networks.fc((6,), 5, width=16, depth=2), 5)
     x, y = torch.randn(BATCH, 6), torch.randint(0, 5, (BATCH,))
     want = step_gradients(alone, x[:3], y[:3], "dfa")
     for rank in ranks:

@@ -1,5 +1,5 @@
-"""Tests of mltools.effects and of the Effects, convergence and undefined-cosine parts of both
-reports.
+"""Tests of mltools.reports.effects and of the Effects, convergence and undefined-cosine parts of
+both reports.
 
 Intervals are checked against an independent computation: scipy's Welch t-test.
 """
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mltools.bottleneck_report import write_bottleneck_report
-from mltools.effects import (
+from mltools.reports.best_practices import write_best_practices_report
+from mltools.reports.bottleneck import write_bottleneck_report
+from mltools.reports.effects import (
     reference_of,
     welch_interval,
 )
-from mltools.flags import (
+from mltools.reports.flags import (
     unconverged,
     unsteady,
 )
-from mltools.report import write_best_practices_report
-from mltools.runlog import load_run
+from mltools.runs.runlog import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -416,7 +416,8 @@ def test_bottleneck_effects(tmp_path):
 
 def test_no_torch_and_lazy_scipy():
     code = (
-        "import sys, mltools.effects, mltools.report, mltools.bottleneck_report\n"
+        "import sys, mltools.reports.effects, mltools.reports.best_practices\n"
+        "import mltools.reports.bottleneck\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy')]\n"
         "assert not heavy, 'heavy import'\n"
     )

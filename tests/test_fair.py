@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mltools import cli, report
+from mltools import cli, errors
 from mltools.cli import read_choices
-from mltools.experiments import BEST_PRACTICES_PRESETS
 from mltools.lr_grid import half_decade
-from mltools.report import write_best_practices_report
+from mltools.reports import best_practices as report
+from mltools.reports.best_practices import write_best_practices_report
+from mltools.studies.experiments import BEST_PRACTICES_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,9 +236,9 @@ def test_per_method_errors_are_one_line(tmp_path):
     out = lr_grid(tmp_path)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     (tmp_path / "bad.json").write_text('{"experiments": {"fc-bp": {"lr": -1, "epochs": 3}}}')
-    with pytest.raises(cli.UsageError, match="bad.json"):
+    with pytest.raises(errors.UsageError, match="bad.json"):
         read_choices(tmp_path / "bad.json")
-    with pytest.raises(cli.UsageError, match="missing.json"):
+    with pytest.raises(errors.UsageError, match="missing.json"):
         read_choices(tmp_path / "missing.json")
 
 
@@ -268,7 +269,7 @@ def test_fashion_fair_settings_per_experiment():
     settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, "best_practices.py")
     conv = cli.experiment_settings(settings, choices, "conv-tanh", args)
     assert (conv["lr"], conv["epochs"], conv["seeds"]) == (0.03, 2, 1)
-    with pytest.raises(cli.UsageError, match="fc-relu"):
+    with pytest.raises(errors.UsageError, match="fc-relu"):
         cli.experiment_settings(settings, choices, "fc-relu", args)
 
 

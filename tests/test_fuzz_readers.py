@@ -1,7 +1,8 @@
 """Property-based tests: every reader of run folders, logs and datasets, fed random truncations,
 byte flips, inserted garbage and plain garbage, either parses or raises the project's one-line
-error (runlog readers: warnings, never an exception; mltools.data: DataError; a recovered 2019
-log: UsageError). Never another exception, and never a hang (SIGALRM guard per example)."""
+error (runlog readers: warnings, never an exception; mltools.data.datasets: DataError; a
+recovered 2019 log: UsageError). Never another exception, and never a hang (SIGALRM guard per
+example)."""
 
 import contextlib
 import gzip
@@ -14,12 +15,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mltools import runlog
-from mltools.bottleneck_recovered import read_recovered
-from mltools.cli import UsageError
-from mltools.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, read_cifar_pickle, read_idx
-from mltools.legacy_log import LegacyEpoch, parse_legacy_log
-from mltools.retrieval import parse_run_log
+from mltools.data.datasets import (
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    DataError,
+    read_cifar_pickle,
+    read_idx,
+)
+from mltools.errors import UsageError
+from mltools.legacy.bottleneck_recovered import read_recovered
+from mltools.legacy.log_2019 import LegacyEpoch, parse_legacy_log
+from mltools.legacy.retrieval import parse_run_log
+from mltools.runs import runlog
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import dfatools
-from mltools import models, runlog, stream, text
-from mltools.data import DataError
-from mltools.train import RunConfig, build_net, train_run
+from mltools import stream
+from mltools.data import text
+from mltools.data.datasets import DataError
+from mltools.models import networks, stream_norm
+from mltools.runs import runlog
+from mltools.training.train import RunConfig, build_net, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSE = "Shall I compare thee to a summer’s day?\r\nThou art more lovely — and more temperate.\n"
@@ -61,7 +64,7 @@ def test_vocabulary_from_train_and_windows_by_hand():
 
 def test_char_gpt_shapes_and_causality():
     torch.manual_seed(0)
-    net = models.CharGPT(vocab=11, context=8, d_model=32, layers=2).eval()
+    net = networks.CharGPT(vocab=11, context=8, d_model=32, layers=2).eval()
     tokens = torch.randint(0, 11, (3, 8))
     out = net(tokens)
     assert out.shape == (3, 8, 11)
@@ -77,8 +80,8 @@ def test_per_token_dfa_gradients_match_the_definition(points):
     M drawn from the seed; each block's parameters get s_l back-propagated through it alone."""
     torch.manual_seed(0)
     vocab, d = 13, 32
-    net = models.CharGPT(vocab, context=6, d_model=d, layers=2).eval()
-    names = models.lm_points(net, points)
+    net = networks.CharGPT(vocab, context=6, d_model=d, layers=2).eval()
+    names = networks.lm_points(net, points)
     tokens, target = torch.randint(0, vocab, (4, 6)), torch.randint(0, vocab, (4, 6))
     model = dfatools.to_dfa(net, vocab, points=names, seed=5)
     model.zero_grad()
@@ -94,7 +97,7 @@ def test_per_token_dfa_gradients_match_the_definition(points):
         return (detached, *out[1:]) if isinstance(out, tuple) else detached
 
     modules = dict(net.named_modules())
-    blocks = [n for n, m in modules.items() if isinstance(m, models.Block)]
+    blocks = [n for n, m in modules.items() if isinstance(m, networks.Block)]
     chosen = blocks if points == "macro" else names
     handles = [modules[n].register_forward_hook(cut) for n in chosen]
     y = net(tokens)
@@ -124,7 +127,7 @@ def test_bits_per_character_match_a_hand_computation(tmp_path):
     data = text.load_text("text", str(path), 16, "test", None, None, "cpu")
     net, placement = build_net(cfg, data.input_shape, data.num_classes)
     state = torch.load(tmp_path / "run" / runlog.MODEL, weights_only=True)
-    model = dfatools.to_method(net, "bp", data.num_classes, points=models.lm_points(net, "macro"))
+    model = dfatools.to_method(net, "bp", data.num_classes, points=networks.lm_points(net, "macro"))
     model.load_state_dict(state)
     with torch.no_grad():
         logits = model.eval()(data.x_eval).double().numpy()
@@ -177,8 +180,8 @@ def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
 def test_the_study_preset_gives_each_method_its_chosen_rate_and_the_preset_model():
     """shakespeare-study: each method's lr and epochs from its choices, the preset's model
     size, every window of the evaluated plays; --lr still overrides."""
-    from mltools import cli
-    from mltools.experiments import LM_PRESETS
+    from mltools import cli, errors
+    from mltools.studies.experiments import LM_PRESETS
 
     parser = cli.ArgumentParser()
     cli.add_sweep_arguments(parser, LM_PRESETS)
@@ -189,7 +192,7 @@ def test_the_study_preset_gives_each_method_its_chosen_rate_and_the_preset_model
     choices = {"bp": (0.003, 10), "dfa": (0.0003, 8)}
     dfa = cli.experiment_settings(settings, choices, "dfa", args, arch="gpt")
     assert (dfa["lr"], dfa["epochs"], dfa["recipe"].optimizer) == (0.0003, 8, "adamw")
-    with pytest.raises(cli.UsageError, match="no chosen lr"):
+    with pytest.raises(errors.UsageError, match="no chosen lr"):
         cli.experiment_settings(settings, choices, "shallow", args, arch="gpt")
     args = parser.parse_args(["--preset", "shakespeare-study", "--lr", "0.01"])
     assert cli.experiment_settings(settings, choices, "bp", args, arch="gpt")["lr"] == 0.01
@@ -202,9 +205,9 @@ def test_stream_states_are_the_residual_stream_the_head_reads():
     head turn into the logits, and with every block's output layers zeroed except one bias
     ``b`` (block 1's MLP) the stream is ``x_0`` then ``x_0 + b`` (T below the context)."""
     torch.manual_seed(0)
-    net = models.CharGPT(vocab=7, context=8, d_model=16, layers=3)
+    net = networks.CharGPT(vocab=7, context=8, d_model=16, layers=3)
     tokens = torch.randint(0, 7, (4, 5))
-    states = stream.stream_states(net, tokens)
+    states = stream_norm.stream_states(net, tokens)
     x0 = net.embed.weight[tokens] + net.pos[:5]
     assert len(states) == 4 and torch.allclose(states[0], x0)
     with torch.no_grad():
@@ -215,7 +218,7 @@ def test_stream_states_are_the_residual_stream_the_head_reads():
                 layer.bias.zero_()
         bias = torch.randn(16)
         net.blocks[0].mlp[2].bias.copy_(bias)
-    norms = stream.stream_norms(net, tokens)
+    norms = stream_norm.stream_norms(net, tokens)
     assert norms[0] == pytest.approx(x0.norm(dim=-1).mean().item(), rel=1e-5)
     assert norms[1:] == pytest.approx([(x0 + bias).norm(dim=-1).mean().item()] * 3, rel=1e-5)
 
@@ -225,8 +228,8 @@ def test_the_stream_reads_the_network_of_any_methods_run(tmp_path, method):
     """A run's ``model.pt`` holds what its method added (a DFA matrix, feedback buffers): the
     rebuilt network computes what the trained model computes. A broken file: one line."""
     torch.manual_seed(0)
-    net = models.CharGPT(vocab=7, context=8, d_model=16, layers=2)
-    model = dfatools.to_method(net, method, 7, points=[models.Block]).eval()
+    net = networks.CharGPT(vocab=7, context=8, d_model=16, layers=2)
+    model = dfatools.to_method(net, method, 7, points=[networks.Block]).eval()
     # config.json as written before the options were nested (the key map reads it)
     runlog.write_config(tmp_path, {"arch": "gpt", "context": 8, "lm_width": 16, "lm_depth": 2})
     torch.save(model.state_dict(), tmp_path / runlog.MODEL)

@@ -1,4 +1,4 @@
-"""Tests for mltools.legacy_log, the parser of 2019-code text logs.
+"""Tests for mltools.legacy.log_2019, the parser of 2019-code text logs.
 
 The fixture is written here by hand (it is not a real log); every number the
 tests check is one the fixture wrote.
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from mltools.legacy_log import LegacyEpoch, is_legacy_log, parse_legacy_log
+from mltools.legacy.log_2019 import LegacyEpoch, is_legacy_log, parse_legacy_log
 
 LIN = "Linear(in_features=3072, out_features=800, bias=True)"
 TS = "2019-05-03 14:02:11,123 -- "

@@ -1,4 +1,4 @@
-"""The language-model report's comparisons (mltools.lm_report)."""
+"""The language-model report's comparisons (mltools.reports.language_model)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mltools import runlog
+from mltools.runs import runlog
 
 
 def test_the_language_model_report_compares_with_bp_and_with_untrained_blocks(tmp_path):
@@ -16,7 +16,7 @@ def test_the_language_model_report_compares_with_bp_and_with_untrained_blocks(tm
 
     from scipy import stats
 
-    from mltools.lm_report import write_lm_report
+    from mltools.reports.language_model import write_lm_report
 
     bpc = {"bp": [2.40, 2.45, 2.43], "dfa": [3.1, 3.3, 3.2], "shallow": [3.6, 3.62, 3.65]}
     for method, values in bpc.items():

@@ -1,4 +1,4 @@
-"""Tests of log_retrieval.py (mltools.retrieval): our log.txt and 2019-format logs back to
+"""Tests of log_retrieval.py (mltools.legacy.retrieval): our log.txt and 2019-format logs back to
 metrics."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mltools.runlog import RECOVERED, RunLog
+from mltools.runs.runlog import RECOVERED, RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3

@@ -368,7 +368,7 @@ def test_shallow_alignment_is_undefined_everywhere():
 def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
     from test_train import CPU, metrics, small
 
-    from mltools import train
+    from mltools.training import train
 
     a, b = tmp_path / "a", tmp_path / "b"
     cfg = small(experiment=f"fc-{method}", method=method, epochs=2, train_samples=128)
@@ -390,7 +390,7 @@ def test_trainer_runs_every_method_and_resumes_it_exactly(tmp_path, method):
 
 
 def test_method_experiments_are_listed_but_not_run_by_default():
-    from mltools.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
+    from mltools.studies.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, GROUPS
 
     others = ("fa", "sign", "drtp", "shallow", "brsf", "frsf")
     new = [f"{arch}-{m}" for arch in ("fc", "conv") for m in others]
@@ -401,6 +401,6 @@ def test_method_experiments_are_listed_but_not_run_by_default():
 
 def test_mltools_names_the_same_methods():
     """mltools keeps its own copy of the names (no torch for reports and argument parsing)."""
-    from mltools.experiments import METHODS
+    from mltools.studies.experiments import METHODS
 
     assert METHODS == dfatools.METHODS

@@ -32,14 +32,16 @@ def test_the_wheel_holds_both_packages_their_data_and_dfatools_version(tmp_path)
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    names = set(zipfile.ZipFile(wheel).namelist())
     for package in ("dfatools", "mltools"):
-        modules = {p.name for p in (ROOT / package).glob("*.py")}
-        assert modules == {Path(n).name for n in names if n.startswith(f"{package}/")} - {
-            p.name for p in (ROOT / package).glob("*.json")
+        # Every module and data file of the source tree, subpackages included, and nothing else.
+        files = {
+            p.relative_to(ROOT).as_posix()
+            for pattern in ("*.py", "*.json")
+            for p in (ROOT / package).rglob(pattern)
         }
-    data = {p.name for p in (ROOT / "mltools").glob("*.json")}
-    assert data and data <= {Path(n).name for n in names}
-    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA")))
+        assert files == {n for n in names if n.startswith(f"{package}/")}
+    assert "mltools/studies/fashion_fair.json" in names  # the choices a preset reads
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in sorted(names) if n.endswith("METADATA")))
     version = re.search(rb"^Version: (\S+)$", metadata, re.M)
     assert version is not None and version.group(1).decode() == dfatools.__version__

@@ -1,4 +1,4 @@
-"""Every config.json published under docs/results still loads (mltools.config.read), keeps
+"""Every config.json published under docs/results still loads (mltools.runs.config.read), keeps
 every setting it holds, and would build the network its run trained.
 
 The reference networks below are built from the files' own keys, flat or nested, with the
@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from dfatools.inspect import find_dfa
-from mltools import models, runlog
-from mltools.architectures import get
-from mltools.config import RUNTIME_OPTIONS, read
-from mltools.train import build_model, build_net
+from mltools.models import networks
+from mltools.models.architectures import get
+from mltools.runs import runlog
+from mltools.runs.config import RUNTIME_OPTIONS, read
+from mltools.training.train import build_model, build_net
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "docs" / "results").rglob(runlog.CONFIG))
@@ -39,7 +40,7 @@ def flat(config: dict) -> dict:
 def reference_net(c: dict, shape: tuple[int, ...]) -> torch.nn.Module:
     arch = c["arch"]
     if arch == "fc":
-        return models.fc(
+        return networks.fc(
             shape,
             CLASSES,
             act=c.get("act", "tanh"),
@@ -48,7 +49,7 @@ def reference_net(c: dict, shape: tuple[int, ...]) -> torch.nn.Module:
             batch_norm=c.get("batch_norm", False),
         )
     if arch == "cnn":
-        return models.cnn(
+        return networks.cnn(
             shape,
             CLASSES,
             act=c.get("act", "tanh"),
@@ -59,7 +60,7 @@ def reference_net(c: dict, shape: tuple[int, ...]) -> torch.nn.Module:
             min_side=c.get("cnn_min_side", 32),
         )
     if arch == "bottleneck":
-        return models.bottleneck_net(
+        return networks.bottleneck_net(
             shape,
             CLASSES,
             c["bottleneck_size"],
@@ -69,11 +70,13 @@ def reference_net(c: dict, shape: tuple[int, ...]) -> torch.nn.Module:
             input_mask_batch=c["batch_size"] if c.get("bottleneck_points") == "2019" else None,
         )
     if arch == "resnet":
-        return models.resnet(shape, CLASSES)
+        return networks.resnet(shape, CLASSES)
     if arch == "transformer":
-        return models.RowTransformer(shape, CLASSES, norm=c.get("norm", "pre"))
+        return networks.RowTransformer(shape, CLASSES, norm=c.get("norm", "pre"))
     assert arch == "gpt", arch
-    return models.CharGPT(CLASSES, c["context"], c["lm_width"], c["lm_depth"], c.get("norm", "pre"))
+    return networks.CharGPT(
+        CLASSES, c["context"], c["lm_width"], c["lm_depth"], c.get("norm", "pre")
+    )
 
 
 def distinct_networks() -> dict[str, Path]:

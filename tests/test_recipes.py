@@ -1,4 +1,4 @@
-"""Training recipes (mltools.recipes, DESIGN.md 12): each recipe's updates against the update
+"""Training recipes (mltools.runs.recipes, DESIGN.md 12): each recipe's updates against the update
 rules and schedules written out by hand, resume under a schedule, and the recipe in run
 folders and on the command line."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from mltools import recipes, runlog
-from mltools.sweep import RunSpec, plan, run_sweep
-from mltools.train import RunConfig, Trainer, train_run
+from mltools.runs import recipes, runlog
+from mltools.sweeps.sweep import RunSpec, plan, run_sweep
+from mltools.training.train import RunConfig, Trainer, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -95,8 +95,8 @@ def tiny_net() -> nn.Module:
 
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
 def test_each_recipe_updates_as_its_rules_written_by_hand(name):
-    """Twelve steps of the recipe's optimizer and schedule (mltools.recipes) give the parameters
-    that the update rules and schedule formulas, computed here in float64, give."""
+    """Twelve steps of the recipe's optimizer and schedule (mltools.runs.recipes) give the
+    parameters that the update rules and schedule formulas, computed here in float64, give."""
     # Clipping at a norm the gradients exceed, so that it acts.
     recipe = recipes.get_recipe(name, clip=0.05) if name == "adamw" else recipes.RECIPES[name]
     peak = 0.05
@@ -190,7 +190,7 @@ def test_a_run_killed_after_an_epoch_resumes_bit_identical_under_a_schedule(tmp_
 
 
 def test_a_decaying_schedule_is_not_extended_but_a_constant_rate_is(tmp_path):
-    from mltools.cli import UsageError
+    from mltools.errors import UsageError
 
     run_sweep([RunSpec(small(epochs=1, recipe="sgd"), tmp_path / "sgd")], "cpu", quiet=True)
     with pytest.raises(UsageError, match="epochs"):

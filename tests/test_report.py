@@ -1,4 +1,5 @@
-"""Tests of mltools.report on run folders written here by hand (not by the trainer or runlog)."""
+"""Tests of mltools.reports.best_practices on run folders written here by hand (not by the trainer
+or runlog)."""
 
 import csv
 import json
@@ -6,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mltools.report import write_best_practices_report
-from mltools.tables import mean_std
+from mltools.reports.best_practices import write_best_practices_report
+from mltools.reports.tables import mean_std
 
 EPOCHS = 3
 
@@ -224,7 +225,7 @@ def test_a_group_legend_fits_its_figure(chars):
     group figure (10.8 inches)."""
     from matplotlib.figure import Figure
 
-    from mltools.tables import legend_columns
+    from mltools.reports.tables import legend_columns
 
     labels = [f"{k}" * chars for k in range(3)]
     width = 10.8

@@ -160,7 +160,7 @@ def test_submitit_requeue_still_works_with_jobs(tmp_path, reference):
 PR_GET_PDEATHSIG = 2
 CHILD = f"""
 import ctypes, os, sys
-from mltools import stopping
+from mltools.sweeps import stopping
 parent = int(sys.argv[1])
 try:
     stopping.follow_parent(parent)

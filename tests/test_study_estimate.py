@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mltools import runlog
+from mltools.runs import runlog
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mltools import runlog
-from mltools.sweep import RunSpec, run_sweep, select_shard
-from mltools.train import RunConfig, train_run
+from mltools.runs import runlog
+from mltools.sweeps.sweep import RunSpec, run_sweep, select_shard
+from mltools.training.train import RunConfig, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -148,7 +148,7 @@ def test_finished_runs_are_skipped_and_shards_partition(tmp_path):
 
 
 def test_a_folder_with_other_settings_is_refused(tmp_path):
-    from mltools.cli import UsageError
+    from mltools.errors import UsageError
 
     run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
     with pytest.raises(UsageError, match="other settings"):
@@ -291,7 +291,7 @@ def test_unreadable_config_does_not_lose_the_run(tmp_path):
 def test_cnn_2019_placement_and_input_side(tmp_path):
     """points="2019" leaves out the point before the output layer (3 points, as the 2019
     code's CNN); min_side sets the side small inputs are upsampled to (16 -> 64 features)."""
-    from mltools.train import build_model
+    from mltools.training.train import build_model
 
     ours = build_model(RunConfig(arch="cnn"), (1, 28, 28), 10)
     old = build_model(RunConfig(arch="cnn", model={"points": "2019"}), (1, 28, 28), 10)
@@ -315,8 +315,8 @@ def dfatools_traces(model, x):
 def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
     """A run folder written before a setting existed is the same run when the setting is at its
     default, and another run otherwise."""
-    from mltools.cli import UsageError
-    from mltools.sweep import plan
+    from mltools.errors import UsageError
+    from mltools.sweeps.sweep import plan
 
     run_sweep([RunSpec(small(epochs=1), tmp_path)], device="cpu", quiet=True)
     config = json.loads((tmp_path / runlog.CONFIG).read_text())
@@ -330,7 +330,7 @@ def test_a_setting_added_later_takes_its_default_for_old_runs(tmp_path):
 def test_the_cuda_rng_state_restored_is_the_run_devices():
     """A checkpoint holds its run's CUDA RNG state (older ones: every device's, as a list); a
     CPU run restores none, and a device the list lacks gets none rather than a crash."""
-    from mltools.checkpoint import saved_cuda_rng
+    from mltools.runs.checkpoint import saved_cuda_rng
 
     one, two = torch.zeros(3, dtype=torch.uint8), torch.ones(3, dtype=torch.uint8)
     assert saved_cuda_rng({"cuda": one}, torch.device("cuda")) is one

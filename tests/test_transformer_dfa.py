@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import dfatools
-from mltools import flags, models, recipes, runlog
-from mltools.runlog import Run
-from mltools.stream import StreamNorm
-from mltools.train import RunConfig, Trainer, check_slices, train_run
+from mltools.models import networks
+from mltools.models.stream_norm import StreamNorm
+from mltools.reports import flags
+from mltools.runs import recipes, runlog
+from mltools.runs.runlog import Run
+from mltools.training.train import RunConfig, Trainer, check_slices, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -30,7 +32,7 @@ VERSE = "Shall I compare thee to a summer's day? Thou art more lovely and more t
 def test_a_post_norm_block_is_layer_norm_after_each_residual_sum():
     """LN2(u + mlp(u)) with u = LN1(x + attn(x)), written with torch.nn.functional."""
     torch.manual_seed(0)
-    block = models.Block(16, 2, norm="post").eval()
+    block = networks.Block(16, 2, norm="post").eval()
     x = torch.randn(3, 5, 16)
     mask = nn.Transformer.generate_square_subsequent_mask(5)
     attn = block.attn
@@ -55,23 +57,23 @@ def test_a_post_norm_block_is_layer_norm_after_each_residual_sum():
 
 
 def test_post_norm_models_have_no_final_layer_norm_and_keep_their_shapes():
-    gpt = models.CharGPT(9, 8, 32, 2, norm="post")
+    gpt = networks.CharGPT(9, 8, 32, 2, norm="post")
     assert isinstance(gpt.norm, nn.Identity) and isinstance(
-        models.CharGPT(9, 8, 32, 2).norm, nn.LayerNorm
+        networks.CharGPT(9, 8, 32, 2).norm, nn.LayerNorm
     )
     assert gpt(torch.randint(0, 9, (2, 8))).shape == (2, 8, 9)
-    rows = models.RowTransformer((1, 8, 8), 10, norm="post")
+    rows = networks.RowTransformer((1, 8, 8), 10, norm="post")
     assert isinstance(rows.norm, nn.Identity)
     assert all(not layer.norm_first for layer in rows.encoder.layers)
-    assert all(layer.norm_first for layer in models.RowTransformer((1, 8, 8), 10).encoder.layers)
+    assert all(layer.norm_first for layer in networks.RowTransformer((1, 8, 8), 10).encoder.layers)
     assert rows(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     with pytest.raises(ValueError, match="norm"):
-        models.CharGPT(9, 8, 32, 2, norm="sandwich")
+        networks.CharGPT(9, 8, 32, 2, norm="sandwich")
 
 
 def test_micro_points_of_post_norm_blocks_sit_after_each_layer_norm_and_the_mlp_activation():
-    gpt = models.CharGPT(9, 8, 32, 2, norm="post")
-    names = models.lm_points(gpt, "micro")
+    gpt = networks.CharGPT(9, 8, 32, 2, norm="post")
+    names = networks.lm_points(gpt, "micro")
     assert names == [f"blocks.{i}.{p}" for i in range(2) for p in ("norm1", "mlp.1", "norm2")]
     model = dfatools.to_dfa(gpt, 9, points=names)
     shapes = []
@@ -93,7 +95,7 @@ def test_micro_points_of_post_norm_blocks_sit_after_each_layer_norm_and_the_mlp_
 class Trunk(nn.Module):
     """The sub-model of a CharGPT that ends at its ``norm``: ``(N, T)`` in, ``(N, T, d)`` out."""
 
-    def __init__(self, net: models.CharGPT) -> None:
+    def __init__(self, net: networks.CharGPT) -> None:
         super().__init__()
         self.embed, self.pos, self.blocks, self.norm = net.embed, net.pos, net.blocks, net.norm
         self.register_buffer("mask", net.mask, persistent=False)
@@ -112,9 +114,9 @@ def test_error_at_gives_the_gradients_of_the_sub_model_converted_with_the_rest_o
     with the head run on top of it by plain autograd, matrix for matrix."""
     torch.manual_seed(0)
     vocab, d = 11, 32
-    net = models.CharGPT(vocab, 6, d, 2, norm=norm)
+    net = networks.CharGPT(vocab, 6, d, 2, norm=norm)
     tokens, target = torch.randint(0, vocab, (3, 6)), torch.randint(0, vocab, (3, 6))
-    names = models.lm_points(net, points)
+    names = networks.lm_points(net, points)
     model = dfatools.to_dfa(net, d, points=names, error_at="norm", seed=3)
     dfatools.cross_entropy(model(tokens), target).backward()
     got = {n: p.grad for n, p in model.named_parameters()}
@@ -133,11 +135,11 @@ def test_error_at_gives_the_gradients_of_the_sub_model_converted_with_the_rest_o
 def test_error_at_the_models_last_module_is_the_error_at_its_output():
     """The node on the head's output is the node on the model's output: same gradients."""
     torch.manual_seed(0)
-    net = models.CharGPT(7, 6, 16, 2)
+    net = networks.CharGPT(7, 6, 16, 2)
     tokens, target = torch.randint(0, 7, (2, 6)), torch.randint(0, 7, (2, 6))
     grads = []
     for site in (None, "head"):
-        model = dfatools.to_dfa(net, 7, points=[models.Block], error_at=site)
+        model = dfatools.to_dfa(net, 7, points=[networks.Block], error_at=site)
         dfatools.cross_entropy(model(tokens), target).backward()
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):
@@ -149,9 +151,9 @@ def test_alignment_and_pai_take_the_true_gradient_at_the_error_site():
     have to reproduce it; here we check the measured cosine against one computed by hand from
     the gradient at each block and the signal projected from dL/dz."""
     torch.manual_seed(0)
-    net = models.CharGPT(7, 6, 16, 2, norm="post")
+    net = networks.CharGPT(7, 6, 16, 2, norm="post")
     tokens, target = torch.randint(0, 7, (4, 6)), torch.randint(0, 7, (4, 6))
-    model = dfatools.to_dfa(net, 16, points=[models.Block], error_at="norm", seed=1)
+    model = dfatools.to_dfa(net, 16, points=[networks.Block], error_at="norm", seed=1)
     found = dfatools.measure_alignment(model, tokens, target)
     assert all(p.grad is None for p in model.parameters())
     net.eval()
@@ -211,27 +213,27 @@ def test_pai_at_an_error_site_is_pai_of_the_sub_model_with_the_rest_on_top():
 
 
 def test_error_at_refuses_what_it_cannot_be():
-    net = models.CharGPT(7, 6, 16, 2)
+    net = networks.CharGPT(7, 6, 16, 2)
     x = torch.randint(0, 7, (2, 6))
     with pytest.raises(ValueError, match="no submodule"):
-        dfatools.to_dfa(net, 16, points=[models.Block], error_at="nrom")
+        dfatools.to_dfa(net, 16, points=[networks.Block], error_at="nrom")
     with pytest.raises(ValueError, match="inside the feedback point"):
-        dfatools.to_dfa(net, 16, points=[models.Block], error_at="blocks.1.mlp")
+        dfatools.to_dfa(net, 16, points=[networks.Block], error_at="blocks.1.mlp")
     chain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="points="):
         dfatools.to_dfa(chain, 4, error_at="3")
     with pytest.raises(ValueError, match="forward of its own"):
         dfatools.to_dfa(chain, 4, points=["1"], error_at="3")
     with pytest.raises(ValueError, match="DRTP"):
-        dfatools.to_method(net, "drtp", 16, points=[models.Block], error_at="norm")
+        dfatools.to_method(net, "drtp", 16, points=[networks.Block], error_at="norm")
     with pytest.raises(RuntimeError, match="did not run"):
-        dfatools.to_dfa(net, 16, points=[models.Block], error_at="blocks")(x)  # a ModuleList
+        dfatools.to_dfa(net, 16, points=[networks.Block], error_at="blocks")(x)  # a ModuleList
     late = dfatools.to_dfa(net, 16, points=["blocks.0", "norm"], error_at="blocks.1")
     with pytest.raises(RuntimeError, match="before the error site 'blocks.1'"):
         late(x)  # training: the node finds the point not yet run
     with pytest.raises(RuntimeError, match="ran after the error site"), torch.no_grad():
         late(x)  # evaluation too, where points are identities
-    fine = dfatools.to_dfa(net, 16, points=[models.Block], error_at="norm")
+    fine = dfatools.to_dfa(net, 16, points=[networks.Block], error_at="norm")
     fine(x)
     fine.blocks[0](fine.embed(x), fine.mask)  # a block called alone after a pass: no error
 
@@ -250,8 +252,8 @@ def test_error_at_refuses_what_it_cannot_be():
 @pytest.mark.parametrize("method", ["fa", "sign", "shallow", "bp"])
 def test_every_method_takes_error_at(method):
     torch.manual_seed(0)
-    net = models.CharGPT(7, 6, 16, 2, norm="post")
-    model = dfatools.to_method(net, method, 16, points=[models.Block], error_at="norm")
+    net = networks.CharGPT(7, 6, 16, 2, norm="post")
+    model = dfatools.to_method(net, method, 16, points=[networks.Block], error_at="norm")
     tokens, target = torch.randint(0, 7, (2, 6)), torch.randint(0, 7, (2, 6))
     with dfatools.backprop(model) if method == "bp" else torch.enable_grad():
         dfatools.cross_entropy(model(tokens), target).backward()
@@ -264,8 +266,8 @@ def test_every_method_takes_error_at(method):
 # -- the residual stream on record -----------------------------------------------------------------
 def test_stream_norm_is_the_mean_token_norm_after_each_block_by_hand():
     torch.manual_seed(0)
-    net = models.CharGPT(7, 8, 16, 3)
-    model = dfatools.to_dfa(net, 7, points=[models.Block]).eval()
+    net = networks.CharGPT(7, 8, 16, 3)
+    model = dfatools.to_dfa(net, 7, points=[networks.Block]).eval()
     tokens = torch.randint(0, 7, (5, 8))
     with torch.no_grad(), StreamNorm(model) as stream:
         model(tokens[:2])
@@ -276,7 +278,7 @@ def test_stream_norm_is_the_mean_token_norm_after_each_block_by_hand():
             x = block(x, net.mask)
             want.append(x.norm(dim=-1).mean().item())
     assert stream.values() == pytest.approx(want, rel=1e-5)
-    assert StreamNorm(dfatools.to_dfa(models.fc((4,), 3), 3)).blocks == []
+    assert StreamNorm(dfatools.to_dfa(networks.fc((4,), 3), 3)).blocks == []
 
 
 def test_unbounded_flags_a_stream_grown_tenfold_over_the_last_half(tmp_path):

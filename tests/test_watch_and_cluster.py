@@ -12,10 +12,11 @@ import pytest
 import torch
 from fresh_interpreter import run_script
 
-from mltools import runlog, stopping
-from mltools.progress import SweepProgress, format_seconds
-from mltools.sweep import RunSpec, run_sweep
-from mltools.train import RunConfig, train_run
+from mltools.runs import runlog
+from mltools.sweeps import stopping
+from mltools.sweeps.progress import SweepProgress, format_seconds
+from mltools.sweeps.sweep import RunSpec, run_sweep
+from mltools.training.train import RunConfig, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -337,7 +338,7 @@ def test_a_failed_local_task_is_one_line_and_counted(tmp_path, capsys):
 
     import submitit
 
-    from mltools.slurm import wait
+    from mltools.sweeps.slurm import wait
 
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
     executor.update_parameters(timeout_min=2)

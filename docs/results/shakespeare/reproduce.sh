@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Per-token DFA on Shakespeare's plays (docs/language-model.md): a character-level GPT (width 64,
-# 4 blocks, context 64; the shakespeare preset of mltools/experiments.py) trained by BP, DFA
+# 4 blocks, context 64; the shakespeare preset of mltools/studies/experiments.py) trained by BP, DFA
 # (macro points), FA (every weight layer, attention included) and with its blocks left untrained
 # (shallow, the floor), AdamW with warm-up, cosine and clipping. Each method's rate by the steady rule on the val plays (mean val top-1
 # per character over the last 3 epochs and seeds 0 and 1; mltools/lr_grid.py), then 3 seeds on
@@ -36,7 +36,7 @@ done
   exit 1
 }
 step "study"
-python -m mltools.lr_grid "$GRID" --per-method --choices mltools/shakespeare.json >/dev/null
+python -m mltools.lr_grid "$GRID" --per-method --choices mltools/studies/shakespeare.json >/dev/null
 python language_model.py --preset shakespeare-study --methods $METHODS --out results/shakespeare \
   --quiet --jobs 2 </dev/null
 step "publish"

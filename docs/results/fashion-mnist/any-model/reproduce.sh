@@ -28,8 +28,8 @@ for round in 1 2 3; do
       --epochs "$epochs" --experiments "$exp" --out "$GRID/lr$lr" --quiet
   done
 done
-# 3. The choice: mltools/fashion_any.json (the fashion-any preset reads it).
-python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_any.json
+# 3. The choice: mltools/studies/fashion_any.json (the fashion-any preset reads it).
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/studies/fashion_any.json
 # 4. The study: 3 seeds, test mode, each experiment at its rate, 10 epochs for every one.
 python best_practices.py --preset fashion-any --experiments $RESNET $TRANSFORMER --epochs 10 \
   --out results/any-model --quiet

@@ -44,7 +44,7 @@ extend fc-
 # 2. Each method's rate and epochs, into the file the fashion-fair preset reads; the FC study,
 #    test mode, 5 seeds.
 step "2 FC choice and study"
-python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_fair.json
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/studies/fashion_fair.json
 python best_practices.py --preset fashion-fair --experiments $FC fc-brsf fc-frsf \
   --out results/fair --quiet --jobs 2
 # 3. CNN grid, 20 epochs (its stated maximum), four rates; its edges; the choice again (the FC
@@ -57,7 +57,7 @@ done
 step "3b CNN edges"
 extend conv-
 step "4 CNN choice and study"
-python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/fashion_fair.json
+python -m mltools.lr_grid "$GRID" --per-method --rule final --choices mltools/studies/fashion_fair.json
 python best_practices.py --preset fashion-fair --out results/fair --quiet --jobs 2
 # 5. Publish: the grid (records, per_method.md/.csv, each rate's report written again now that
 #    all its runs are in) and the study, every run's config.json and metrics.jsonl.

@@ -2,7 +2,7 @@
 # Every method at its own best, every network trained by its field's recipe
 # (docs/results-field.md): SGD with Nesterov momentum, weight decay and one-cycle for the FC net,
 # the CNN and the ResNet; AdamW with warm-up, cosine and clipping for the Transformer
-# (mltools/recipes.py). Each method's rate by the steady rule on the val split (the mean val
+# (mltools/runs/recipes.py). Each method's rate by the steady rule on the val split (the mean val
 # top-1 over the last 3 epochs and seeds 0 and 1; mltools/lr_grid.py), then the studies in test
 # mode, then publish. Needs the Debian package dataset-fashion-mnist. Every step resumes where
 # it stopped: run it again after a crash. Optional argument: the parts to run (default: all),
@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 # One torch thread per run, two runs at a time: CPU numbers depend on the thread count.
 export OMP_NUM_THREADS=1
-PAPER_GRID=results/field-grid  # FC and CNN: their choices go to mltools/fashion_fair_field.json
-ANY_GRID=results/field-any-grid  # ResNet and Transformer: mltools/fashion_any_field.json
+PAPER_GRID=results/field-grid  # FC and CNN: their choices go to mltools/studies/fashion_fair_field.json
+ANY_GRID=results/field-any-grid  # ResNet and Transformer: mltools/studies/fashion_any_field.json
 PUBLISHED=docs/results/fashion-mnist/field
 FC="fc-tanh fc-bp fc-fa fc-sign fc-drtp fc-shallow fc-brsf fc-frsf"
 CNN="conv-tanh conv-bp"
@@ -66,28 +66,28 @@ if wanted fc; then
   grid "$PAPER_GRID" 20 "0.003 0.01 0.03 0.1" $FC
   extend "$PAPER_GRID" fc-
   step "FC study"
-  study fashion-fair-field "$PAPER_GRID" mltools/fashion_fair_field.json $FC
+  study fashion-fair-field "$PAPER_GRID" mltools/studies/fashion_fair_field.json $FC
 fi
 if wanted cnn; then
   step "CNN grid"
   grid "$PAPER_GRID" 15 "0.01 0.03 0.1" $CNN
   extend "$PAPER_GRID" conv-
   step "CNN study"
-  study fashion-fair-field "$PAPER_GRID" mltools/fashion_fair_field.json $CNN
+  study fashion-fair-field "$PAPER_GRID" mltools/studies/fashion_fair_field.json $CNN
 fi
 if wanted resnet; then
   step "ResNet grid"
   grid "$ANY_GRID" 20 "0.01 0.03 0.1" $RESNET
   extend "$ANY_GRID" resnet-
   step "ResNet study"
-  study fashion-any-field "$ANY_GRID" mltools/fashion_any_field.json $RESNET
+  study fashion-any-field "$ANY_GRID" mltools/studies/fashion_any_field.json $RESNET
 fi
 if wanted transformer; then
   step "Transformer grid"
   grid "$ANY_GRID" 20 "0.0003 0.001 0.003" $TRANSFORMER
   extend "$ANY_GRID" transformer-
   step "Transformer study"
-  study fashion-any-field "$ANY_GRID" mltools/fashion_any_field.json $TRANSFORMER
+  study fashion-any-field "$ANY_GRID" mltools/studies/fashion_any_field.json $TRANSFORMER
 fi
 if wanted publish; then
   # The grids (per_method.md/.csv, every run's records; each rate's report written again now

@@ -6,7 +6,7 @@
 # over the last 3 epochs of seeds 0 and 1, a half-decade grid extended until the choice is not at
 # an edge; python -m mltools.lr_grid --per-method).
 #
-#   pre   the field study's choices (mltools/fashion_any_field.json, its grid published in
+#   pre   the field study's choices (mltools/studies/fashion_any_field.json, its grid published in
 #         docs/results/fashion-mnist/field/any-lr-grid), trained again: same numbers, and the
 #         residual stream on record
 #   post  a grid of its own, then the study at its choices

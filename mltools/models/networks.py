@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 import dfatools
-
-from . import architectures
-from .architectures import ACTIVATIONS, ERROR_SITES, FULL_WIDTH, LM_POINTS, NORMS
+from mltools.models import architectures
+from mltools.models.architectures import ACTIVATIONS, ERROR_SITES, FULL_WIDTH, LM_POINTS, NORMS
 
 if TYPE_CHECKING:
-    from .architectures import (
+    from mltools.models.architectures import (
         BottleneckOptions,
         CNNOptions,
         FCOptions,
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
         ResNetOptions,
         TransformerOptions,
     )
-    from .config import RunConfig
+    from mltools.runs.config import RunConfig
 
 CNN_SIDE = 32  # the paper's CNN is laid out for 32x32 inputs
 BOTTLENECK_BLOCK = 1  # the bottleneck layer produces hidden block 1 (h2) in both modes
@@ -460,13 +459,13 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS)]
 
 
-# -- the builders of mltools.architectures' registry ----------------------------------------------
+# -- the builders of mltools.models.architectures' registry ---------------------------------
 Built = tuple[nn.Module, dict]  # the network, and the to_dfa keywords that place its feedback
 
 
 def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> Built:
     """The plain network of ``cfg.arch`` with its options ``cfg.model``, and the ``to_dfa``
-    keywords that place its feedback (:class:`mltools.architectures.Architecture`).
+    keywords that place its feedback (:class:`mltools.models.architectures.Architecture`).
     ValueError for options it cannot build."""
     cfg.model.check()
     return globals()[architectures.get(cfg.arch).builder](cfg.model, input_shape, num_classes, cfg)

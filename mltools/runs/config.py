@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from . import architectures, recipes
-from .architectures import ARCHS, ModelOptions
+from mltools.models import architectures
+from mltools.models.architectures import ARCHS, ModelOptions
+from mltools.runs import recipes
 
 __all__ = ["ARCHS", "RunConfig", "read", "upgrade"]
 
@@ -21,7 +22,7 @@ RUNTIME_OPTIONS = ("data_dir", "download", "trust_checkpoints", "tensorboard")
 class RunConfig:
     """Every setting of one run; saved in config.json (``model`` as a nested object).
 
-    ``model`` holds the options of ``arch`` (:mod:`mltools.architectures`): its options
+    ``model`` holds the options of ``arch`` (:mod:`mltools.models.architectures`): its options
     dataclass, a dict of its option names, or None for its defaults.
     """
 
@@ -33,7 +34,7 @@ class RunConfig:
     eval_split: str = "test"
     train_samples: int | None = None
     eval_samples: int | None = None  # None: the whole evaluation split
-    text: str | None = None  # the UTF-8 file of dataset "text" (mltools.text)
+    text: str | None = None  # the UTF-8 file of dataset "text" (mltools.data.text)
     context: int = 128  # text: characters per window
     # -- the network
     arch: str = "fc"  # architectures.ARCHS
@@ -49,11 +50,11 @@ class RunConfig:
     epochs: int = 50
     batch_size: int = 128
     lr: float = 5e-4  # the peak of the recipe's schedule
-    # How parameters are updated (mltools.recipes); a name is taken as that named recipe.
+    # How parameters are updated (mltools.runs.recipes); a name is taken as that named recipe.
     recipe: recipes.Recipe = field(default_factory=recipes.Recipe)
     seed: int = 0
     trust_checkpoints: bool = False  # load old checkpoints with pickle (--trust-checkpoints)
-    tensorboard: bool = False  # also write TensorBoard event files (mltools.board)
+    tensorboard: bool = False  # also write TensorBoard event files (mltools.reports.board)
 
     def __post_init__(self) -> None:
         self.model = architectures.options_of(self.arch, self.model)

@@ -1,14 +1,22 @@
 """What both experiment scripts do once their runs are listed: check the inputs, train the
-shard here (:mod:`mltools.sweep`) or as a submitit array (:mod:`mltools.slurm`), then write the
-report. The one module that knows both ways, so neither imports the other."""
+shard here (:mod:`mltools.sweeps.sweep`) or as a submitit array (:mod:`mltools.sweeps.slurm`),
+then write the report. The one module that knows both ways, so neither imports the other."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from .cli import UsageError, writable_dir, write_or_stop
-from .sweep import RunSpec, SweepStopped, check_inputs, plan, run_sweep, select_shard, summarize
+from mltools.errors import UsageError, writable_dir, write_or_stop
+from mltools.sweeps.sweep import (
+    RunSpec,
+    SweepStopped,
+    check_inputs,
+    plan,
+    run_sweep,
+    select_shard,
+    summarize,
+)
 
 
 def execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:
@@ -18,7 +26,7 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
     Exit code 1 when a run failed (the others still ran), 0 otherwise. Raises DiskFull (exit
     code 1, one line) when a run or the report hit a full disk: the sweep stops there.
     """
-    from . import distributed
+    from mltools.training import distributed
 
     if distributed.launched():  # torchrun: one run at a time, on every process together
         if args.slurm or args.jobs > 1 or args.shard:
@@ -35,15 +43,15 @@ def execute(specs: list[RunSpec], args, headline: str, write_report, report_comm
 
 
 def _execute(specs: list[RunSpec], args, headline: str, write_report, report_command: str) -> int:
-    from . import distributed
+    from mltools.training import distributed
 
     say = print if distributed.is_main() else (lambda *_, **__: None)
     if args.tensorboard:
-        from .board import require
+        from mltools.reports.board import require
 
         require()
     if args.slurm:
-        from . import slurm  # imported here: a plain sweep needs no submitit
+        from mltools.sweeps import slurm  # imported here: a plain sweep needs no submitit
 
         slurm.check(args)
         for spec in specs:

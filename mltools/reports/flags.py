@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .runlog import Run
-from .tables import number
+from mltools.reports.tables import number
+from mltools.runs.runlog import Run
 
 RISE_LIMIT = 1.0  # convergence: a gain of the best eval top-1 (percentage points) ...
 RISE_SPAN = 2  # ... within this many final epochs flags a run (early stopping's

@@ -7,8 +7,10 @@ No torch here, so reports can name and group experiments on machines without tor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The folder each script's runs go to under --out, <out>/<folder>/<experiment>/seed<k>/.
+CHOICES_DIR = Path(__file__).parent  # the presets' choices files, shipped with the package
 BEST_PRACTICES = "best_practices"
 BOTTLENECK = "bottleneck"
 LANGUAGE_MODEL = "language_model"
@@ -16,7 +18,7 @@ LANGUAGE_MODEL = "language_model"
 METHODS = ("dfa", "bp", "fa", "sign", "drtp", "shallow", "brsf", "frsf")
 
 # name -> (short description, the RunConfig settings that differ from the FC tanh DFA default;
-# "model": the architecture's options, mltools.architectures)
+# "model": the architecture's options, mltools.models.architectures)
 EXPERIMENTS: dict[str, tuple[str, dict]] = {
     "fc-bn": ("FC, batch norm", {"arch": "fc", "model": {"batch_norm": True}}),
     "fc-tanh": ("FC, tanh", {"arch": "fc"}),
@@ -69,7 +71,7 @@ METHOD_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     )
 }
 # DFA on models that are not a chain of layers (DESIGN.md 9): points at every residual block or
-# encoder layer (mltools.models.build_resnet, build_transformer). Run when named, or with
+# encoder layer (mltools.models.networks.build_resnet, build_transformer). Run when named, or with
 # --group resnet transformer.
 MODEL_EXPERIMENTS: dict[str, tuple[str, dict]] = {
     f"{arch}-{method}": (f"{label}, {text}", {"arch": arch, "method": method, **extra})
@@ -131,7 +133,7 @@ GROUPS: dict[str, list[str]] = {
 }
 
 
-# The recipe (mltools.recipes) of each architecture under the paper presets: the paper's plain
+# The recipe (mltools.runs.recipes) of each architecture under the paper presets: the paper's plain
 # SGD, except the Transformer's Adam (Launay et al. 2020's optimizer for DFA Transformers: with
 # SGD the DFA signal, which does not shrink as a block's output grows, blows attention up).
 PAPER_RECIPES: dict[str, str] = {"transformer": "adam"}
@@ -148,9 +150,10 @@ FIELD_RECIPES: dict[str, str] = {
 class Preset:
     """Sweep-wide settings; explicit command-line flags override them.
 
-    A per-method preset (DESIGN.md 10) names a ``choices`` file of mltools/ (written by
-    ``python -m mltools.lr_grid --per-method``) that gives every experiment its own lr and
-    epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of the CNN experiments
+    A per-method preset (DESIGN.md 10) names a ``choices`` file beside this module, in
+    mltools/studies/ (written by ``python -m mltools.lr_grid --per-method``) that gives every
+    experiment its own lr and epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of
+    the CNN experiments
     and measures effects against the experiments of method ``reference``.
     """
 
@@ -192,7 +195,7 @@ BEST_PRACTICES_PRESETS = {
         "fashion-mnist", seeds=3, epochs=10, batch_size=128, lr=0.03, train_samples=10_000
     ),
     # Every method at its own best (docs/results-fair.md): the fashion preset's data in test
-    # mode, each experiment at the lr and epochs that mltools/fashion_fair.json gives it (the
+    # mode, each experiment at the lr and epochs that fashion_fair.json gives it (the
     # per-method rule of mltools/lr_grid.py on the val split), effects against BP.
     "fashion-fair": Preset(
         "fashion-mnist",
@@ -206,7 +209,7 @@ BEST_PRACTICES_PRESETS = {
         reference="bp",
     ),
     # DFA on models that are not a chain of layers (docs/any-model.md): the small ResNet and the
-    # row Transformer by dfa, bp and fa, each at the lr that mltools/fashion_any.json gives it
+    # row Transformer by dfa, bp and fa, each at the lr that fashion_any.json gives it
     # (the per-method rule on the val split); run with --epochs 10 (docs/any-model.md says why).
     "fashion-any": Preset(
         "fashion-mnist",
@@ -231,7 +234,7 @@ BEST_PRACTICES_PRESETS = {
         recipes=FIELD_RECIPES,
     ),
     # Every method at its own best under the field's recipes (docs/results-field.md): the
-    # paper's FC and CNN, each experiment at the lr and epochs of mltools/fashion_fair_field.json
+    # paper's FC and CNN, each experiment at the lr and epochs of fashion_fair_field.json
     # (the steady per-method rule of mltools/lr_grid.py on the val split), effects against BP.
     "fashion-fair-field": Preset(
         "fashion-mnist",
@@ -245,7 +248,7 @@ BEST_PRACTICES_PRESETS = {
         reference="bp",
         recipes=FIELD_RECIPES,
     ),
-    # The same for the small ResNet and the row Transformer (mltools/fashion_any_field.json).
+    # The same for the small ResNet and the row Transformer (fashion_any_field.json).
     "fashion-any-field": Preset(
         "fashion-mnist",
         seeds=3,

@@ -429,7 +429,7 @@ def load_dataset(
     fixed-seed 85/15 split of the training set; eval is the 15% part and the test set is not
     read. train_samples keeps the first N training samples (after the val split), eval_samples
     the first N evaluation samples (smoke runs and benchmarks: the alignment batch is their
-    first 128). Text datasets are read by :func:`mltools.text.load_text`.
+    first 128). Text datasets are read by :func:`mltools.data.text.load_text`.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")

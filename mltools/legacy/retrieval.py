@@ -1,9 +1,10 @@
 """Rebuild metrics from human-readable logs (behind log_retrieval.py).
 
-* A run folder (or its ``log.txt``): :func:`mltools.runlog.parse_log` rebuilds the epoch records,
-  written as ``metrics.recovered.jsonl`` beside the log (each record with ``"recovered": true``);
-  :func:`mltools.runlog.load_run` reads that file when ``metrics.jsonl`` is missing or damaged.
-* A 2019-code log: :func:`mltools.legacy_log.parse_legacy_log` gives runs of epochs, written as
+* A run folder (or its ``log.txt``): :func:`mltools.runs.runlog.parse_log` rebuilds the epoch
+  records, written as ``metrics.recovered.jsonl`` beside the log (each record with ``"recovered":
+  true``);
+  :func:`mltools.runs.runlog.load_run` reads that file when ``metrics.jsonl`` is missing or damaged.
+* A 2019-code log: :func:`mltools.legacy.log_2019.parse_legacy_log` gives runs of epochs, written as
   JSON (a list of runs, each a list of epoch dicts) that bottleneck_from_log.py reads.
 
 Damaged input gives warnings, never a crash. No torch.
@@ -18,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli import UsageError
-from .legacy_log import UNRECOGNISED, is_legacy_log, parse_legacy_log
-from .runlog import LOG, RECOVERED, fsync_write, parse_log, write_metrics
+from mltools.errors import UsageError
+from mltools.legacy.log_2019 import UNRECOGNISED, is_legacy_log, parse_legacy_log
+from mltools.runs.runlog import LOG, RECOVERED, fsync_write, parse_log, write_metrics
 
 Echo = Callable[[str], None]
 SHOWN = 3  # unrecognised lines printed in full without --verbose

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dfatools
-
-from . import architectures, distributed, models, recipes, runlog
-from .checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
-from .config import RunConfig
-from .data import Dataset, iterate_batches, load_dataset
-from .stream import StreamNorm
-from .text import TEXT_DATASETS, load_text
+from mltools.data.datasets import Dataset, iterate_batches, load_dataset
+from mltools.data.text import TEXT_DATASETS, load_text
+from mltools.models import architectures, networks
+from mltools.models.stream_norm import StreamNorm
+from mltools.runs import recipes, runlog
+from mltools.runs.checkpoint import load_checkpoint, restore, save_checkpoint, write_torch
+from mltools.runs.config import RunConfig
+from mltools.training import distributed
 
 ALIGNMENT_SAMPLES = 128  # the alignment batch: the first 128 evaluation samples (DESIGN.md 3)
 EVAL_BATCH = 256  # on a CPU, 1000-sample conv batches run ~35% slower per sample (cache)
@@ -45,8 +46,8 @@ def build_net(
     cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[torch.nn.Module, dict]:
     """The plain network, and the ``to_dfa`` keywords that place its feedback
-    (:func:`mltools.models.build`)."""
-    return models.build(cfg, input_shape, num_classes)
+    (:func:`mltools.models.networks.build`)."""
+    return networks.build(cfg, input_shape, num_classes)
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
@@ -69,12 +70,12 @@ def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
 
 def bottleneck_layout(cfg: RunConfig) -> dict:
     """``point_blocks``: the hidden block each feedback point reads (0 = h1, see
-    :func:`models.point_blocks`), and ``bottleneck_point``: the index of the point right after
+    :func:`networks.point_blocks`), and ``bottleneck_point``: the index of the point right after
     the bottleneck layer. Recorded in config.json so reports line up networks of other points.
     """
     net, placement = build_net(cfg, (1, 1, 1), 2)  # the layout only
-    blocks = models.point_blocks(net, placement.get("points"))
-    return {"point_blocks": blocks, "bottleneck_point": blocks.index(models.BOTTLENECK_BLOCK)}
+    blocks = networks.point_blocks(net, placement.get("points"))
+    return {"point_blocks": blocks, "bottleneck_point": blocks.index(networks.BOTTLENECK_BLOCK)}
 
 
 def check_recipe(cfg: RunConfig) -> None:
@@ -391,13 +392,13 @@ class Trainer:
         self.sched = recipes.make_scheduler(cfg.recipe, self.opt, steps)
         self.plateau = recipes.make_plateau(cfg.recipe, self.opt)  # stepped once per epoch
         self.order = torch.Generator().manual_seed(cfg.seed)
-        self.board = None  # mltools.board.RunBoard with --tensorboard, from start()
+        self.board = None  # mltools.reports.board.RunBoard with --tensorboard, from start()
 
     def start(self) -> int:
         """The first epoch to run: after the checkpoint's, or 0 (PAI applied when asked)."""
         first = self._start()
         if self.cfg.tensorboard and self.main:
-            from .board import RunBoard
+            from mltools.reports.board import RunBoard
 
             records, _ = runlog.read_json_lines(self.run_dir / runlog.METRICS)
             self.board = RunBoard(self.run_dir, self.cfg.settings(), records)

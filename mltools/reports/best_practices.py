@@ -2,8 +2,8 @@
 
 Reads ``<out>/best_practices/<experiment>/seed<k>/`` and writes ``report.md``, ``summary.csv``,
 ``effects.csv``, ``figures/<group>.png`` and ``figures/effects.png`` into ``<out>/best_practices/``
-(effects, convergence flags and undefined cosines: :mod:`mltools.effects`). Conventions, shared
-with :mod:`mltools.bottleneck_report`:
+(effects, convergence flags and undefined cosines: :mod:`mltools.reports.effects`). Conventions,
+shared with :mod:`mltools.reports.bottleneck`:
 
 * only ``done`` seeds enter means and stds; diverged, failed and running seeds are counted;
 * values are taken at the run's last epoch (``config["epochs"]``, or its last record when the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .effects import (
+from mltools.reports.effects import (
     MEAN_COS,
     REFERENCES,
     difference_cells,
@@ -35,16 +35,13 @@ from .effects import (
     undefined_note,
     write_effects,
 )
-from .experiments import BEST_PRACTICES, EXPERIMENTS, GROUPS
-from .flags import (
+from mltools.reports.flags import (
     Flags,
     convergence_flags,
     convergence_lines,
     unbounded_lines,
 )
-from .recipes import recipe_of
-from .runlog import Run
-from .tables import (
+from mltools.reports.tables import (
     ARCH_NAMES,
     BP_MARK,
     METHOD_NAMES,
@@ -71,6 +68,9 @@ from .tables import (
     status_counts,
     write_csv,
 )
+from mltools.runs.recipes import recipe_of
+from mltools.runs.runlog import Run
+from mltools.studies.experiments import BEST_PRACTICES, EXPERIMENTS, GROUPS
 
 
 def plot_group(path: Path, title: str, curves: dict[str, dict]) -> None:
@@ -195,7 +195,7 @@ class Row:
 
     @property
     def recipes(self) -> str:
-        """The recipes (mltools.recipes) of the done seeds by name, ``/``-joined."""
+        """The recipes (mltools.runs.recipes) of the done seeds by name, ``/``-joined."""
         return "/".join(sorted({recipe_of(r.config)["name"] for r, _ in self.used}))
 
     @property

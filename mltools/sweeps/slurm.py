@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UsageError
-from .sweep import RunSpec, run_sweep, select_shard, summarize
+from mltools.errors import UsageError
+from mltools.sweeps.sweep import RunSpec, run_sweep, select_shard, summarize
 
-ROOT = Path(__file__).resolve().parents[1]  # so that array tasks can import mltools
+ROOT = Path(__file__).resolve().parents[2]  # so that array tasks can import mltools
 MAX_ARRAY = 64  # default array width on SLURM: one task per run up to this many
 
 

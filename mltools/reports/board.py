@@ -18,9 +18,9 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import runlog
-from .cli import UsageError
-from .tables import config_point_blocks, on_blocks, point_label
+from mltools.errors import UsageError
+from mltools.reports.tables import config_point_blocks, on_blocks, point_label
+from mltools.runs import runlog
 
 EVENTS_GLOB = "events.out.tfevents.*"
 # hparams metrics: the scalar tags the HParams tab shows next to each run's settings.

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runlog
+from mltools.runs import runlog
 
 TRUST_FLAG = "--trust-checkpoints"
 
@@ -99,7 +99,7 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        # The per-epoch ReduceLROnPlateau of a recipe with plateau (mltools.recipes), or None.
+        # The per-epoch ReduceLROnPlateau of a recipe with plateau (mltools.runs.recipes), or None.
         "plateau": plateau.state_dict() if plateau is not None else None,
         "order": order.get_state(),
         "torch": torch.get_rng_state(),

@@ -6,7 +6,7 @@ A run folder holds
 * ``metrics.jsonl``: one JSON object per epoch (epoch 0 = before training);
 * ``log.txt``: a human-readable log whose ``epoch`` lines carry every metric, so
   :func:`parse_log` can rebuild ``metrics.jsonl`` (written as ``metrics.recovered.jsonl``);
-* ``checkpoint.pt``/``model.pt`` (written and read by :mod:`mltools.checkpoint`);
+* ``checkpoint.pt``/``model.pt`` (written and read by :mod:`mltools.runs.checkpoint`);
 * ``run.lock`` while a process trains it.
 
 No torch here: reports and plots read run folders on machines without torch.
@@ -33,7 +33,7 @@ LOG = "log.txt"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 MODEL = "model.pt"
-SAMPLES = "samples.txt"  # a language model's sampled text (mltools.train.sample_text)
+SAMPLES = "samples.txt"  # a language model's sampled text (mltools.training.train.sample_text)
 LOCK = "run.lock"
 
 FINISHED = ("done", "diverged")
@@ -168,9 +168,9 @@ def read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
 
 def read_config(run_dir: Path) -> tuple[dict | None, list[str]]:
     """A run folder's config.json in today's layout, whichever version wrote it
-    (:func:`mltools.config.upgrade`: the options under ``model``), or None and the problem.
-    :func:`mltools.config.read` turns it into a RunConfig."""
-    from .config import upgrade
+    (:func:`mltools.runs.config.upgrade`: the options under ``model``), or None and the problem.
+    :func:`mltools.runs.config.read` turns it into a RunConfig."""
+    from mltools.runs.config import upgrade
 
     path = Path(run_dir) / CONFIG
     try:
