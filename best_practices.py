@@ -79,7 +79,7 @@ def list_experiments() -> None:
         )
         seeds = f"{p.seeds} seeds" + (f" ({p.cnn_seeds} for the CNN)" if p.cnn_seeds else "")
         schedule = (
-            f"lr and epochs per experiment (mltools/{p.choices}), effects vs {p.reference}"
+            f"lr and epochs per experiment (mltools/studies/{p.choices}), effects vs {p.reference}"
             if p.choices
             else f"{p.epochs} epochs, lr {p.lr}"
         )
@@ -145,9 +145,7 @@ def main() -> int:
             )
             for seed in range(own["seeds"])
         ]
-    headline = (
-        f"{sweep.describe(settings)}, {sweep.recipes_line(specs)} -> {out / 'best_practices'}"
-    )
+    headline = f"{sweep.describe(settings)}, {sweep.recipes_line(specs)} -> {out / BEST_PRACTICES}"
     preset = f" --preset {args.preset}" if reference != "dfa" else ""
     return launch.execute(
         specs,

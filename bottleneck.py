@@ -116,7 +116,7 @@ def main() -> int:
     headline = (
         f"{sweep.describe(settings)}, {sweep.recipes_line(specs)}, sizes {sizes}, "
         f"{', '.join(f'{m} {i}' for m, i in cells)}, {args.mode} mode, "
-        f"points {' '.join(points_list)} -> {out / 'bottleneck'}"
+        f"points {' '.join(points_list)} -> {out / BOTTLENECK}"
     )
     return launch.execute(
         specs,

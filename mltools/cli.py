@@ -371,7 +371,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "train_samples": args.train_samples or p.train_samples,
         "eval_samples": args.eval_samples or p.eval_samples,
         "cnn_min_side": p.cnn_min_side,
-        "choices": p.choices,
+        "choices": f"mltools/studies/{p.choices}" if p.choices else None,  # as printed
         "cnn_seeds": args.seeds or p.cnn_seeds or p.seeds,
         "recipes": p.recipes,
     }
@@ -402,7 +402,7 @@ def experiment_settings(
     if name not in choices:
         raise UsageError(
             f"the {settings['preset']} preset has no chosen lr and epochs for {name} "
-            f"(mltools/studies/{settings['choices']} has {' '.join(choices)})"
+            f"({settings['choices']} has {' '.join(choices)})"
         )
     lr, epochs = choices[name]
     return {**own, "lr": args.lr or lr, "epochs": args.epochs or epochs}

@@ -2,7 +2,8 @@
 bad input (:class:`UsageError`, exit 2) and a disk that cannot take our files (:class:`DiskFull`,
 exit 1), with the two helpers that raise them for output folders and reports.
 
-Imported by every layer of mltools, so it imports nothing of ours (and no torch).
+Imported by the reports, the sweeps, the legacy readers and the commands; it imports nothing of
+ours (and no torch).
 """
 
 from __future__ import annotations

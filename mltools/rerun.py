@@ -20,14 +20,23 @@ from mltools.runs import runlog
 from mltools.runs.config import read
 
 
+def added_since(published: list[dict], again: list[dict]) -> list[str]:
+    """The metrics the run records now that the published run did not (recorded since it
+    was made, such as ``stream_norm``): left out of :func:`differences`."""
+    before = {key for record in published for key in record}
+    return sorted({key for record in again for key in record} - before)
+
+
 def differences(published: list[dict], again: list[dict]) -> list[tuple[str, float]]:
     """Each metric that differs: ``epoch <e> <key path>`` and its relative difference (inf for
-    a missing or non-numeric mismatch); wall times (``time_s``) are not compared."""
+    a missing or non-numeric mismatch); wall times (``time_s``) and the metrics of
+    :func:`added_since` are not compared."""
     found: list[tuple[str, float]] = []
+    skipped = {"time_s", *added_since(published, again)}
 
-    def walk(a: object, b: object, where: str) -> None:
+    def walk(a: object, b: object, where: str, top: bool = False) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted((set(a) | set(b)) - {"time_s"}):
+            for key in sorted((set(a) | set(b)) - (skipped if top else {"time_s"})):
                 walk(a.get(key), b.get(key), f"{where}.{key}")
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             for i, (x, y) in enumerate(zip(a, b)):
@@ -41,7 +50,7 @@ def differences(published: list[dict], again: list[dict]) -> list[tuple[str, flo
     if len(published) != len(again):
         found.append(("epochs recorded", math.inf))
     for a, b in zip(published, again):
-        walk(a, b, f"epoch {a.get('epoch')}")
+        walk(a, b, f"epoch {a.get('epoch')}", top=True)
     return found
 
 
@@ -88,6 +97,8 @@ def main() -> int:
         raise errors.UsageError(f"the run failed again; see {target / runlog.LOG}")
     again, _ = runlog.read_json_lines(target / runlog.METRICS)
     found = differences(published, again)
+    if added := added_since(published, again):
+        print(f"recorded now, not by the published run, so not compared: {', '.join(added)}")
     worst = max(found, key=lambda f: f[1], default=None)
     if worst is None:
         print(f"{target}: every recorded number equals the published one ({len(again)} epochs)")

@@ -1,11 +1,12 @@
-"""The command that measures how large a trained Transformer's residual stream grows, block by
-block (the measuring itself, also recorded every epoch while training:
-:mod:`mltools.models.stream_norm`).
+"""Measure how large the residual stream of trained Transformer runs grows, block by block.
+
+The measuring itself, also recorded every epoch while training, is
+:mod:`mltools.models.stream_norm`.
 
 A pre-norm GPT (:class:`mltools.models.networks.CharGPT`) ends with a LayerNorm, so its loss does
 not depend on the scale of the last residual stream ``x_L`` (the sum of the embedding and every
 block's output): the true gradient at ``x_L`` has no component along ``x_L``, while a DFA
-signal, a fixed projection of the error, has one. This module measures what that does to
+signal, a fixed projection of the error, has one. This command measures what that does to
 trained runs: the mean norm per token of ``x_0`` (embedding plus positions) and of ``x_l``
 after each block ``l``, on the first windows of the run's eval split, from its ``model.pt``.
 

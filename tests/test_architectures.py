@@ -13,7 +13,7 @@ import pytest
 
 from mltools.models import architectures
 from mltools.models.architectures import BottleneckOptions, GPTOptions
-from mltools.rerun import differences
+from mltools.rerun import added_since, differences
 from mltools.runs import runlog
 from mltools.runs.config import RunConfig, read, upgrade
 
@@ -86,6 +86,10 @@ def test_differences_compare_every_number_but_wall_time():
     assert differences(a, [*b, b[0]])[0] == ("epochs recorded", math.inf)
     c = [{**a[0], "alignment": [{"cos": None}]}]
     assert differences(a, c) == [("epoch 0.alignment[0].cos", math.inf)]
+    # A metric recorded since the published run was made is not a difference; one lost is.
+    newer = [{**a[0], "stream_norm": [1.0]}]
+    assert added_since(a, newer) == ["stream_norm"] and differences(a, newer) == []
+    assert differences(newer, a) == [("epoch 0.stream_norm", math.inf)]
 
 
 def test_a_run_trained_again_from_its_config_gives_the_same_numbers(tmp_path):

@@ -273,6 +273,29 @@ def test_fashion_fair_settings_per_experiment():
         cli.experiment_settings(settings, choices, "fc-relu", args)
 
 
+def test_the_sweep_names_the_choices_file_it_reads(tmp_path):
+    """The headline and the error name a path that exists from the repository root: the
+    preset's file in mltools/studies/, or the one --choices gives, as given."""
+    from mltools.sweeps.sweep import describe
+
+    parser = argparse.ArgumentParser()
+    cli.add_sweep_arguments(parser, BEST_PRACTICES_PRESETS)
+    cli.add_choices_argument(parser)
+    mine = tmp_path / "mine.json"
+    mine.write_text((ROOT / "mltools" / "studies" / "fashion_fair.json").read_text())
+    for flags, named in [
+        (["--preset", "fashion-fair"], "mltools/studies/fashion_fair.json"),
+        (["--preset", "fashion-fair", "--choices", str(mine)], str(mine)),
+    ]:
+        args = parser.parse_args(flags)
+        settings = cli.resolve_preset(args, BEST_PRACTICES_PRESETS, "best_practices.py")
+        cli.sweep_choices(args, BEST_PRACTICES_PRESETS["fashion-fair"], settings)
+        assert f"({named})" in describe(settings)
+        assert (ROOT / named).is_file()  # an absolute path stays itself under ROOT /
+        with pytest.raises(errors.UsageError, match=f"\\({named} has fc-bp"):
+            cli.experiment_settings(settings, {"fc-bp": (0.1, 2)}, "fc-tanh", args)
+
+
 def test_fashion_fair_without_a_choice_exits_2():
     out = subprocess.run(
         [sys.executable, "best_practices.py", "--preset", "fashion-fair", "--experiments", "fc-bn"],

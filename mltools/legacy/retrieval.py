@@ -1,11 +1,12 @@
 """Rebuild metrics from human-readable logs (behind log_retrieval.py).
 
 * A run folder (or its ``log.txt``): :func:`mltools.runs.runlog.parse_log` rebuilds the epoch
-  records, written as ``metrics.recovered.jsonl`` beside the log (each record with ``"recovered":
-  true``);
-  :func:`mltools.runs.runlog.load_run` reads that file when ``metrics.jsonl`` is missing or damaged.
-* A 2019-code log: :func:`mltools.legacy.log_2019.parse_legacy_log` gives runs of epochs, written as
-  JSON (a list of runs, each a list of epoch dicts) that bottleneck_from_log.py reads.
+  records, written as ``metrics.recovered.jsonl`` beside the log (each record with
+  ``"recovered": true``); :func:`mltools.runs.runlog.load_run` reads that file when
+  ``metrics.jsonl`` is missing or damaged.
+* A 2019-code log: :func:`mltools.legacy.log_2019.parse_legacy_log` gives runs of epochs,
+  written as JSON (a list of runs, each a list of epoch dicts) that bottleneck_from_log.py
+  reads.
 
 Damaged input gives warnings, never a crash. No torch.
 """

@@ -23,9 +23,9 @@ BOTTLENECK_MODES = ("mask", "width")
 # input-gradient mask in training | 2019-nomask: that placement without the mask.
 BOTTLENECK_POINTS = ("all", "2019", "2019-nomask")
 FULL_WIDTH = 800  # the paper's hidden width, the bottleneck net's unless told
-NORMS = ("pre", "post")  # Transformer block layouts (models.NORMS tells them apart)
+NORMS = ("pre", "post")  # Transformer block layouts (networks.NORMS tells them apart)
 ERROR_SITES = ("logits", "hidden")  # where a Transformer's DFA node takes the error
-LM_POINTS = ("macro", "micro")  # the character GPT's feedback points (models.lm_points)
+LM_POINTS = ("macro", "micro")  # the character GPT's feedback points (networks.lm_points)
 
 
 def _choose(name: str, value: object, choices: tuple) -> None:
@@ -35,7 +35,7 @@ def _choose(name: str, value: object, choices: tuple) -> None:
 
 @dataclass
 class FCOptions:
-    """The paper's fully connected network: 3 hidden layers of 800 (``models.fc``)."""
+    """The paper's fully connected network: 3 hidden layers of 800 (``networks.fc``)."""
 
     act: str = "tanh"  # ACTIVATIONS
     batch_norm: bool = False
@@ -48,7 +48,7 @@ class FCOptions:
 
 @dataclass
 class CNNOptions:
-    """The paper's CNN (``models.cnn``)."""
+    """The paper's CNN (``networks.cnn``)."""
 
     act: str = "tanh"
     batch_norm: bool = False
@@ -66,7 +66,7 @@ class CNNOptions:
 @dataclass
 class BottleneckOptions:
     """The paper's bottleneck net: one hidden layer of ``size`` trainable units or entries
-    (``models.bottleneck_net``)."""
+    (``networks.bottleneck_net``)."""
 
     size: int | None = None  # required to build
     mode: str = "mask"  # BOTTLENECK_MODES
@@ -87,7 +87,7 @@ class BottleneckOptions:
 
 @dataclass
 class ResNetOptions:
-    """A small CIFAR-style ResNet, feedback points at its BasicBlocks (``models.resnet``)."""
+    """A small CIFAR-style ResNet, feedback points at its BasicBlocks (``networks.resnet``)."""
 
     def check(self) -> None:
         pass
@@ -95,7 +95,7 @@ class ResNetOptions:
 
 @dataclass
 class TransformerOptions:
-    """A Transformer encoder over image rows (``models.RowTransformer``)."""
+    """A Transformer encoder over image rows (``networks.RowTransformer``)."""
 
     norm: str = "pre"  # NORMS: pre (x + f(LN(x))) | post (LN(x + f(x)), the 2020 paper's)
     error_at: str = "logits"  # ERROR_SITES: the output | hidden, the head's input
@@ -107,7 +107,7 @@ class TransformerOptions:
 
 @dataclass
 class GPTOptions:
-    """A character-level GPT (``models.CharGPT``); its context is the data's window length."""
+    """A character-level GPT (``networks.CharGPT``); its context is the data's window length."""
 
     width: int = 128  # heads of 32 dimensions
     depth: int = 4  # blocks

@@ -459,7 +459,7 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS)]
 
 
-# -- the builders of mltools.models.architectures' registry ---------------------------------
+# -- the builders of mltools.models.architectures' registry ----------------------------------------
 Built = tuple[nn.Module, dict]  # the network, and the to_dfa keywords that place its feedback
 
 

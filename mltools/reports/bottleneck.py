@@ -113,7 +113,7 @@ class Cell:
     eval_split: str = "test"
     runs: list[Run] = field(default_factory=list)
     used: list[tuple[Run, dict]] = field(default_factory=list)  # (run, record) behind ``records``
-    points: str = "all"  # experiments.BOTTLENECK_POINTS
+    points: str = "all"  # architectures.BOTTLENECK_POINTS
 
     @property
     def name(self) -> str:
@@ -215,14 +215,14 @@ def write_bottleneck_report(results: Path, epoch: int | None = None, echo: Echo 
     if not (results / BOTTLENECK).is_dir():
         raise UsageError(
             f"no bottleneck runs in {results} "
-            f"(expected {results / 'bottleneck'}/<mode>-<init>-b<size>/seed<k>/)"
+            f"(expected {results / BOTTLENECK}/<mode>-<init>-b<size>/seed<k>/)"
         )
     cells, warnings = collect_bottleneck(results, epoch)
     if not cells:
-        raise UsageError(f"no bottleneck runs in {results / 'bottleneck'}")
+        raise UsageError(f"no bottleneck runs in {results / BOTTLENECK}")
     if not any(c.records for c in cells):
         at = f"epoch {epoch}" if epoch is not None else "their last epoch"
-        raise UsageError(f"no done bottleneck run has a record at {at} in {results / 'bottleneck'}")
+        raise UsageError(f"no done bottleneck run has a record at {at} in {results / BOTTLENECK}")
     at = f"epoch {epoch}" if epoch is not None else "the last epoch of each run"
     return write_outputs(cells, results / BOTTLENECK / "figures", warnings, at, point_label, echo)
 

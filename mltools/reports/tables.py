@@ -1,9 +1,9 @@
 """What every report shares: reading seeds, formatting numbers, Markdown and CSV tables,
 figure canvases (DESIGN.md 6 and 8).
 
-The reports (:mod:`mltools.reports.best_practices`, :mod:`mltools.reports.effects`,
-:mod:`mltools.reports.bottleneck`, :mod:`mltools.reports.board`) and :mod:`mltools.lr_grid` build
-on these helpers; this module imports none of them, so every import points one way. No torch, no
+The rest of :mod:`mltools.reports`, :mod:`mltools.legacy.bottleneck_recovered`,
+:mod:`mltools.cli` and :mod:`mltools.lr_grid` build on these helpers; this module imports none
+of them, so every import points one way. No torch, no
 pyplot.
 """
 

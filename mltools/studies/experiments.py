@@ -150,10 +150,9 @@ FIELD_RECIPES: dict[str, str] = {
 class Preset:
     """Sweep-wide settings; explicit command-line flags override them.
 
-    A per-method preset (DESIGN.md 10) names a ``choices`` file beside this module, in
-    mltools/studies/ (written by ``python -m mltools.lr_grid --per-method``) that gives every
-    experiment its own lr and epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of
-    the CNN experiments
+    A per-method preset (DESIGN.md 10) names a ``choices`` file in mltools/studies/ (written by
+    ``python -m mltools.lr_grid --per-method``) that gives every experiment its own lr and
+    epochs (``lr`` and ``epochs`` are None), runs ``cnn_seeds`` seeds of the CNN experiments
     and measures effects against the experiments of method ``reference``.
     """
 

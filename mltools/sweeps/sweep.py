@@ -470,8 +470,7 @@ def describe(settings: dict) -> str:
     )
     schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']}"
     if settings.get("choices"):  # a per-method preset: each experiment its own
-        where = settings["choices"]
-        source = f"per experiment ({where if '/' in where else 'mltools/' + where})"
+        source = f"per experiment ({settings['choices']})"
         if settings["epochs"]:  # --epochs given: one for all, the lr still each its own
             schedule = f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {source}"
         else:
