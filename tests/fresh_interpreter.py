@@ -1,4 +1,5 @@
-"""Run one of the scripts in a new Python process, as a user would, and see what it imported."""
+"""Run one of the scripts in a new Python process, as a user would: as typed
+(:func:`run_as_typed`), or through runpy to see what it imported (:func:`run_script`)."""
 
 import json
 import subprocess
@@ -6,6 +7,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_as_typed(
+    script: str, *args: object, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python ROOT/script args`` in ``cwd``, output captured as text; ``args`` may be paths."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
 
 _RUNNER = """import json, runpy, sys
 script, report, *args = sys.argv[1:]

@@ -2,13 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fresh_interpreter import run_script
+from fresh_interpreter import run_as_typed, run_script
 
 from mltools.errors import UsageError
 from mltools.legacy.bottleneck_recovered import write_recovered_bottleneck_report
@@ -304,15 +302,6 @@ def test_recovered_json(tmp_path):
 
 
 # -- the script ------------------------------------------------------------------------------------
-def script(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bottleneck_from_log.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
-
-
 def test_script_runs_without_torch(sweep, tmp_path):
     results = sweep[0]
     proc, code, modules = run_script(
@@ -342,7 +331,7 @@ def test_script_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "old.json").write_text(json.dumps([legacy_run(np.random.default_rng(6))] * 2))
     (tmp_path / "bad.json").write_text('[[{"epoch": 1, ')
     (tmp_path / "notruns.json").write_text('{"epoch": 1}')
-    proc = script(*(a.format(tmp=tmp_path) for a in args))
+    proc = run_as_typed("bottleneck_from_log.py", *(a.format(tmp=tmp_path) for a in args))
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stdout == ""

@@ -9,18 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fresh_interpreter import run_as_typed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
@@ -65,9 +56,9 @@ def run(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
     result = (
-        run(script, *args, "--out", str(tmp_path / "out"))
+        run_as_typed(script, *args, "--out", str(tmp_path / "out"))
         if "--out" not in args
-        else run(script, *args)
+        else run_as_typed(script, *args)
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -79,13 +70,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, script, args, needle):
 def test_unwritable_out_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run("best_practices.py", "--out", str(blocker / "results"))
+    result = run_as_typed("best_practices.py", "--out", str(blocker / "results"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "output folder" in result.stderr
 
 
 def test_list_names_every_experiment():
-    result = run("best_practices.py", "--list")
+    result = run_as_typed("best_practices.py", "--list")
     assert result.returncode == 0
     for name in ("fc-bn", "conv-drop0.1-0.1", "fc-pai", "conv-bp"):
         assert name in result.stdout
@@ -134,7 +125,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
 def tiny_bottleneck_sweep(out: Path, *args: str) -> None:
     """bottleneck.py with ``args`` at width 16, sizes 2 and 16, one seed, one epoch."""
     small = "--width 16 --sizes 2 16 --seeds 1 --epochs 1 --train-samples 128 --eval-samples 128"
-    result = run(
+    result = run_as_typed(
         "bottleneck.py", *args, *small.split(), "--device", "cpu", "--quiet", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_interpreter import run_as_typed
 
 import dfatools
 from mltools import stream
@@ -142,19 +141,9 @@ def test_bits_per_character_match_a_hand_computation(tmp_path):
     assert samples.startswith(prompt) and len(samples) == 16 + 300  # the window's 16 + 300
 
 
-def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "language_model.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
     (tmp_path / "some.txt").write_text(VERSE * 60, encoding="utf-8")
-    out = run_script(
+    out = run_as_typed("language_model.py",
         "--text", "some.txt", "--methods", "bp", "dfa", "shallow", "--seeds", "1", "--epochs", "2",
         "--context", "32", "--width", "32", "--depth", "2", "--quiet", cwd=tmp_path,
     )  # fmt: skip
@@ -172,7 +161,7 @@ def test_the_script_trains_on_a_text_it_has_never_seen(tmp_path):
         "| shallow",
     ]
     assert all(len(row.split("|")) == 2 + 2 + 1 + 2 for row in table)  # x_0 and 2 blocks
-    bad = run_script("--text", "missing.txt", cwd=tmp_path)
+    bad = run_as_typed("language_model.py", "--text", "missing.txt", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot read text file" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
 

@@ -3,25 +3,15 @@ metrics."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from fresh_interpreter import run_as_typed
 
 from mltools.runs.runlog import RECOVERED, RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
-
-
-def run_script(name, *args):
-    return subprocess.run(
-        [sys.executable, str(ROOT / name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
 
 
 def make_records(rng, n_points=3, epochs=EPOCHS):
@@ -66,7 +56,7 @@ def read_recovered(path):
 def test_run_folder_round_trip_is_exact(tmp_path):
     records = make_records(np.random.default_rng(0))
     write_log(tmp_path, records)
-    proc = run_script("log_retrieval.py", tmp_path)
+    proc = run_as_typed("log_retrieval.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert read_recovered(tmp_path / RECOVERED) == records  # floats compare exactly
     assert "4 epochs (0..3) recovered" in proc.stdout
@@ -80,7 +70,7 @@ def test_log_file_path_and_resumed_run(tmp_path):
     write_log(tmp_path, first[:3])  # epochs 0, 1, 2, then the process died
     RunLog(tmp_path).write("resuming from checkpoint at epoch 1")
     write_log(tmp_path, second[2:])  # epoch 2 again, then 3: the last occurrence wins
-    proc = run_script("log_retrieval.py", tmp_path / "log.txt")
+    proc = run_as_typed("log_retrieval.py", tmp_path / "log.txt")
     assert proc.returncode == 0, proc.stderr
     assert read_recovered(tmp_path / RECOVERED) == first[:2] + second[2:]
 
@@ -95,7 +85,7 @@ def test_damaged_lines_warn_and_do_not_crash(tmp_path):
     # A torn last line: its number may have lost digits, so it must not be trusted.
     lines[-1] = "[2019-01-01 00:00:00] epoch 4/3 train_loss=0.5 train_top1=45.6"
     (tmp_path / "log.txt").write_text("".join(lines))
-    proc = run_script("log_retrieval.py", tmp_path)
+    proc = run_as_typed("log_retrieval.py", tmp_path)
     assert proc.returncode == 0
     got = read_recovered(tmp_path / RECOVERED)
     # Epoch 1's main line is gone, so its alignment lines are dropped too.
@@ -108,14 +98,14 @@ def test_damaged_lines_warn_and_do_not_crash(tmp_path):
 
 def test_unusable_inputs(tmp_path):
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 4)
-    proc = run_script("log_retrieval.py", tmp_path / "junk.bin")
+    proc = run_as_typed("log_retrieval.py", tmp_path / "junk.bin")
     assert proc.returncode == 1 and "nothing written" in proc.stdout
     for args, message in [
         ([tmp_path / "missing"], "no such file"),
         ([tmp_path], "without log.txt"),
         ([tmp_path / "junk.bin", tmp_path / "junk.bin", "-o", tmp_path / "x"], "single PATH"),
     ]:
-        proc = run_script("log_retrieval.py", *args)
+        proc = run_as_typed("log_retrieval.py", *args)
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -152,7 +142,7 @@ def legacy_text():
 def test_legacy_log_to_json(tmp_path):
     path = tmp_path / "train_2019.log"
     path.write_text(legacy_text())
-    proc = run_script("log_retrieval.py", path)
+    proc = run_as_typed("log_retrieval.py", path)
     assert proc.returncode == 0, proc.stderr
     runs = json.loads((tmp_path / "train_2019.log.recovered.json").read_text())
     assert len(runs) == 2 and [len(r) for r in runs] == [2, 2]
@@ -168,7 +158,7 @@ def test_legacy_log_to_json(tmp_path):
     assert "2 run(s)" in proc.stdout and "run 1: 2 epochs (1..2)" in proc.stdout
     assert "test top-1 38.75%" in proc.stdout
     # -o names the output.
-    proc = run_script("log_retrieval.py", path, "-o", tmp_path / "out.json")
+    proc = run_as_typed("log_retrieval.py", path, "-o", tmp_path / "out.json")
     assert proc.returncode == 0 and json.loads((tmp_path / "out.json").read_text()) == runs
 
 
@@ -209,7 +199,7 @@ def test_deleted_metrics_rebuilt_give_the_same_table(tmp_path):
         for seed in range(2)
     ]
     figures = tmp_path / "bottleneck" / "figures"
-    proc = run_script("bottleneck_from_log.py", tmp_path)
+    proc = run_as_typed("bottleneck_from_log.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
     before = {
         name: (figures / name).read_text()
@@ -219,9 +209,9 @@ def test_deleted_metrics_rebuilt_give_the_same_table(tmp_path):
     lost = folders[::3]
     for folder in lost:
         (folder / "metrics.jsonl").unlink()
-    proc = run_script("log_retrieval.py", *lost)
+    proc = run_as_typed("log_retrieval.py", *lost)
     assert proc.returncode == 0, proc.stderr
-    proc = run_script("bottleneck_from_log.py", tmp_path)
+    proc = run_as_typed("bottleneck_from_log.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name, text in before.items():
         assert (figures / name).read_text() == text
@@ -239,7 +229,7 @@ def test_genuine_2019_log_prints_its_summary_and_few_warnings(tmp_path):
         lines.insert(i, f"stray print {k}")
     path = tmp_path / "log_2019.txt"
     path.write_text("\n".join(lines) + "\n")
-    proc = run_script("log_retrieval.py", path)
+    proc = run_as_typed("log_retrieval.py", path)
     assert proc.returncode == 0, proc.stderr
     assert "2 run(s)" in proc.stdout and "run 2: 2 epochs (1..2)" in proc.stdout
     warnings = proc.stderr.strip().splitlines()
@@ -250,8 +240,8 @@ def test_genuine_2019_log_prints_its_summary_and_few_warnings(tmp_path):
     )
     shown = [int(w.split(":")[2]) for w in warnings[:3]]
     assert shown == sorted(shown) and all(lines[n - 1].startswith("stray print") for n in shown)
-    proc = run_script("log_retrieval.py", path, "--verbose")
+    proc = run_as_typed("log_retrieval.py", path, "--verbose")
     assert len(proc.stderr.strip().splitlines()) == 7
     path.write_text("\n".join(file_log_2019(0, 2)) + "\n")
-    proc = run_script("log_retrieval.py", path)
+    proc = run_as_typed("log_retrieval.py", path)
     assert proc.returncode == 0 and proc.stderr == ""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fresh_interpreter import run_as_typed
 from torch import nn
 
 from mltools.runs import recipes, runlog
@@ -213,18 +214,8 @@ def test_runs_from_before_recipes_keep_their_optimizer(tmp_path):
     assert recipes.recipe_of({"optimizer": "sgd"})["name"] == "paper"
 
 
-def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "best_practices.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_recipe_flags_reach_the_run_and_bad_ones_exit_2(tmp_path):
-    out = run_script(
+    out = run_as_typed("best_practices.py",
         "--experiments", "fc-tanh", "--seeds", "1", "--epochs", "1", "--train-samples", "128",
         "--recipe", "sgd", "--momentum", "0.5", "--no-nesterov", "--clip", "2",
         "--out", "r", "--quiet", cwd=tmp_path,
@@ -238,7 +229,9 @@ def test_recipe_flags_reach_the_run_and_bad_ones_exit_2(tmp_path):
         "nesterov": False,
         "clip": 2.0,
     }
-    bad = run_script("--recipe", "paper", "--warmup", "0.1", "--out", "bad", cwd=tmp_path)
+    bad = run_as_typed(
+        "best_practices.py", "--recipe", "paper", "--warmup", "0.1", "--out", "bad", cwd=tmp_path
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "warm-up" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_interpreter import run_as_typed
 from torch import nn
 
 import dfatools
@@ -362,16 +361,6 @@ def test_bad_knobs_are_refused(knobs, reason):
         recipes.get_recipe("adam2020", **knobs)
 
 
-def script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / name), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.parametrize(
     "flags",
     [
@@ -381,7 +370,7 @@ def script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_knobs_on_the_command_line_exit_2_before_training(tmp_path, flags):
-    out = script("best_practices.py", *flags, "--out", "r", cwd=tmp_path)
+    out = run_as_typed("best_practices.py", *flags, "--out", "r", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert not (tmp_path / "r").exists()
 
@@ -395,7 +384,7 @@ def test_a_data_parallel_batch_must_leave_every_rank_a_sample():
 
 
 def test_norm_and_error_at_are_refused_outside_the_transformers(tmp_path):
-    out = script(
+    out = run_as_typed(
         "best_practices.py",
         "--experiments",
         "fc-tanh",
@@ -409,14 +398,14 @@ def test_norm_and_error_at_are_refused_outside_the_transformers(tmp_path):
     with pytest.raises(ValueError, match="norm: not an option of arch 'fc'"):
         RunConfig(arch="fc", model={"norm": "post"})
     (tmp_path / "t.txt").write_text(VERSE * 20, encoding="utf-8")
-    drtp = script("language_model.py", "--text", "t.txt", "--methods", "drtp", "--error-at",
+    drtp = run_as_typed("language_model.py", "--text", "t.txt", "--methods", "drtp", "--error-at",
                   "hidden", "--out", "d", cwd=tmp_path)  # fmt: skip
     assert drtp.returncode == 2 and "drtp" in drtp.stderr and not (tmp_path / "d").exists()
 
 
 def test_the_script_trains_post_norm_dfa_at_the_hidden_state_and_records_the_stream(tmp_path):
     (tmp_path / "some.txt").write_text(VERSE * 60, encoding="utf-8")
-    out = script(
+    out = run_as_typed(
         "language_model.py", "--text", "some.txt", "--norm", "post", "--error-at", "hidden",
         "--methods", "bp", "dfa", "shallow", "--seeds", "1", "--epochs", "2", "--context", "32",
         "--width", "32", "--depth", "2", "--quiet", cwd=tmp_path,
