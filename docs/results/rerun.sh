@@ -3,10 +3,10 @@
 # its metrics.jsonl compared with the published one (python -m mltools.rerun; strict: any
 # difference is reported). The DFA run with the shortest recorded time in each study.
 #   bash docs/results/rerun.sh [--own-commit] [OUT]    # OUT: default results/rerun-check
-# About 25 minutes on 2 cores. Runs made on another CPU, or with another thread count, round
+# About 15 minutes on 2 cores. Runs made on another CPU, or with another thread count, round
 # differently, and unstable runs carry that far. --own-commit also trains each run with the
 # code of the commit that made it (docs/results/rerun_at_commit.py, a git worktree per commit;
-# about 25 minutes more) and compares it with today's: the same numbers there mean that any
+# 27 minutes for both on a 2-core AMD EPYC) and compares it with today's: the same numbers there mean that any
 # difference from the published ones comes from the machine, not from the code.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
