@@ -79,7 +79,7 @@ def list_experiments() -> None:
         )
         seeds = f"{p.seeds} seeds" + (f" ({p.cnn_seeds} for the CNN)" if p.cnn_seeds else "")
         schedule = (
-            f"lr and epochs per experiment (mltools/studies/{p.choices}), effects vs {p.reference}"
+            f"lr and epochs per experiment ({p.choices_name}), effects vs {p.reference}"
             if p.choices
             else f"{p.epochs} epochs, lr {p.lr}"
         )

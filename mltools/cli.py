@@ -17,7 +17,7 @@ from typing import Callable, NoReturn
 from mltools.errors import DiskFull, UsageError
 from mltools.reports.tables import number
 from mltools.runs import recipes
-from mltools.studies.experiments import CHOICES_DIR, EXPERIMENTS
+from mltools.studies.experiments import EXPERIMENTS
 from mltools.sweeps import stopping
 
 
@@ -371,7 +371,7 @@ def resolve_preset(args: argparse.Namespace, presets: dict, script: str) -> dict
         "train_samples": args.train_samples or p.train_samples,
         "eval_samples": args.eval_samples or p.eval_samples,
         "cnn_min_side": p.cnn_min_side,
-        "choices": f"mltools/studies/{p.choices}" if p.choices else None,  # as printed
+        "choices": p.choices_name,
         "cnn_seeds": args.seeds or p.cnn_seeds or p.seeds,
         "recipes": p.recipes,
     }
@@ -383,7 +383,7 @@ def preset_choices(preset) -> dict[str, tuple[float, int]]:
     mltools/studies/); empty for the others. UsageError when the file is missing or malformed."""
     if not preset.choices:
         return {}
-    return read_choices(CHOICES_DIR / preset.choices)
+    return read_choices(preset.choices_file)
 
 
 def experiment_settings(

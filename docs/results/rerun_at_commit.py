@@ -14,7 +14,6 @@ code. Exit code 1 when they differ.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mltools.rerun import differences  # noqa: E402  (today's comparison, from the repository)
+# Today's comparison and run reader, from this repository.
+from mltools.rerun import differences  # noqa: E402
+from mltools.runs.runlog import load_run  # noqa: E402
 
 # Runs inside the worktree, with that commit's code: its RunConfig took the file's keys then.
 TRAIN = """
@@ -42,31 +43,23 @@ print(train_run(cfg, Path(sys.argv[2]), torch.device("cpu"), quiet=True))
 """
 
 
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a published run folder")
     parser.add_argument("again", type=Path, help="the same run trained by today's code")
     parser.add_argument("--work", type=Path, default=Path("results/at-commit"), help="worktrees")
     args = parser.parse_args()
-    config = json.loads((args.run / "config.json").read_text())
-    commit = config["git_commit"]
+    commit = load_run(args.run).config["git_commit"]
     tree = (args.work / commit[:12]).resolve()
     if not tree.exists():
         subprocess.run(
             ["git", "worktree", "add", "-q", "--detach", str(tree), commit], cwd=ROOT, check=True
         )
     out = tree / "run" / args.run.name
-    done = (out / "config.json").exists() and json.loads((out / "config.json").read_text()).get(
-        "status"
-    ) == "done"
-    if not done:
+    if load_run(out).status != "done":
         command = [sys.executable, "-c", TRAIN, str((args.run / "config.json").resolve()), str(out)]
         subprocess.run(command, cwd=tree, check=True)
-    found = differences(records(out), records(args.again))
+    found = differences(load_run(out).records, load_run(args.again).records)
     if not found:
         print(f"{args.run}: the code of {commit[:7]} and today's give the same numbers here")
         return 0

@@ -177,6 +177,17 @@ class Preset:
         """The name of the recipe this preset trains ``arch`` with."""
         return self.recipes.get(arch, "paper")
 
+    @property
+    def choices_file(self) -> Path | None:
+        """The ``choices`` file, where it is read (None without one)."""
+        return CHOICES_DIR / self.choices if self.choices else None
+
+    @property
+    def choices_name(self) -> str | None:
+        """The ``choices`` file as named from the repository root (``mltools/studies/...``)."""
+        where = self.choices_file
+        return where.relative_to(CHOICES_DIR.parents[1]).as_posix() if where else None
+
 
 PAPER_BOTTLENECK_SIZES = (1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800)
 
